@@ -25,7 +25,7 @@ NOISE_MODES = ("iid", "fixed", "mixed", "progressive", "dependency", "surface")
 ATTENTION_MODES = ("self", "extended", "neighbors", "keyframes", "tma")
 KEYFRAME_POLICIES = ("first", "first_previous", "middle")
 LAYOUTS = ("views", "grid")
-SCHEDULERS = ("ddim", "dpmpp", "euler", "unipc")
+SCHEDULERS = ("ddim", "dpmpp", "unipc")
 JOB_KINDS = ("texture", "animation")
 
 # Result layout inside a job's output folder / result zip.

@@ -124,11 +124,16 @@ def build_controlnet(unet: UNet2DConditionModel) -> ControlNetModel:
     map change the result as a trained one does.
     """
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
-    zero_convs = list(controlnet.controlnet_down_blocks) + [controlnet.controlnet_mid_block,
-                                                            controlnet.controlnet_cond_embedding.conv_out]
+    embedding = controlnet.controlnet_cond_embedding
     with torch.no_grad():
-        for conv in zero_convs:
-            torch.nn.init.normal_(conv.weight, std=0.05)
+        # PyTorch's default conv init shrinks the signal at every layer; He init keeps the
+        # depth map visible through the embedding's eight convolutions.
+        for conv in (embedding.conv_in, *embedding.blocks):
+            torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        torch.nn.init.normal_(embedding.conv_out.weight, std=0.1)
+        torch.nn.init.zeros_(embedding.conv_out.bias)
+        for conv in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+            torch.nn.init.normal_(conv.weight, std=0.1)
             torch.nn.init.zeros_(conv.bias)
     return controlnet
 

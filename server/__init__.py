@@ -1,0 +1,1 @@
+"""The local sampling server (FastAPI). Imports torch only through zs_core."""
