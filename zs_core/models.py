@@ -125,14 +125,25 @@ def load(model: str = "tiny", controlnet: str | None = None, device: str = "auto
         control = tiny_controlnet if tiny_controlnet is not None else tiny.build_controlnet(base["unet"])
     else:
         control = _load_controlnet(controlnet)
-    components = Components(
-        controlnet=control, device=torch_device, dtype=torch_dtype,
-        name=str(model), controlnet_name=str(controlnet), **base,
-    )
+    return _assemble(base, control, torch_device, torch_dtype, str(model), str(controlnet))
+
+
+def load_tiny(unet_overrides: dict | None = None, device: str = "auto") -> Components:
+    """The tiny model with a changed UNet config (benchmarks use a mid-size UNet)."""
+    torch_device, torch_dtype = choose_device(device)
+    parts = tiny.build(unet_overrides)
+    control = parts.pop("controlnet")
+    return _assemble(parts, control, torch_device, torch_dtype, "tiny", "tiny")
+
+
+def _assemble(base: dict, control: ControlNetModel, device: torch.device, dtype: torch.dtype,
+              name: str, controlnet_name: str) -> Components:
+    components = Components(controlnet=control, device=device, dtype=dtype, name=name,
+                            controlnet_name=controlnet_name, **base)
     for module in components.modules().values():
-        module.to(device=torch_device)
-        if next(module.parameters()).dtype != torch_dtype:
-            module.to(dtype=torch_dtype)
+        module.to(device=device)
+        if next(module.parameters()).dtype != dtype:
+            module.to(dtype=dtype)
         module.eval()
         module.requires_grad_(False)
     return components

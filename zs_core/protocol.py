@@ -77,7 +77,7 @@ class Request:
     layout: str = "views"  # "grid" tiles all views into one image
     # UV latent synchronisation (texturing; sync_strength 0 turns it off).
     sync_strength: float = 0.0
-    sync_end: float = 0.2  # sync while t / T is above this fraction
+    sync_end: float = 0.0  # sync while t / T is above this fraction (0: every step)
     sync_exponent_start: float = 1.0  # cos(theta)^p, p rising over the steps
     sync_exponent_end: float = 6.0
     texture_size: int = 1024

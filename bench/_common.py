@@ -1,0 +1,42 @@
+"""Shared helpers for benchmarks: repo on sys.path, best-of timing, the JSON result line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def best_of(function, repeats: int = 3) -> float:
+    """Fastest wall time of ``repeats`` calls (the least disturbed by a noisy machine)."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def interleaved(functions: dict, repeats: int = 3) -> dict[str, float]:
+    """Best time of each function, running them in turns so drift hits all alike."""
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            started = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - started)
+    return {name: min(values) for name, values in times.items()}
+
+
+def report(bench: str, seconds: float, baseline_seconds: float, target: float, **extra) -> None:
+    """Print the one JSON line every benchmark ends with."""
+    line = {"bench": bench, "seconds": round(seconds, 4), "baseline_seconds": round(baseline_seconds, 4),
+            "ratio": round(seconds / baseline_seconds, 3), "target": target}
+    line.update(extra)
+    print(json.dumps(line))

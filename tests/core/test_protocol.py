@@ -1,0 +1,90 @@
+"""The wire format: request validation and the passes archive."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zs_core.protocol import Passes, ProtocolError, Request
+
+
+def small_passes(views=2, size=16) -> Passes:
+    rng = np.random.default_rng(0)
+    mask = np.zeros((views, size, size), bool)
+    mask[:, 4:12, 4:12] = True
+    depth = np.where(mask, 2.0, 1e10).astype(np.float32)
+    uv = rng.uniform(0, 1, (views, size, size, 2)).astype(np.float32)
+    return Passes(depth=depth, mask=mask, uv=uv,
+                  world_to_camera=np.tile(np.eye(4, dtype=np.float32), (views, 1, 1)))
+
+
+def test_request_round_trips_through_json():
+    request = Request(prompt="mossy stone", seed=7, noise="mixed", noise_alpha=2.0, attention="tma", momentum=0.3)
+    again = Request.from_json(request.to_json())
+    assert again == request
+
+
+@pytest.mark.parametrize("field_name, value, words", [
+    ("noise", "pink", "expected one of"),
+    ("attention", "global", "expected one of"),
+    ("steps", 0, "outside"),
+    ("steps", 2.5, "expected int"),
+    ("guidance_scale", float("nan"), "finite"),
+    ("momentum", 1.5, "outside"),
+    ("sync_strength", -0.1, "outside"),
+    ("prompt", 3, "expected str"),
+    ("seed", True, "expected int"),
+])
+def test_bad_request_fields_are_named(field_name, value, words):
+    with pytest.raises(ProtocolError) as error:
+        Request.from_dict({"prompt": "x", field_name: value})
+    assert error.value.field == field_name
+    assert words in str(error.value)
+
+
+def test_unknown_request_field_and_bad_json_are_named():
+    with pytest.raises(ProtocolError, match="^colour: unknown field"):
+        Request.from_dict({"colour": "red"})
+    with pytest.raises(ProtocolError, match="^request: not valid JSON"):
+        Request.from_json("{nope")
+    with pytest.raises(ProtocolError, match="^control_end"):
+        Request.from_dict({"control_start": 0.8, "control_end": 0.2})
+
+
+def test_passes_round_trip_through_npz_bytes():
+    passes = small_passes()
+    loaded = Passes.load(passes.to_npz_bytes()).validate()
+    for name, array in passes.arrays().items():
+        np.testing.assert_array_equal(getattr(loaded, name), array)
+        assert getattr(loaded, name).dtype == array.dtype
+
+
+@pytest.mark.parametrize("mutate, field_name, words", [
+    (lambda p: setattr(p, "uv", p.uv[:1]), "uv", "expected shape (2, 16, 16, 2)"),
+    (lambda p: setattr(p, "mask", p.mask.astype(np.uint8)), "mask", "dtype bool"),
+    (lambda p: setattr(p, "depth", p.depth.astype(np.float64)), "depth", "dtype float32"),
+    (lambda p: p.uv.__setitem__((0, 5, 5, 0), np.nan), "uv", "NaN"),
+    (lambda p: p.uv.__setitem__((0, 5, 5, 0), 1.5), "uv", "outside [0, 1]"),
+    (lambda p: setattr(p, "mask", np.zeros_like(p.mask)), "mask", "empty"),
+    (lambda p: setattr(p, "world_to_camera", p.world_to_camera[:, :3]), "world_to_camera", "(2, 4, 4)"),
+    (lambda p: setattr(p, "texel_mask", np.ones((8, 4), bool)), "texel_mask", "T=8"),
+])
+def test_bad_passes_are_named(mutate, field_name, words):
+    passes = small_passes()
+    mutate(passes)
+    with pytest.raises(ProtocolError) as error:
+        passes.validate()
+    assert error.value.field == field_name
+    assert words in str(error.value)
+
+
+def test_truncated_archive_is_a_clear_error():
+    data = small_passes().to_npz_bytes()
+    with pytest.raises(ProtocolError, match="^passes: not a readable .npz"):
+        Passes.load(data[: len(data) // 2])
+
+
+def test_background_uv_may_be_anything():
+    passes = small_passes()
+    passes.uv[~passes.mask] = -5.0
+    passes.validate()

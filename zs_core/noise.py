@@ -1,0 +1,566 @@
+"""(T) Initial noise for the views / frames of one job (DESIGN.md "The methods", Noise).
+
+Every model returns a float32 CPU tensor ``(count, C, h, w)`` whose every value is
+N(0, 1); the models differ only in how the items (views or frames) are correlated:
+
+- :func:`iid`: independent items.
+- :func:`fixed`: one draw repeated for every item (what frame-by-frame add-ons do).
+- :func:`mixed` (PYoCo): shared + individual noise, correlation ``alpha^2 / (1 + alpha^2)``.
+- :func:`progressive` (PYoCo): autoregressive, correlation ``(alpha / sqrt(1 + alpha^2))^|i-j|``.
+- :func:`dependency` (ZS2): frame i = sqrt(a) frame(i-1) + sqrt(1-a) eta, with eta and a
+  searched so the divergence between consecutive frames approaches ``lam``.
+- :func:`surface`: correspondence-guided integral noise from one white-noise texture in
+  UV space; the same surface point gets the same noise in every view.
+
+:func:`make` dispatches on a mode name (:data:`MODES`). Bad input raises ValueError
+naming the argument.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+MODES = ("iid", "fixed", "mixed", "progressive", "dependency", "surface")
+MIN_RESOLUTION, MAX_RESOLUTION = 16, 8192  # automatic UV noise texture size (texels per side)
+LARGEST_RESOLUTION = 65536  # explicit sizes: texel ids must fit in 32 bits for the hash
+SAMPLED_LINES = 8  # rows and columns per view sampled for the automatic resolution
+MASK32 = 0xFFFFFFFF
+MASK64 = 0xFFFFFFFFFFFFFFFF
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _integer(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    return int(seed)
+
+
+def _shape(shape) -> tuple[int, int, int]:
+    """``(C, h, w)`` as three positive ints, or ValueError naming ``shape``."""
+    try:
+        items = tuple(shape)
+    except TypeError:
+        items = None
+    ok = items is not None and len(items) == 3 and all(
+        not isinstance(n, bool) and isinstance(n, (int, np.integer)) and n >= 1 for n in items)
+    if not ok:
+        raise ValueError(f"shape: expected 3 positive integers (C, h, w), got {shape!r}")
+    return tuple(int(n) for n in items)
+
+
+def _non_negative(name: str, value) -> float:
+    if isinstance(value, bool) or not (isinstance(value, (int, float, np.number)) and math.isfinite(value)
+                                       and value >= 0):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _positive(name: str, value) -> float:
+    if isinstance(value, bool) or not (isinstance(value, (int, float, np.number)) and math.isfinite(value)
+                                       and value > 0):
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _generator(seed: int) -> torch.Generator:
+    # manual_seed takes [-2^63, 2^64); fold anything else into 64 bits first.
+    return torch.Generator().manual_seed(seed & MASK64)
+
+
+# ----------------------------------------------------------------------------- item models
+
+
+def iid(count: int, shape, seed: int) -> torch.Tensor:
+    """Independent N(0, 1) items -> ``(count, C, h, w) float32``."""
+    count, shape, seed = _integer("count", count, 1), _shape(shape), _seed(seed)
+    return torch.randn((count, *shape), generator=_generator(seed))
+
+
+def fixed(count: int, shape, seed: int) -> torch.Tensor:
+    """The same N(0, 1) draw for every item -> ``(count, C, h, w) float32``."""
+    count, shape, seed = _integer("count", count, 1), _shape(shape), _seed(seed)
+    one = torch.randn(shape, generator=_generator(seed))
+    return one.expand(count, *shape).contiguous()
+
+
+def mixed(count: int, shape, alpha: float, seed: int) -> torch.Tensor:
+    """PYoCo mixed noise -> ``(count, C, h, w) float32``.
+
+    eps_i = sqrt(alpha^2 / (1 + alpha^2)) shared + sqrt(1 / (1 + alpha^2)) ind_i: unit
+    variance, correlation alpha^2 / (1 + alpha^2) between any two items.
+    """
+    count, shape, seed = _integer("count", count, 1), _shape(shape), _seed(seed)
+    alpha = _non_negative("alpha", alpha)
+    generator = _generator(seed)
+    shared = torch.randn(shape, generator=generator)
+    individual = torch.randn((count, *shape), generator=generator)
+    shared_weight = math.sqrt(alpha * alpha / (1 + alpha * alpha))
+    return shared_weight * shared + math.sqrt(1 / (1 + alpha * alpha)) * individual
+
+
+def progressive(count: int, shape, alpha: float, seed: int) -> torch.Tensor:
+    """PYoCo progressive (autoregressive) noise -> ``(count, C, h, w) float32``.
+
+    eps_0 ~ N(0, 1); eps_i = alpha / sqrt(1 + alpha^2) eps_(i-1) + 1 / sqrt(1 + alpha^2) ind_i:
+    unit variance, correlation (alpha / sqrt(1 + alpha^2))^|i - j|.
+    """
+    count, shape, seed = _integer("count", count, 1), _shape(shape), _seed(seed)
+    alpha = _non_negative("alpha", alpha)
+    keep, fresh = alpha / math.sqrt(1 + alpha * alpha), 1 / math.sqrt(1 + alpha * alpha)
+    noise = torch.randn((count, *shape), generator=_generator(seed))
+    for i in range(1, count):
+        noise[i] = keep * noise[i - 1] + fresh * noise[i]
+    return noise
+
+
+def divergence(x: torch.Tensor, y: torch.Tensor) -> float:
+    """D(x, y) = mean((x - y)^2) / 2; for unit-variance x, y with correlation rho, E[D] = 1 - rho."""
+    return float(((x.double() - y.double()) ** 2).mean() / 2)
+
+
+def _step_divergence(a: float, prev_sq: float, eta_sq, cross):
+    """D(prev, sqrt(a) prev + sqrt(1-a) eta) from the means of prev^2, eta^2 and prev*eta.
+
+    x - prev = (sqrt(a) - 1) prev + sqrt(1 - a) eta, so no tensor is touched per evaluation.
+    """
+    keep, fresh = math.sqrt(a), math.sqrt(1 - a)
+    return ((1 - keep) ** 2 * prev_sq + fresh * fresh * eta_sq - 2 * (1 - keep) * fresh * cross) / 2
+
+
+def _line_search(lam: float, prev_sq: float, eta_sq: float, cross: float, steps: int = 60) -> float:
+    """The ``a`` in [0, 1] whose step divergence is ``lam`` (bisection; D falls from D(0) to D(1) = 0)."""
+    if lam <= 0:
+        return 1.0  # a still sequence, exactly
+    if _step_divergence(0.0, prev_sq, eta_sq, cross) <= lam:
+        return 0.0  # even fresh noise does not diverge that much: take fresh noise
+    low, high = 0.0, 1.0  # D(low) > lam >= D(high)
+    for _ in range(steps):
+        middle = (low + high) / 2
+        if _step_divergence(middle, prev_sq, eta_sq, cross) > lam:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def dependency(count: int, shape, lam: float, seed: int, candidates: int = 16, return_a: bool = False):
+    """ZS2 dependency noise -> ``(count, C, h, w) float32`` (and the ``a`` values if ``return_a``).
+
+    Frame 0 ~ N(0, 1); frame i = sqrt(a_i) frame(i-1) + sqrt(1 - a_i) eta_i. The divergence
+    between consecutive frames is D(x, y) = mean((x - y)^2) / 2 (:func:`divergence`); for
+    unit-variance x, y with correlation rho, E[D] = 1 - rho, so ``lam`` is about
+    1 - correlation. Per frame:
+
+    1. random search: of ``candidates`` iid etas keep the one whose D(prev, sqrt(a0) prev
+       + sqrt(1 - a0) eta) is closest to ``lam``, a0 = (1 - lam)^2 clipped to [0, 1]
+       (E[D] = 1 - sqrt(a0) = lam);
+    2. line search: bisection on ``a`` in [0, 1] with the closed form of D (means of prev^2,
+       eta^2, prev*eta), so D approaches ``lam``.
+
+    ``lam`` = 0 gives identical frames (a = 1 exactly); ``lam`` >= ~1 gives a = 0 (fresh noise).
+    With ``return_a`` returns ``(noise, a_values)``, ``a_values[i - 1]`` being frame i's ``a``
+    (``count - 1`` floats).
+    """
+    count, shape, seed = _integer("count", count, 1), _shape(shape), _seed(seed)
+    lam = _non_negative("lam", lam)
+    candidates = _integer("candidates", candidates, 1)
+    generator = _generator(seed)
+    first_guess = min(max((1 - lam) ** 2, 0.0), 1.0)
+    frames = [torch.randn(shape, generator=generator)]
+    a_values = []
+    for _ in range(1, count):
+        prev = frames[-1]
+        etas = torch.randn((candidates, *shape), generator=generator)
+        prev_sq = float(prev.double().square().mean())
+        eta_sq = etas.double().square().flatten(1).mean(1)
+        cross = (etas.double() * prev.double()).flatten(1).mean(1)
+        guesses = _step_divergence(first_guess, prev_sq, eta_sq, cross)
+        best = int((guesses - lam).abs().argmin())
+        a = _line_search(lam, prev_sq, float(eta_sq[best]), float(cross[best]))
+        frames.append(math.sqrt(a) * prev + math.sqrt(1 - a) * etas[best])
+        a_values.append(a)
+    noise = torch.stack(frames)
+    return (noise, a_values) if return_a else noise
+
+
+# ----------------------------------------------------------------------------- surface noise
+#
+# A white-noise texture in UV space that is never stored: texel t's value for channel c is
+# a counter-based hash of (t, c, seed) turned Gaussian, computed only where a view looks.
+# The per-pixel bookkeeping runs in numpy: it is many small integer passes, which numpy
+# runs with less overhead than torch on CPU; torch supplies the seeded generators.
+
+
+def _splitmix64(x: int) -> int:
+    """A 64-bit integer mixer on Python ints (seed -> well-spread keys)."""
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def _hash32(x: np.ndarray) -> np.ndarray:
+    """lowbias32 integer hash, in place on a uint32 array. numpy wraps uint32 products
+    mod 2^32 by definition (torch would need int64 tensors and masking, at 4x the cost)."""
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def _texel_keys(seed: int, streams: int) -> tuple[np.uint32, np.ndarray]:
+    """32-bit keys from the seed: one that scrambles texel ids, one per uniform stream."""
+    base = _splitmix64(seed & MASK64)
+    keys = [_splitmix64(base ^ (stream + 1)) & MASK32 for stream in range(streams + 1)]
+    return np.uint32(keys[0]), np.array(keys[1:], dtype=np.uint32).reshape(-1, 1)
+
+
+def _texel_gaussians(texels: np.ndarray, channels: int, seed: int) -> np.ndarray:
+    """``texels (N,)`` int ids -> ``(channels, N) float32`` N(0, 1) texture values (numpy)."""
+    pairs = (channels + 1) // 2
+    scramble_key, stream_keys = _texel_keys(seed, 2 * pairs)
+    bits = _hash32(_hash32(texels.astype(np.uint32) ^ scramble_key)[None, :] ^ stream_keys)
+    # Top 24 bits -> exact float32 uniforms in [0, 1); u1 shifted by half a step keeps log finite.
+    uniforms = (bits >> np.uint32(8)).astype(np.float32)
+    uniforms *= np.float32(1.0 / (1 << 24))
+    radius = np.sqrt(np.float32(-2.0) * np.log(uniforms[0::2] + np.float32(0.5 / (1 << 24))))
+    angle = uniforms[1::2] * np.float32(2 * math.pi)
+    values = np.empty((pairs, 2, texels.size), dtype=np.float32)
+    np.multiply(radius, np.cos(angle), out=values[:, 0])
+    np.multiply(radius, np.sin(angle), out=values[:, 1])
+    return values.reshape(2 * pairs, -1)[:channels]
+
+
+def texel_gaussians(texels, channels: int, seed: int) -> torch.Tensor:
+    """N(0, 1) values of the seed's UV noise texture at texel ids -> ``(channels, N) float32``.
+
+    ``texels (N,)`` integer ids in [0, 2^32) (numpy or torch). A pair of hashed uniforms
+    per pair of channels goes through Box-Muller. Two hash rounds (texel, then texel x
+    stream, keys from the seed) keep the channels of one seed and the textures of two
+    seeds unrelated.
+    """
+    channels, seed = _integer("channels", channels, 1), _seed(seed)
+    ids = texels.numpy() if isinstance(texels, torch.Tensor) else np.asarray(texels)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu" or (ids.size and (ids.min() < 0 or ids.max() > MASK32)):
+        raise ValueError("texels: expected a (N,) array of integer ids in [0, 2^32)")
+    return torch.from_numpy(_texel_gaussians(ids, channels, seed))
+
+
+def _surface_inputs(uv, mask, channels, factor) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Validated ``uv (V, H, W, 2) float32`` and ``mask (V, H, W) bool`` as numpy arrays."""
+    channels = _integer("channels", channels, 1)
+    factor = _integer("factor", factor, 1)
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:
+        raise ValueError(f"mask: expected a (V, H, W) bool array, got {getattr(mask, 'dtype', type(mask))}")
+    if mask.ndim != 3:
+        raise ValueError(f"mask: expected shape (V, H, W), got {mask.shape}")
+    if isinstance(uv, torch.Tensor):
+        uv = uv.detach().cpu().numpy()
+    try:
+        uv = np.asarray(uv, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"uv: expected a (V, H, W, 2) float array ({error})") from None
+    if uv.shape != (*mask.shape, 2):
+        raise ValueError(f"uv: expected shape (V, H, W, 2) = {(*mask.shape, 2)} to match mask, got {uv.shape}")
+    views, height, width = mask.shape
+    if views < 1 or height < 1 or width < 1 or height % factor or width % factor:
+        raise ValueError(f"mask: expected V >= 1 and H, W positive multiples of factor={factor}, "
+                         f"got shape {mask.shape}")
+    return np.ascontiguousarray(uv), np.ascontiguousarray(mask), channels, factor
+
+
+def _check_uv_range(surface_uv: np.ndarray) -> None:
+    """``surface_uv (N, 2)``: the UVs of masked pixels must be finite and in [0, 1]."""
+    if surface_uv.size == 0:
+        return
+    low, high = surface_uv.min(), surface_uv.max()
+    if not (low >= 0.0 and high <= 1.0):  # also False for NaN
+        if np.isnan(surface_uv).any():
+            raise ValueError("uv: NaN on masked pixels")
+        raise ValueError(f"uv: values on masked pixels must be in [0, 1], got [{low}, {high}]")
+
+
+def _neighbour_steps(uv: np.ndarray, mask: np.ndarray, stride: int) -> np.ndarray:
+    """UV step lengths between horizontally / vertically adjacent masked pixels on every
+    ``stride``-th row / column -> ``(M,) float32``."""
+    rows_uv, rows_mask = uv[:, ::stride], mask[:, ::stride]
+    across = (rows_uv[:, :, 1:] - rows_uv[:, :, :-1])[rows_mask[:, :, 1:] & rows_mask[:, :, :-1]]
+    cols_uv, cols_mask = uv[:, :, ::stride], mask[:, :, ::stride]
+    down = (cols_uv[:, 1:] - cols_uv[:, :-1])[cols_mask[:, 1:] & cols_mask[:, :-1]]
+    steps = np.concatenate([across, down])
+    return np.sqrt((steps * steps).sum(axis=1))
+
+
+def _resolution(uv: np.ndarray, mask: np.ndarray, texels_per_pixel: float) -> int:
+    stride = max(1, min(mask.shape[1], mask.shape[2]) // SAMPLED_LINES)
+    steps = _neighbour_steps(uv, mask, stride)
+    if steps.size < 64 and stride > 1:  # too few samples (a small object): use every line
+        steps = _neighbour_steps(uv, mask, 1)
+    if steps.size == 0:
+        return MIN_RESOLUTION  # no two masked pixels touch: any size works
+    footprint = float(np.median(steps))
+    if not math.isfinite(footprint):
+        raise ValueError("uv: NaN on masked pixels")
+    if footprint <= 0:
+        return MAX_RESOLUTION
+    return int(min(max(math.ceil(texels_per_pixel / footprint), MIN_RESOLUTION), MAX_RESOLUTION))
+
+
+def surface_resolution(uv, mask, texels_per_pixel: float = 1.0) -> int:
+    """Side R of the UV noise texture so a pixel spans about ``texels_per_pixel`` texels.
+
+    ``uv (V, H, W, 2)``, ``mask (V, H, W) bool``. The footprint of a pixel is the median UV
+    step between adjacent masked pixels over all views (the median ignores the big jumps
+    at UV seams); R = ceil(texels_per_pixel / footprint) clamped to [16, 8192]. Only
+    every k-th row and column is sampled (about 8 of each per view, all of them for
+    small objects), which the median barely notices.
+    """
+    texels_per_pixel = _positive("texels_per_pixel", texels_per_pixel)
+    uv, mask, _, _ = _surface_inputs(uv, mask, 1, 1)
+    return _resolution(uv, mask, texels_per_pixel)
+
+
+def _view_seed(seed: int, view: int) -> int:
+    """An independent 63-bit generator seed per view (pixel splits, background)."""
+    return _splitmix64(_splitmix64(seed & MASK64) ^ (0x5EED0000 + view)) >> 1
+
+
+def _gather_uv(flat_uv: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """``flat_uv (H * W, 2) float32`` at ``pixels (N,)`` -> ``(N, 2)``; each (u, v) pair is
+    moved as one 8-byte item, which is much faster than a row gather."""
+    return flat_uv.view(np.int64).reshape(-1)[pixels].view(np.float32).reshape(-1, 2)
+
+
+def _texel_ids(surface_uv: np.ndarray, resolution: int) -> np.ndarray:
+    """``surface_uv (N, 2)`` in [0, 1] -> texel ids ``(N,) int64`` = ty * R + tx (u = 1 in the last texel)."""
+    cells = (surface_uv * np.float32(resolution)).astype(np.int64)
+    np.minimum(cells, resolution - 1, out=cells)
+    return cells[:, 1] * resolution + cells[:, 0]
+
+
+def _segment_sums(values: np.ndarray, segments: np.ndarray, size: int) -> np.ndarray:
+    """Sum ``values (C, N)`` over ``segments (N,)`` in [0, size) -> ``(C, size) float64``.
+
+    One bincount over channel-offset ids (bincount is the fastest segment sum on CPU).
+    """
+    channels = values.shape[0]
+    ids = (segments[None, :] + np.arange(channels)[:, None] * size).ravel()
+    return np.bincount(ids, weights=values.ravel(), minlength=channels * size).reshape(channels, size)
+
+
+class _TexelGroups:
+    """Groups the masked pixels of one view by texel without sorting.
+
+    A scratch table of R^2 entries (never initialised: only entries just written are read)
+    maps each texel to one of its pixels, whose index becomes the group label.
+    """
+
+    def __init__(self, resolution: int):
+        self.table = np.empty(resolution * resolution, dtype=np.int64)
+
+    def labels(self, texels: np.ndarray) -> np.ndarray:
+        """``texels (N,) int64`` -> ``(N,) int64`` labels in [0, N), equal iff same texel;
+        a texel's label is the index of one of its pixels (its representative)."""
+        self.table[texels] = np.arange(texels.size)
+        return self.table[texels]
+
+
+def _split_terms(labels: np.ndarray, counts: np.ndarray, blocks: np.ndarray, block_count: int,
+                 channels: int, generator: torch.Generator) -> np.ndarray:
+    """Block sums ``(C, block_count) float64`` of the zero-sum terms that split texels
+    among their pixels. Arguments ``(K,)``: the pixels of straddling texels (all of them).
+
+    A texel seen by n_t pixels of a view is split into parts s_p = Z_t / n_t +
+    (W_p - mean W over the texel) / sqrt(n_t), W iid N(0, 1): each part is N(0, 1/n_t),
+    Cov(s_p, s_q) = 1/n^2 - 1/n^2 = 0, and the parts sum to Z_t, so pixels sharing a
+    texel stay independent. The W terms sum to exactly 0 over a texel, so only texels
+    straddling latent blocks change a block sum: W is drawn for their pixels alone.
+    """
+    if labels.size == 0:
+        return np.zeros((channels, block_count))
+    texel_of = np.unique(labels, return_inverse=True)[1]
+    draws = torch.randn((channels, labels.size), generator=generator).numpy().astype(np.float64)
+    means = _segment_sums(draws, texel_of, texel_of.max() + 1) / np.bincount(texel_of)
+    terms = (draws - means[:, texel_of]) / np.sqrt(counts)
+    return _segment_sums(terms, blocks, block_count)
+
+
+def _texel_weights(labels: np.ndarray, group_size: np.ndarray, blocks: np.ndarray):
+    """Which pixels carry texel values Z_t into the block sums, and with what weight.
+
+    ``labels (N,)`` texel group per pixel, ``group_size (N,)`` n_t per label, ``blocks (N,)``
+    latent pixel per pixel. Summing the parts Z_t / n_t of a texel that lies inside one
+    latent block gives Z_t: its representative pixel carries it with weight 1 and the
+    others are skipped (fewer hashes). Each pixel of a texel straddling blocks carries
+    Z_t / n_t. The weight is also the variance its part(s) add to the block.
+    -> ``(carriers (P,) int64, weights (P,) float64, straddling pixels (K,) int64)``.
+    """
+    # A texel straddles iff one of its pixels lies outside its representative's block.
+    straddles = np.zeros(labels.size, dtype=bool)
+    straddles[labels[blocks != blocks[labels]]] = True
+    in_straddling = straddles[labels]
+    carriers = np.flatnonzero((labels == np.arange(labels.size)) | in_straddling)
+    weights = np.ones(carriers.size)
+    split = in_straddling[carriers]
+    weights[split] = 1.0 / group_size[labels[carriers[split]]]
+    return carriers, weights, np.flatnonzero(in_straddling)
+
+
+def _block_ids(height: int, width: int, factor: int) -> np.ndarray:
+    """Latent pixel (block) index of every image pixel -> ``(H * W,) int64``."""
+    rows = np.arange(height) // factor * (width // factor)
+    cols = np.arange(width) // factor
+    return (rows[:, None] + cols[None, :]).ravel()
+
+
+def _normalised_blocks(sums: np.ndarray, variances: np.ndarray, background: np.ndarray,
+                       fresh: np.ndarray) -> np.ndarray:
+    """Block sums of surface parts plus sqrt(background count) G, over the total sd -> N(0, 1).
+
+    The k background pixels of a block are iid N(0, 1): their sum is exactly sqrt(k) G,
+    G ~ N(0, 1) (``fresh``), so one G is drawn per block instead of k pixels.
+    """
+    return (sums + np.sqrt(background) * fresh) / np.sqrt(variances + background)
+
+
+class _SurfaceSpec:
+    """What every view of one :func:`surface` call shares."""
+
+    def __init__(self, seed: int, channels: int, factor: int, resolution: int, height: int, width: int):
+        self.seed, self.channels, self.factor, self.resolution = seed, channels, factor, resolution
+        self.latent_size = (height // factor, width // factor)
+        self.block_count = self.latent_size[0] * self.latent_size[1]
+        self.block_of_pixel = _block_ids(height, width, factor)
+
+
+def _view_surface_noise(flat_uv: np.ndarray, flat_mask: np.ndarray, spec: _SurfaceSpec, groups: _TexelGroups,
+                        generator: torch.Generator) -> np.ndarray:
+    """One view: ``flat_uv (H * W, 2)``, ``flat_mask (H * W,) bool`` -> latents ``(C, B) float64``,
+    each N(0, 1)."""
+    pixels = np.flatnonzero(flat_mask)
+    view_uv = _gather_uv(flat_uv, pixels)
+    _check_uv_range(view_uv)
+    texels, blocks = _texel_ids(view_uv, spec.resolution), spec.block_of_pixel[pixels]
+    labels = groups.labels(texels)
+    group_size = np.bincount(labels, minlength=labels.size)
+    carriers, weights, straddling = _texel_weights(labels, group_size, blocks)
+    values = _texel_gaussians(texels[carriers], spec.channels, spec.seed) * weights
+    sums = _segment_sums(values, blocks[carriers], spec.block_count)
+    straddling_labels = labels[straddling]
+    sums += _split_terms(straddling_labels, group_size[straddling_labels], blocks[straddling],
+                         spec.block_count, spec.channels, generator)
+    variances = np.bincount(blocks[carriers], weights=weights, minlength=spec.block_count)
+    background = spec.factor ** 2 - np.bincount(blocks, minlength=spec.block_count)
+    fresh = torch.randn((spec.channels, spec.block_count), generator=generator).numpy()
+    return _normalised_blocks(sums, variances, background, fresh)
+
+
+def surface(uv, mask, seed: int, channels: int = 4, factor: int = 8, texels_per_pixel: float = 1.0,
+            resolution: int | None = None) -> torch.Tensor:
+    """Correspondence-guided integral noise -> ``(V, channels, H/factor, W/factor) float32``.
+
+    ``uv (V, H, W, 2)`` float32 in [0, 1] on masked pixels (numpy or torch), ``mask
+    (V, H, W) bool`` (object pixels). One white-noise texture of R x R texels in UV space
+    (R = ``resolution`` or :func:`surface_resolution`, one R for all views so they share
+    texels); texel t = ty * R + tx has per channel a hash of (t, channel, seed) turned
+    Gaussian (:func:`texel_gaussians`), computed only for texels some view sees.
+
+    Per view, each masked pixel sees one texel; a texel seen by n_t pixels of the view is
+    split into n_t independent N(0, 1/n_t) parts summing to it (:func:`_split_terms`);
+    background pixels are independent N(0, 1). A latent pixel is the sum of its
+    factor x factor pixels divided by sqrt(sum of their variances): exactly N(0, 1),
+    neighbours independent, and the same surface point carries the same texel value in
+    every view, so views of the same surface get correlated latents. Pixel splits and
+    background come from a torch generator per (seed, view); views run on a few threads
+    (numpy releases the GIL), with the same result for any thread count.
+    """
+    seed = _seed(seed)
+    uv, mask, channels, factor = _surface_inputs(uv, mask, channels, factor)
+    views, height, width = mask.shape
+    if resolution is None:
+        resolution = _resolution(uv, mask, _positive("texels_per_pixel", texels_per_pixel))
+    else:
+        resolution = _integer("resolution", resolution, 1)
+        if resolution > LARGEST_RESOLUTION:
+            raise ValueError(f"resolution: expected at most {LARGEST_RESOLUTION}, got {resolution}")
+    spec = _SurfaceSpec(seed, channels, factor, resolution, height, width)
+    flat_mask, flat_uv = mask.reshape(views, -1), uv.reshape(views, -1, 2)
+    latents = np.empty((views, channels, spec.block_count))
+
+    def run(worker: int, workers: int) -> None:
+        groups = _TexelGroups(resolution)  # one scratch table per thread
+        for view in range(worker, views, workers):
+            generator = _generator(_view_seed(seed, view))
+            latents[view] = _view_surface_noise(flat_uv[view], flat_mask[view], spec, groups, generator)
+
+    _run_threads(run, min(views, torch.get_num_threads()))
+    return torch.from_numpy(latents.astype(np.float32)).reshape(views, channels, *spec.latent_size)
+
+
+def _run_threads(run, workers: int) -> None:
+    """``run(worker, workers)`` for every worker index, on ``workers`` threads (errors re-raised)."""
+    if workers <= 1:
+        run(0, 1)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(run, worker, workers) for worker in range(workers)]:
+            future.result()
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def make(mode: str, count: int, shape, seed: int, **params) -> torch.Tensor:
+    """Noise of model ``mode`` (:data:`MODES`) -> ``(count, C, h, w) float32``.
+
+    ``params`` are the model's own: ``alpha`` (mixed, progressive), ``lam``, ``candidates``
+    (dependency), ``uv``, ``mask`` and optionally ``factor``, ``texels_per_pixel``,
+    ``resolution`` (surface; ``shape`` gives the channels and latent size, ``factor``
+    defaults to H / h).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "iid":
+        return iid(count, shape, seed, **params)
+    if mode == "fixed":
+        return fixed(count, shape, seed, **params)
+    if mode == "mixed":
+        return mixed(count, shape, seed=seed, **params)
+    if mode == "progressive":
+        return progressive(count, shape, seed=seed, **params)
+    if mode == "dependency":
+        return dependency(count, shape, seed=seed, **params)
+    return _make_surface(count, shape, seed, **params)
+
+
+def _make_surface(count, shape, seed, uv=None, mask=None, factor=None, **params) -> torch.Tensor:
+    count, (channels, rows, cols) = _integer("count", count, 1), _shape(shape)
+    for name, value in (("uv", uv), ("mask", mask)):
+        if value is None:
+            raise ValueError(f"{name}: required for mode 'surface'")
+    views, height, width = np.shape(mask)[:3] if np.ndim(mask) >= 3 else (None, None, None)
+    if views is not None and count != views:
+        raise ValueError(f"count: expected the number of views in mask ({views}), got {count}")
+    if factor is None and height is not None:
+        factor = height // rows if height // rows >= 1 else 1
+    noise = surface(uv, mask, seed, channels=channels, factor=factor, **params)
+    if tuple(noise.shape[1:]) != (channels, rows, cols):
+        raise ValueError(f"shape: expected {(channels, *noise.shape[2:])} for mask {tuple(np.shape(mask))} "
+                         f"and factor {factor}, got {tuple(shape)}")
+    return noise

@@ -1,0 +1,101 @@
+"""(T) One job from passes to files on disk: sample, bake, measure, write the result layout.
+
+Shared by the ``zs`` CLI and the server's worker so both produce the same files
+(``views/NNNN.png``, ``texture.png``, ``metrics.json``, ``contact_sheet.png``; see protocol.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import bake, geometry, images, metrics, sampler
+from .models import Components
+from .protocol import CONTACT_SHEET_PNG, METRICS_JSON, TEXTURE_PNG, VIEW_PNG, Passes, Request
+
+
+def consistency_metrics(result: sampler.SampleResult, passes: Passes, factor: int) -> dict:
+    """Cross-view disagreement on RGB views and on final latents (see metrics.py).
+
+    Pixels are matched through UV at about one texel per pixel (per latent pixel for the
+    latents), so every view contributes about one sample per texel.
+    """
+    if passes.uv is None or passes.views < 2:
+        return {}
+    rgb_texels = geometry.footprint_texture_size(passes.uv, passes.mask, 1.0)
+    latent_uv, latent_mask = metrics.downsample_correspondence(passes.uv, passes.mask, factor)
+    latent_texels = geometry.footprint_texture_size(passes.uv, passes.mask, float(factor))
+    latent_images = result.latents.permute(0, 2, 3, 1).numpy()
+    out = {
+        "cross_view_disagreement": _overlap_metric(result.images, passes.uv, passes.mask, rgb_texels),
+        "latent_cross_view_disagreement": _overlap_metric(latent_images, latent_uv, latent_mask, latent_texels),
+        "texels_rgb": rgb_texels,
+        "texels_latent": latent_texels,
+    }
+    return {k: round(v, 5) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def _overlap_metric(values, uv, mask, texels) -> float | None:
+    """Cross-view disagreement, or None when no surface point is seen twice (tiny views)."""
+    try:
+        return metrics.cross_view_disagreement(values, uv, mask, texels=texels)
+    except ValueError:
+        return None
+
+
+def run_job(
+    components: Components,
+    request: Request,
+    passes: Passes,
+    out_dir: str | Path,
+    *,
+    progress: Callable[[sampler.StepProgress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> dict:
+    """Sample ``passes`` with ``request`` and write every output under ``out_dir``.
+
+    Texture jobs whose passes carry texel maps are baked to ``texture.png``. Returns the
+    metrics dict that is also written to ``metrics.json``.
+    """
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    result = sampler.sample(components, request, passes, progress=progress, cancel=cancel)
+    sampling_seconds = time.perf_counter() - started
+
+    for index, image in enumerate(result.images):
+        images.save_png(image, out_dir / VIEW_PNG.format(index=index))
+
+    metrics_out = {
+        "views": passes.views,
+        "height": passes.height,
+        "width": passes.width,
+        "steps": request.steps,
+        "sampling_seconds": round(sampling_seconds, 3),
+        "model": components.name,
+        "request": request.to_dict(),
+    }
+    metrics_out.update(consistency_metrics(result, passes, components.vae_scale_factor))
+
+    texture = None
+    if request.kind == "texture" and passes.texel_position is not None:
+        baked = bake.bake(result.images, passes)
+        residual = metrics.bake_residual(result.images, passes, texture=baked.texture)
+        # Texel maps fix the bake's grain; a different requested size is a resample.
+        texture = images.resize_square(baked.texture, request.texture_size)
+        images.save_png(texture, out_dir / TEXTURE_PNG)
+        metrics_out["texture_size"] = int(texture.shape[0])
+        metrics_out["texture_coverage"] = round(float(baked.coverage), 5)
+        metrics_out["bake_residual"] = round(float(residual["mean"]), 5)
+
+    control = sampler.control_images(passes.depth).numpy()
+    sheet = images.contact_sheet(
+        [("depth (ControlNet input)", [images.depth_to_gray(c) for c in control]),
+         ("generated views", list(result.images))],
+        extra=("baked texture", texture) if texture is not None else None,
+    )
+    images.save_png(sheet, out_dir / CONTACT_SHEET_PNG)
+    (out_dir / METRICS_JSON).write_text(json.dumps(metrics_out, indent=2, sort_keys=True))
+    return metrics_out
+

@@ -1,0 +1,325 @@
+"""(T) The multi-view / multi-frame denoising loop.
+
+Stages, in the order of :func:`sample` (the same order as diffusers' ControlNet
+pipeline, so with ``iid`` noise, ``self`` attention and no hooks the result equals
+``StableDiffusionControlNetPipeline`` for the same latents):
+
+    check -> encode prompt -> control maps -> initial latents -> loop -> decode
+
+Inside the loop each step runs ControlNet and UNet on all views at once (both CFG
+halves in one batch), then gives every step hook (e.g. UV synchronisation) the chance to
+replace the guided noise prediction before the scheduler step. Attention processors for
+cross-view modes are installed on UNet and ControlNet for the duration of the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+import numpy as np
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    UniPCMultistepScheduler,
+)
+
+from . import attention, noise, preview, sync
+from .models import Components
+from .protocol import Passes, ProtocolError, Request
+
+BACKGROUND_DEPTH = 1e9  # depth at or above this is "nothing was hit"
+PREVIEW_KEY = "latent_to_rgb"
+
+
+class Cancelled(Exception):
+    """The job was cancelled between two steps."""
+
+
+@dataclass
+class StepState:
+    """What a step hook sees. Tensors are in view space: ``(V, 4, h, w)``."""
+
+    index: int
+    total: int
+    timestep: torch.Tensor
+    latents: torch.Tensor
+    noise_pred: torch.Tensor
+    scheduler: object
+
+
+class StepHook(Protocol):
+    def __call__(self, state: StepState) -> torch.Tensor | None:
+        """Return a replacement guided noise prediction, or None to keep it."""
+
+
+@dataclass
+class StepProgress:
+    step: int  # steps done, 1..total
+    total: int
+    preview: np.ndarray  # (h', w', 3) uint8: predicted x0 of all views, tiled
+
+
+@dataclass
+class SampleResult:
+    images: np.ndarray  # (V, H, W, 3) float32 in [0, 1]
+    latents: torch.Tensor  # (V, 4, H/8, W/8) final latents (float32, CPU)
+    initial_noise: torch.Tensor  # (V, 4, H/8, W/8) unscaled N(0, 1) starting noise
+
+
+# Variance-preserving schedulers only: x0 and epsilon convert through alphas_cumprod,
+# which step hooks (UV sync) rely on.
+SCHEDULERS: dict[str, Callable[[dict], object]] = {
+    "ddim": lambda config: DDIMScheduler.from_config(config),
+    "dpmpp": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),
+    "unipc": lambda config: UniPCMultistepScheduler.from_config(config),
+}
+
+
+def make_scheduler(components: Components, name: str):
+    if name not in SCHEDULERS:
+        raise ProtocolError("scheduler", f"unknown scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
+    return SCHEDULERS[name](components.scheduler.config)
+
+
+# ---------------------------------------------------------------- stages
+
+
+def check_inputs(components: Components, request: Request, passes: Passes) -> None:
+    request.validate()
+    passes.validate()
+    factor = components.vae_scale_factor
+    if passes.height % factor or passes.width % factor:
+        raise ProtocolError("depth", f"height and width must be multiples of {factor}, got "
+                                     f"{passes.height}x{passes.width}")
+    if request.noise == "surface" and passes.uv is None:
+        raise ProtocolError("uv", "surface noise needs the UV pass (V, H, W, 2)")
+    if request.sync_strength > 0 and passes.uv is None:
+        raise ProtocolError("uv", "UV synchronisation needs the UV pass (V, H, W, 2)")
+    if request.attention == "neighbors" and request.reference_view >= passes.views:
+        raise ProtocolError("reference_view", f"{request.reference_view} is not a view index (0..{passes.views - 1})")
+    if request.layout == "grid" and request.attention != "self":
+        raise ProtocolError("attention", "the grid layout tiles all views into one image; use attention 'self'")
+
+
+@torch.inference_mode()
+def encode_prompt(components: Components, prompt: str, negative_prompt: str, views: int,
+                  guidance: bool) -> torch.Tensor:
+    """Text embeddings ``(2V, 77, D)`` = [uncond x V, cond x V] with CFG, else ``(V, 77, D)``."""
+    texts = [negative_prompt, prompt] if guidance else [prompt]
+    tokens = components.tokenizer(
+        texts, padding="max_length", max_length=components.tokenizer.model_max_length,
+        truncation=True, return_tensors="pt",
+    )
+    embeddings = components.text_encoder(tokens.input_ids.to(components.device))[0]
+    embeddings = embeddings.to(components.dtype)
+    return embeddings.repeat_interleave(views, dim=0)
+
+
+def control_images(depth: np.ndarray) -> torch.Tensor:
+    """Depth ``(V, H, W)`` -> ControlNet input ``(V, 3, H, W)`` float32 in [0, 1].
+
+    One near/far for all views of the job, so the same surface gets the same brightness
+    in every view; near is bright (the depth ControlNets were trained on inverse depth
+    maps), background is 0.
+    """
+    depth = np.asarray(depth, dtype=np.float32)
+    hit = np.isfinite(depth) & (depth < BACKGROUND_DEPTH)
+    if not hit.any():
+        raise ProtocolError("depth", "no pixel of any view hits geometry")
+    near, far = float(depth[hit].min()), float(depth[hit].max())
+    span = max(far - near, 1e-6)
+    # Keep the farthest surface slightly above the black background.
+    value = np.where(hit, 0.1 + 0.9 * (far - np.where(hit, depth, far)) / span, 0.0)
+    control = torch.from_numpy(value.astype(np.float32))
+    return control.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+
+def initial_noise(request: Request, passes: Passes, channels: int, factor: int) -> torch.Tensor:
+    """Unit-variance starting noise ``(V, C, H/f, W/f)`` for the request's noise model."""
+    shape = (channels, passes.height // factor, passes.width // factor)
+    if request.noise == "surface":
+        return noise.surface(passes.uv, passes.mask, request.seed, channels=channels, factor=factor)
+    params = {}
+    if request.noise in ("mixed", "progressive"):
+        params["alpha"] = request.noise_alpha
+    if request.noise == "dependency":
+        params["lam"] = request.noise_lambda
+    return noise.make(request.noise, passes.views, shape, request.seed, **params)
+
+
+def attention_params(request: Request, views: int) -> dict:
+    if request.attention == "neighbors":
+        return dict(views=views, reference=request.reference_view, reference_weight=request.reference_weight)
+    if request.attention == "keyframes":
+        return dict(views=views, policy=request.keyframes)
+    if request.attention == "tma":
+        return dict(views=views, momentum=request.momentum)
+    return dict(views=views)
+
+
+def controlnet_keep(index: int, total: int, start: float, end: float) -> float:
+    """1 inside the ControlNet guidance window (fractions of the steps), else 0."""
+    return 1.0 - float(index / total < start or (index + 1) / total > end)
+
+
+def predicted_x0(scheduler, latents: torch.Tensor, noise_pred: torch.Tensor, timestep) -> torch.Tensor:
+    """x0 from an epsilon prediction at discrete ``timestep`` (VP schedules)."""
+    alpha_bar = scheduler.alphas_cumprod.to(latents.device)[int(timestep)].to(latents.dtype)
+    return (latents - (1 - alpha_bar).sqrt() * noise_pred) / alpha_bar.sqrt()
+
+
+@torch.inference_mode()
+def decode(components: Components, latents: torch.Tensor, chunk: int = 4) -> np.ndarray:
+    """Latents ``(V, 4, h, w)`` -> images ``(V, H, W, 3)`` float32 in [0, 1]."""
+    images = []
+    scale = components.vae.config.scaling_factor
+    for start in range(0, latents.shape[0], chunk):
+        part = latents[start:start + chunk].to(components.device, components.dtype) / scale
+        image = components.vae.decode(part, return_dict=False)[0]
+        images.append((image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(images)
+
+
+# ---------------------------------------------------------------- layout
+
+
+class ViewLayout:
+    """Views are the batch: model space == view space."""
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def to_views(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @property
+    def model_views(self) -> int | None:
+        return None
+
+
+class GridLayout(ViewLayout):
+    """All V views tiled into one image of ``rows x cols`` cells (padded with empty cells).
+
+    Tiling is done per CFG group: ``(G*V, C, h, w)`` <-> ``(G, C, rows*h, cols*w)``.
+    """
+
+    def __init__(self, views: int):
+        self.views = views
+        self.cols = int(np.ceil(np.sqrt(views)))
+        self.rows = int(np.ceil(views / self.cols))
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        groups = x.shape[0] // self.views
+        _, channels, height, width = x.shape
+        cells = self.rows * self.cols
+        x = x.reshape(groups, self.views, channels, height, width)
+        if cells > self.views:
+            pad = x.new_zeros(groups, cells - self.views, channels, height, width)
+            x = torch.cat([x, pad], dim=1)
+        x = x.reshape(groups, self.rows, self.cols, channels, height, width)
+        return x.permute(0, 3, 1, 4, 2, 5).reshape(groups, channels, self.rows * height, self.cols * width)
+
+    def to_views(self, x: torch.Tensor) -> torch.Tensor:
+        groups, channels, full_height, full_width = x.shape
+        height, width = full_height // self.rows, full_width // self.cols
+        x = x.reshape(groups, channels, self.rows, height, self.cols, width).permute(0, 2, 4, 1, 3, 5)
+        x = x.reshape(groups, self.rows * self.cols, channels, height, width)[:, :self.views]
+        return x.reshape(groups * self.views, channels, height, width)
+
+    @property
+    def model_views(self) -> int | None:
+        return 1
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def sample(
+    components: Components,
+    request: Request,
+    passes: Passes,
+    *,
+    progress: Callable[[StepProgress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    hooks: Iterable[StepHook] = (),
+    latents: torch.Tensor | None = None,
+) -> SampleResult:
+    """Sample all views of a job consistently. See the module docstring for the stages.
+
+    ``latents`` overrides the starting noise ``(V, 4, H/8, W/8)`` (unit variance).
+    ``cancel`` is polled before every step; when it returns True, :class:`Cancelled` is
+    raised within one step.
+    """
+    check_inputs(components, request, passes)
+    views = passes.views
+    guidance = request.guidance_scale > 1.0
+    device, dtype = components.device, components.dtype
+    hooks = list(hooks)
+    if request.sync_strength > 0:
+        hooks.insert(0, sync.UVSync(passes, request, components.vae_scale_factor, device=device))
+
+    prompt_embeds = encode_prompt(components, request.prompt, request.negative_prompt, views, guidance)
+    control = control_images(passes.depth).to(device, dtype)
+
+    channels = components.unet.config.in_channels
+    factor = components.vae_scale_factor
+    start_noise = latents if latents is not None else initial_noise(request, passes, channels, factor)
+    expected = (views, channels, passes.height // factor, passes.width // factor)
+    if tuple(start_noise.shape) != expected:
+        raise ProtocolError("latents", f"expected shape {expected}, got {tuple(start_noise.shape)}")
+
+    scheduler = make_scheduler(components, request.scheduler)
+    scheduler.set_timesteps(request.steps, device=device)
+    timesteps = scheduler.timesteps
+    current = start_noise.to(device, dtype) * scheduler.init_noise_sigma
+
+    layout = GridLayout(views) if request.layout == "grid" else ViewLayout()
+    groups = 2 if guidance else 1
+    control_batch = layout.to_model(torch.cat([control] * groups))
+    if PREVIEW_KEY not in components.extras:
+        components.extras[PREVIEW_KEY] = preview.fit_latent_to_rgb(components.vae)
+
+    model_views = layout.model_views or views
+    params = attention_params(request, model_views)
+    with torch.inference_mode(), attention.install([components.unet, components.controlnet],
+                                                   request.attention, **params):
+        for index, timestep in enumerate(timesteps):
+            if cancel is not None and cancel():
+                raise Cancelled(f"cancelled before step {index + 1} of {len(timesteps)}")
+            model_input = torch.cat([current] * groups)
+            model_input = scheduler.scale_model_input(model_input, timestep)
+            model_input = layout.to_model(model_input)
+            embeds = prompt_embeds if layout.model_views is None else prompt_embeds[::views]
+            scale = request.controlnet_scale * controlnet_keep(index, len(timesteps), request.control_start,
+                                                                request.control_end)
+            down_residuals, mid_residual = components.controlnet(
+                model_input, timestep, encoder_hidden_states=embeds, controlnet_cond=control_batch,
+                conditioning_scale=scale, guess_mode=False, return_dict=False,
+            )
+            noise_pred = components.unet(
+                model_input, timestep, encoder_hidden_states=embeds,
+                down_block_additional_residuals=down_residuals,
+                mid_block_additional_residual=mid_residual, return_dict=False,
+            )[0]
+            noise_pred = layout.to_views(noise_pred)
+            if guidance:
+                uncond, cond = noise_pred.chunk(2)
+                noise_pred = uncond + request.guidance_scale * (cond - uncond)
+            for hook in hooks:
+                replaced = hook(StepState(index, len(timesteps), timestep, current, noise_pred, scheduler))
+                if replaced is not None:
+                    noise_pred = replaced
+            if progress is not None:
+                x0 = predicted_x0(scheduler, current, noise_pred, timestep)
+                image = preview.latents_to_rgb(x0 / components.vae.config.scaling_factor,
+                                               components.extras[PREVIEW_KEY])
+            current = scheduler.step(noise_pred, timestep, current, return_dict=False)[0]
+            if progress is not None:
+                progress(StepProgress(step=index + 1, total=len(timesteps), preview=image))
+
+    if cancel is not None and cancel():
+        raise Cancelled("cancelled before decoding")
+    images = decode(components, current)
+    return SampleResult(images=images, latents=current.float().cpu(), initial_noise=start_noise.float().cpu())

@@ -1,0 +1,155 @@
+"""The built-in scene fixture: a sphere seen by a ring of cameras, ray cast in numpy.
+
+:func:`sphere_scene` returns a :class:`~zs_core.protocol.Passes` holding every array of
+the wire format exactly as the Blender add-on would deliver them (rows top to bottom,
+planar depth, world-space normal and position, background depth 1e10), so the sampler,
+bake and metrics can be exercised without Blender. Conventions are those of
+:mod:`zs_core.geometry`.
+
+The object is an analytic sphere of radius ``r`` centred at the origin (a perfectly
+smooth "UV sphere") with an equirectangular UV map:
+
+    u = atan2(y, x) / (2 pi) + 0.5        (the seam, u = 0 = 1, faces -X)
+    v = acos(-z / r) / pi                 (v = 0 at the south pole, v = 1 at the north)
+
+so in the texture image (row 0 = v = 1) the north pole is at the top and, seen from
+outside, the texture is not mirrored.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import geometry
+from .protocol import Passes
+
+BACKGROUND_DEPTH = 1e10  # what Cycles writes where no geometry is hit
+SENSOR_MM = 36.0  # Blender's default sensor width
+NEAR, FAR = 0.1, 100.0
+
+
+def ring_cameras(views: int, distance: float, elevation_deg: float, lens_mm: float, width: int,
+                 height: int, near: float = NEAR, far: float = FAR):
+    """Cameras evenly spaced in azimuth on a ring around the origin, all looking at it.
+
+    View 0 is in front (on -Y, Blender's front view), the next ones follow
+    counter-clockwise seen from above (view 1 is towards +X for 4 views).
+    -> (world_to_camera (V, 4, 4), projection (V, 4, 4)) float64.
+    """
+    if isinstance(views, bool) or not isinstance(views, (int, np.integer)) or views < 1:
+        raise ValueError(f"views: expected a positive integer, got {views!r}")
+    if not (math.isfinite(distance) and distance > 0):
+        raise ValueError(f"distance: expected a positive finite number, got {distance!r}")
+    if not (math.isfinite(elevation_deg) and -90.0 < elevation_deg < 90.0):
+        raise ValueError(f"elevation_deg: expected a number in (-90, 90), got {elevation_deg!r}")
+    projection = geometry.perspective(lens_mm, SENSOR_MM, width, height, near, far)
+    elevation = math.radians(elevation_deg)
+    world_to_camera = np.empty((views, 4, 4))
+    for index in range(views):
+        azimuth = 2.0 * math.pi * index / views
+        eye = distance * np.array([math.cos(elevation) * math.sin(azimuth),
+                                   -math.cos(elevation) * math.cos(azimuth),
+                                   math.sin(elevation)])
+        world_to_camera[index] = np.linalg.inv(geometry.look_at(eye, (0.0, 0.0, 0.0)))
+    return world_to_camera, np.broadcast_to(projection, (views, 4, 4)).copy()
+
+
+def sphere_uv(points: np.ndarray, radius: float) -> np.ndarray:
+    """Equirectangular UV (..., 2) float64 of points (..., 3) on the sphere."""
+    points = np.asarray(points, dtype=np.float64)
+    u = np.arctan2(points[..., 1], points[..., 0]) / (2.0 * math.pi) + 0.5
+    v = np.arccos(np.clip(-points[..., 2] / radius, -1.0, 1.0)) / math.pi
+    return np.stack([u, v], axis=-1)
+
+
+def sphere_point(uv: np.ndarray, radius: float) -> np.ndarray:
+    """The inverse of :func:`sphere_uv`: surface points (..., 3) float64 at uv (..., 2)."""
+    uv = np.asarray(uv, dtype=np.float64)
+    longitude = (uv[..., 0] - 0.5) * 2.0 * math.pi
+    polar_from_south = uv[..., 1] * math.pi
+    ring = radius * np.sin(polar_from_south)
+    return np.stack([ring * np.cos(longitude), ring * np.sin(longitude),
+                     -radius * np.cos(polar_from_south)], axis=-1)
+
+
+def _hit_sphere(origins: np.ndarray, directions: np.ndarray, radius: float):
+    """Nearest intersection of unit rays (..., 3) with the sphere.
+
+    -> (distance along the ray (...,), hit (...,) bool); distance is NaN on misses.
+    """
+    # |o + t d|^2 = r^2 with |d| = 1: t^2 + 2 b t + c = 0.
+    b = np.einsum("...i,...i->...", origins, directions)
+    c = np.einsum("...i,...i->...", origins, origins) - radius * radius
+    discriminant = b * b - c
+    hit = discriminant >= 0.0
+    with np.errstate(invalid="ignore"):
+        distance = -b - np.sqrt(np.where(hit, discriminant, np.nan))
+    hit &= distance > 0.0
+    return np.where(hit, distance, np.nan), hit
+
+
+def _render_view(world_to_camera: np.ndarray, projection: np.ndarray, width: int, height: int,
+                 radius: float, near: float, far: float) -> dict[str, np.ndarray]:
+    """Ray cast one view -> float64 / bool arrays, (H, W[, C]), background not yet filled."""
+    origins, directions = geometry.pixel_rays(world_to_camera, projection, width, height)
+    distance, hit = _hit_sphere(origins, directions, radius)
+    position = origins + np.nan_to_num(distance)[..., None] * directions
+    # Planar depth from the same matrix the projection uses, so project() agrees with it.
+    depth = -(position @ world_to_camera[2, :3] + world_to_camera[2, 3])
+    hit &= (depth >= near) & (depth <= far)  # Blender clips to the camera's range
+    return {"hit": hit, "depth": depth, "position": position}
+
+
+def _texel_maps(texture_size: int, radius: float):
+    """(texel_position (T, T, 3), texel_normal (T, T, 3), texel_mask (T, T)) of the UV map."""
+    position = sphere_point(geometry.texel_uv(texture_size), radius)
+    # Texel centres never land on a pole (v is never 0 or 1), so every texel is on the map.
+    return position, position / radius, np.ones((texture_size, texture_size), bool)
+
+
+def sphere_scene(views: int = 6, width: int = 256, height: int = 256, texture_size: int = 256,
+                 radius: float = 1.0, elevation_deg: float = 20.0, distance: float = 3.2,
+                 lens_mm: float = 50.0) -> Passes:
+    """A sphere at the origin seen by ``views`` ring cameras -> :class:`Passes` (valid by construction).
+
+    Arrays (float32 unless noted, rows top to bottom): depth (V, H, W) planar, 1e10 on
+    background; normal, position (V, H, W, 3) world space, 0 on background;
+    uv (V, H, W, 2) in [0, 1], 0 on background; mask (V, H, W) bool;
+    world_to_camera, projection (V, 4, 4); texel_position, texel_normal (T, T, 3);
+    texel_mask (T, T) bool. Deterministic.
+    """
+    if not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius: expected a positive finite number, got {radius!r}")
+    if not (math.isfinite(distance) and distance > radius + NEAR):
+        raise ValueError(f"distance: the cameras must be outside the sphere (> radius + {NEAR}), got {distance!r}")
+    world_to_camera, projection = ring_cameras(views, distance, elevation_deg, lens_mm, width, height)
+    # Ray cast with exactly the float32 matrices we ship, so the arrays agree with them.
+    world_to_camera = world_to_camera.astype(np.float32)
+    projection = projection.astype(np.float32)
+    rendered = [_render_view(world_to_camera[i].astype(np.float64), projection[i].astype(np.float64),
+                             width, height, radius, NEAR, FAR) for i in range(views)]
+    mask = np.stack([view["hit"] for view in rendered])
+    surface = np.stack([view["position"] for view in rendered])[mask]  # (N, 3) hit points
+    texel_position, texel_normal, texel_mask = _texel_maps(texture_size, radius)
+    return Passes(
+        depth=_scatter(mask, np.stack([view["depth"] for view in rendered])[mask], BACKGROUND_DEPTH),
+        mask=mask,
+        uv=_scatter(mask, sphere_uv(surface, radius)),
+        normal=_scatter(mask, surface / radius),
+        position=_scatter(mask, surface),
+        world_to_camera=world_to_camera,
+        projection=projection,
+        texel_position=texel_position.astype(np.float32),
+        texel_normal=texel_normal.astype(np.float32),
+        texel_mask=texel_mask,
+    )
+
+
+def _scatter(mask: np.ndarray, values: np.ndarray, background: float = 0.0) -> np.ndarray:
+    """Values (N, ...) of the masked pixels -> float32 (V, H, W, ...) with ``background``
+    elsewhere."""
+    out = np.full((mask.size,) + values.shape[1:], background, dtype=np.float32)
+    out[np.flatnonzero(mask)] = values  # integer indices: much faster than a boolean setitem
+    return out.reshape(mask.shape + values.shape[1:])

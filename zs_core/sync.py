@@ -1,0 +1,121 @@
+"""(T) Per-step latent synchronisation in UV space (a sampler step hook).
+
+While ``t / T > sync_end``, every view's predicted x0 is splatted into one UV latent
+texture, the texture is read back into every view, and the guided epsilon is recomputed
+from the synchronised x0 so that any variance-preserving diffusers scheduler (DDIM,
+DPM-Solver++, UniPC) takes its usual step on consistent predictions.
+
+Correspondence comes from the image-resolution passes: image pixel p of view v sees
+texel t(p) through its UV pass and lies in latent pixel l(p). Splatting from pixels (not
+gathering from texels) gets visibility for free, since a pixel only sees the front-most
+surface. Each contribution is weighted by cos(theta)^p, theta the angle between the
+surface normal and the direction to the camera, with p rising over the steps so early
+steps blend broadly and late steps trust the most frontal view. Texels no pixel sees are
+never read back, so no fill is needed. Background latents are left to the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import geometry
+from .protocol import Passes, Request
+
+
+def camera_positions(world_to_camera: np.ndarray) -> np.ndarray:
+    """Camera centres in world space ``(V, 3)`` from ``world_to_camera (V, 4, 4)``."""
+    return np.linalg.inv(world_to_camera.astype(np.float64))[:, :3, 3]
+
+
+def facing_cosines(passes: Passes) -> np.ndarray:
+    """cos(theta) per pixel ``(V, H, W)`` float32 in [0, 1]; 1 where normals are unknown."""
+    if passes.normal is None or passes.position is None or passes.world_to_camera is None:
+        return np.ones(passes.depth.shape, np.float32)
+    eye = camera_positions(passes.world_to_camera)[:, None, None, :]
+    to_camera = eye - passes.position.astype(np.float64)
+    to_camera /= np.maximum(np.linalg.norm(to_camera, axis=-1, keepdims=True), 1e-12)
+    normal = passes.normal.astype(np.float64)
+    normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
+    return np.clip((to_camera * normal).sum(-1), 0.0, 1.0).astype(np.float32)
+
+
+class UVSync:
+    """Step hook: fuse all views' x0 in a UV latent texture while ``t / T > sync_end``.
+
+    Built once per job from the passes; per step the work is two scatter-adds and two
+    gathers over the sampled target pixels.
+    """
+
+    def __init__(self, passes: Passes, request: Request, factor: int = 8, samples_per_side: int = 4,
+                 texture_size: int | None = None, device: torch.device | str = "cpu"):
+        if passes.uv is None:
+            raise ValueError("uv: UV synchronisation needs the UV pass (V, H, W, 2)")
+        views, height, width = passes.depth.shape
+        self.request = request
+        self.shape = (views, height // factor, width // factor)
+        self.size = texture_size or geometry.footprint_texture_size(passes.uv, passes.mask, factor, 8, 2048)
+        # Sample a regular sub-grid of each factor x factor block: enough to follow the
+        # footprint, a fraction of the cost of every pixel.
+        stride = max(1, factor // samples_per_side)
+        offset = stride // 2
+        uv = passes.uv[:, offset::stride, offset::stride]
+        mask = passes.mask[:, offset::stride, offset::stride]
+        cosine = facing_cosines(passes)[:, offset::stride, offset::stride]
+        view_index, rows, cols = np.nonzero(mask)
+        latent_rows = (rows * stride + offset) // factor
+        latent_cols = (cols * stride + offset) // factor
+        latent_index = (view_index * self.shape[1] + latent_rows) * self.shape[2] + latent_cols
+        texel = np.clip((uv[mask] * self.size).astype(np.int64), 0, self.size - 1)
+        texel_index = texel[:, 1] * self.size + texel[:, 0]
+        samples_per_block = (factor // stride) ** 2
+
+        self.device = torch.device(device)
+        self.latent_index = torch.from_numpy(latent_index.astype(np.int64)).to(self.device)
+        self.texel_index = torch.from_numpy(texel_index).to(self.device)
+        self.cosine = torch.from_numpy(np.maximum(cosine[mask], 1e-4)).to(self.device)
+        count = torch.bincount(self.latent_index, minlength=int(np.prod(self.shape))).float()
+        self.covered = count > 0
+        self.coverage = (count / samples_per_block).clamp(max=1.0)
+        self.count = count.clamp(min=1.0)
+
+    def exponent(self, index: int, total: int) -> float:
+        progress = index / max(total - 1, 1)
+        start, end = self.request.sync_exponent_start, self.request.sync_exponent_end
+        return start + (end - start) * progress
+
+    def active(self, timestep, scheduler) -> bool:
+        train_steps = scheduler.config.num_train_timesteps
+        return self.request.sync_strength > 0 and float(timestep) / train_steps > self.request.sync_end
+
+    def fuse(self, x0: torch.Tensor, exponent: float) -> torch.Tensor:
+        """Synchronised x0 ``(V, C, h, w)``: texture splat of all views, read back per view."""
+        views, channels, height, width = x0.shape
+        flat = x0.permute(0, 2, 3, 1).reshape(-1, channels).float()
+        samples = flat[self.latent_index]  # (P, C)
+        weight = self.cosine.pow(exponent)  # (P,)
+        texels = self.size * self.size
+        texture = torch.zeros(texels, channels, device=flat.device).index_add_(0, self.texel_index,
+                                                                              samples * weight[:, None])
+        total = torch.zeros(texels, device=flat.device).index_add_(0, self.texel_index, weight)
+        texture = texture / total.clamp(min=1e-12)[:, None]
+        rendered = torch.zeros_like(flat).index_add_(0, self.latent_index, texture[self.texel_index])
+        rendered = rendered / self.count[:, None]
+        # Latents half on the object keep the model's own x0 for their background share.
+        coverage = self.coverage[:, None]
+        synced = torch.where(self.covered[:, None], coverage * rendered + (1 - coverage) * flat, flat)
+        return synced.reshape(views, height, width, channels).permute(0, 3, 1, 2).to(x0.dtype)
+
+    def __call__(self, state) -> torch.Tensor | None:
+        if not self.active(state.timestep, state.scheduler):
+            return None
+        from .sampler import predicted_x0
+
+        alpha_bar = state.scheduler.alphas_cumprod.to(state.latents.device)[int(state.timestep)]
+        alpha_bar = alpha_bar.to(state.latents.dtype)
+        x0 = predicted_x0(state.scheduler, state.latents, state.noise_pred, state.timestep)
+        synced = self.fuse(x0, self.exponent(state.index, state.total))
+        strength = self.request.sync_strength
+        blended = strength * synced + (1 - strength) * x0
+        # The epsilon that makes the scheduler's own x0 equal the blended one.
+        return (state.latents - alpha_bar.sqrt() * blended) / (1 - alpha_bar).sqrt()
