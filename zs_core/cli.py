@@ -9,7 +9,8 @@ from pathlib import Path
 from .protocol import ATTENTION_MODES, NOISE_MODES, SCHEDULERS, ProtocolError
 
 
-def _add_sampling_options(parser: argparse.ArgumentParser, *, steps: int, noise: str, attention: str) -> None:
+def _add_sampling_options(parser: argparse.ArgumentParser, *, steps: int, noise: str, attention: str,
+                          sync_strength: float) -> None:
     parser.add_argument("--prompt", default="a weathered bronze statue, detailed texture")
     parser.add_argument("--negative-prompt", default="blurry, low quality")
     parser.add_argument("--model", default="tiny", help="tiny, a diffusers folder, a hub id or a .safetensors file")
@@ -21,7 +22,7 @@ def _add_sampling_options(parser: argparse.ArgumentParser, *, steps: int, noise:
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
     parser.add_argument("--noise", choices=NOISE_MODES, default=noise)
     parser.add_argument("--attention", choices=ATTENTION_MODES, default=attention)
-    parser.add_argument("--sync-strength", type=float, default=0.0,
+    parser.add_argument("--sync-strength", type=float, default=sync_strength,
                         help="UV latent synchronisation, 0 (off) to 1 (fully synced)")
     parser.add_argument("--texture-size", type=int, default=None, help="texture side in texels")
 
@@ -113,13 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="output folder")
     demo.add_argument("--views", type=int, default=6)
     demo.add_argument("--size", type=int, default=256, help="view width and height (multiple of 8)")
-    _add_sampling_options(demo, steps=20, noise="surface", attention="extended")
+    _add_sampling_options(demo, steps=12, noise="surface", attention="self", sync_strength=1.0)
     demo.set_defaults(func=cmd_demo)
 
     texture = commands.add_parser("texture", help="texture from a passes bundle (.npz in the wire format)")
     texture.add_argument("source", help="passes.npz (arrays as in DESIGN.md, camera matrices and texel maps inside)")
     texture.add_argument("--out", required=True, help="output folder")
-    _add_sampling_options(texture, steps=20, noise="surface", attention="extended")
+    _add_sampling_options(texture, steps=20, noise="surface", attention="extended", sync_strength=1.0)
     texture.set_defaults(func=cmd_texture)
     return parser
 

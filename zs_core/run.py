@@ -90,11 +90,13 @@ def run_job(
         metrics_out["bake_residual"] = round(float(residual["mean"]), 5)
 
     control = sampler.control_images(passes.depth).numpy()
-    sheet = images.contact_sheet(
-        [("depth (ControlNet input)", [images.depth_to_gray(c) for c in control]),
-         ("generated views", list(result.images))],
-        extra=("baked texture", texture) if texture is not None else None,
-    )
+    rows = [("depth (ControlNet input)", [images.depth_to_gray(c) for c in control]),
+            ("generated views", list(result.images))]
+    if texture is not None:
+        # The baked texture seen through every camera: where views disagreed, it blurs.
+        rendered = bake.render(baked.texture, passes.uv, passes.mask)
+        rows.append(("baked texture on the object", list(rendered)))
+    sheet = images.contact_sheet(rows, extra=("baked texture", texture) if texture is not None else None)
     images.save_png(sheet, out_dir / CONTACT_SHEET_PNG)
     (out_dir / METRICS_JSON).write_text(json.dumps(metrics_out, indent=2, sort_keys=True))
     return metrics_out

@@ -45,7 +45,7 @@ def test_demo_writes_views_texture_metrics_and_contact_sheet(tmp_path, capsys):
 
 
 def test_texture_command_on_a_bundle(bundle, tmp_path):
-    metrics = texture_run(bundle, tmp_path / "run", "--texture-size", "256")
+    metrics = texture_run(bundle, tmp_path / "run", "--texture-size", "256", "--attention", "neighbors")
     texture = images.load_png(tmp_path / "run" / "texture.png")
     assert texture.shape == (256, 256, 3)
     assert metrics["texture_coverage"] > 0.5
@@ -54,8 +54,9 @@ def test_texture_command_on_a_bundle(bundle, tmp_path):
 
 
 def test_consistency_methods_beat_the_baseline(bundle, tmp_path):
-    baseline = texture_run(bundle, tmp_path / "iid", "--noise", "iid", "--attention", "self")
-    surface = texture_run(bundle, tmp_path / "surface", "--noise", "surface", "--attention", "self")
+    baseline = texture_run(bundle, tmp_path / "iid", "--noise", "iid", "--attention", "self", "--sync-strength", "0")
+    surface = texture_run(bundle, tmp_path / "surface", "--noise", "surface", "--attention", "self",
+                          "--sync-strength", "0")
     synced = texture_run(bundle, tmp_path / "sync", "--noise", "surface", "--attention", "self",
                          "--sync-strength", "1")
     assert surface["latent_cross_view_disagreement"] < baseline["latent_cross_view_disagreement"]
