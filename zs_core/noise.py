@@ -28,6 +28,7 @@ MODES = ("iid", "fixed", "mixed", "progressive", "dependency", "surface")
 MIN_RESOLUTION, MAX_RESOLUTION = 16, 8192  # automatic UV noise texture size (texels per side)
 LARGEST_RESOLUTION = 65536  # explicit sizes: texel ids must fit in 32 bits for the hash
 SAMPLED_LINES = 8  # rows and columns per view sampled for the automatic resolution
+TABLE_LIMIT = 1 << 26  # texels up to which pixels are grouped through a table (256 MB of int32, mostly untouched)
 MASK32 = 0xFFFFFFFF
 MASK64 = 0xFFFFFFFFFFFFFFFF
 
@@ -191,8 +192,8 @@ def dependency(count: int, shape, lam: float, seed: int, candidates: int = 16, r
         a = _line_search(lam, prev_sq, float(eta_sq[best]), float(cross[best]))
         frames.append(math.sqrt(a) * prev + math.sqrt(1 - a) * etas[best])
         a_values.append(a)
-    noise = torch.stack(frames)
-    return (noise, a_values) if return_a else noise
+    sequence = torch.stack(frames)
+    return (sequence, a_values) if return_a else sequence
 
 
 # ----------------------------------------------------------------------------- surface noise
@@ -222,27 +223,40 @@ def _hash32(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _texel_keys(seed: int, streams: int) -> tuple[np.uint32, np.ndarray]:
+def _texel_keys(seed: int, streams: int) -> tuple[np.uint32, list[np.uint32]]:
     """32-bit keys from the seed: one that scrambles texel ids, one per uniform stream."""
     base = _splitmix64(seed & MASK64)
     keys = [_splitmix64(base ^ (stream + 1)) & MASK32 for stream in range(streams + 1)]
-    return np.uint32(keys[0]), np.array(keys[1:], dtype=np.uint32).reshape(-1, 1)
+    return np.uint32(keys[0]), [np.uint32(key) for key in keys[1:]]
+
+
+def _uniforms(bits: np.ndarray) -> np.ndarray:
+    """uint32 hashes -> float32 uniforms (k + 0.5) / 2^23 from the top 23 bits k: exact in
+    float32 and never 0 or 1, so log(u) stays finite."""
+    uniforms = (bits >> np.uint32(9)).astype(np.float32)
+    uniforms += np.float32(0.5)
+    uniforms *= np.float32(1.0 / (1 << 23))
+    return uniforms
 
 
 def _texel_gaussians(texels: np.ndarray, channels: int, seed: int) -> np.ndarray:
-    """``texels (N,)`` int ids -> ``(channels, N) float32`` N(0, 1) texture values (numpy)."""
+    """``texels (N,)`` int ids -> ``(channels, N) float32`` N(0, 1) texture values (numpy).
+
+    One Box-Muller pair per two channels, computed pair by pair so the work stays in cache.
+    """
     pairs = (channels + 1) // 2
     scramble_key, stream_keys = _texel_keys(seed, 2 * pairs)
-    bits = _hash32(_hash32(texels.astype(np.uint32) ^ scramble_key)[None, :] ^ stream_keys)
-    # Top 24 bits -> exact float32 uniforms in [0, 1); u1 shifted by half a step keeps log finite.
-    uniforms = (bits >> np.uint32(8)).astype(np.float32)
-    uniforms *= np.float32(1.0 / (1 << 24))
-    radius = np.sqrt(np.float32(-2.0) * np.log(uniforms[0::2] + np.float32(0.5 / (1 << 24))))
-    angle = uniforms[1::2] * np.float32(2 * math.pi)
-    values = np.empty((pairs, 2, texels.size), dtype=np.float32)
-    np.multiply(radius, np.cos(angle), out=values[:, 0])
-    np.multiply(radius, np.sin(angle), out=values[:, 1])
-    return values.reshape(2 * pairs, -1)[:channels]
+    scrambled = _hash32(texels.astype(np.uint32) ^ scramble_key)
+    values = np.empty((2 * pairs, texels.size), dtype=np.float32)
+    for pair in range(pairs):
+        radius = np.log(_uniforms(_hash32(scrambled ^ stream_keys[2 * pair])))
+        radius *= np.float32(-2.0)
+        np.sqrt(radius, out=radius)
+        angle = _uniforms(_hash32(scrambled ^ stream_keys[2 * pair + 1]))
+        angle *= np.float32(2 * math.pi)
+        np.multiply(radius, np.cos(angle), out=values[2 * pair])
+        np.multiply(radius, np.sin(angle), out=values[2 * pair + 1])
+    return values[:channels]
 
 
 def texel_gaussians(texels, channels: int, seed: int) -> torch.Tensor:
@@ -349,9 +363,9 @@ def _gather_uv(flat_uv: np.ndarray, pixels: np.ndarray) -> np.ndarray:
 
 def _texel_ids(surface_uv: np.ndarray, resolution: int) -> np.ndarray:
     """``surface_uv (N, 2)`` in [0, 1] -> texel ids ``(N,) int64`` = ty * R + tx (u = 1 in the last texel)."""
-    cells = (surface_uv * np.float32(resolution)).astype(np.int64)
+    cells = (surface_uv * np.float32(resolution)).astype(np.int32)
     np.minimum(cells, resolution - 1, out=cells)
-    return cells[:, 1] * resolution + cells[:, 0]
+    return cells[:, 1].astype(np.int64) * resolution + cells[:, 0]
 
 
 def _segment_sums(values: np.ndarray, segments: np.ndarray, size: int) -> np.ndarray:
@@ -361,30 +375,37 @@ def _segment_sums(values: np.ndarray, segments: np.ndarray, size: int) -> np.nda
     """
     channels = values.shape[0]
     ids = (segments[None, :] + np.arange(channels)[:, None] * size).ravel()
-    return np.bincount(ids, weights=values.ravel(), minlength=channels * size).reshape(channels, size)
+    sums = np.bincount(ids, weights=values.ravel(), minlength=channels * size)
+    return sums.astype(np.float64, copy=False).reshape(channels, size)  # empty input gives int64
 
 
 class _TexelGroups:
-    """Groups the masked pixels of one view by texel without sorting.
+    """Groups the masked pixels of one view by texel; a group's label is the index of one of
+    its pixels (its representative).
 
-    A scratch table of R^2 entries (never initialised: only entries just written are read)
-    maps each texel to one of its pixels, whose index becomes the group label.
+    Up to :data:`TABLE_LIMIT` texels, without sorting: a scratch table over all texels (never
+    initialised: only entries just written are read) maps each texel to its last pixel.
+    Beyond, by sorting the texel ids (the table would be too big).
     """
 
     def __init__(self, resolution: int):
-        self.table = np.empty(resolution * resolution, dtype=np.int64)
+        texels = resolution * resolution
+        self.table = np.empty(texels, dtype=np.int32) if texels <= TABLE_LIMIT else None
 
     def labels(self, texels: np.ndarray) -> np.ndarray:
-        """``texels (N,) int64`` -> ``(N,) int64`` labels in [0, N), equal iff same texel;
-        a texel's label is the index of one of its pixels (its representative)."""
-        self.table[texels] = np.arange(texels.size)
-        return self.table[texels]
+        """``texels (N,) int64`` -> ``(N,) int64`` labels in [0, N), equal iff same texel."""
+        if self.table is None:
+            _, first, inverse = np.unique(texels, return_index=True, return_inverse=True)
+            return first[inverse]
+        self.table[texels] = np.arange(texels.size, dtype=np.int32)
+        return self.table[texels].astype(np.int64)
 
 
-def _split_terms(labels: np.ndarray, counts: np.ndarray, blocks: np.ndarray, block_count: int,
+def _split_terms(texel_of: np.ndarray, counts: np.ndarray, blocks: np.ndarray, block_count: int,
                  channels: int, generator: torch.Generator) -> np.ndarray:
-    """Block sums ``(C, block_count) float64`` of the zero-sum terms that split texels
-    among their pixels. Arguments ``(K,)``: the pixels of straddling texels (all of them).
+    """Block sums ``(C, block_count) float64`` of the zero-sum terms that split texels among
+    their pixels. Arguments ``(K,)``, for every pixel of the texels straddling latent blocks:
+    compact texel index, n_t, latent pixel.
 
     A texel seen by n_t pixels of a view is split into parts s_p = Z_t / n_t +
     (W_p - mean W over the texel) / sqrt(n_t), W iid N(0, 1): each part is N(0, 1/n_t),
@@ -392,34 +413,58 @@ def _split_terms(labels: np.ndarray, counts: np.ndarray, blocks: np.ndarray, blo
     texel stay independent. The W terms sum to exactly 0 over a texel, so only texels
     straddling latent blocks change a block sum: W is drawn for their pixels alone.
     """
-    if labels.size == 0:
+    if texel_of.size == 0:
         return np.zeros((channels, block_count))
-    texel_of = np.unique(labels, return_inverse=True)[1]
-    draws = torch.randn((channels, labels.size), generator=generator).numpy().astype(np.float64)
-    means = _segment_sums(draws, texel_of, texel_of.max() + 1) / np.bincount(texel_of)
-    terms = (draws - means[:, texel_of]) / np.sqrt(counts)
-    return _segment_sums(terms, blocks, block_count)
+    draws = torch.randn((channels, texel_of.size), generator=generator).numpy().astype(np.float64)
+    means = np.take(_segment_sums(draws, texel_of, texel_of.max() + 1), texel_of, axis=1) / counts
+    return _segment_sums((draws - means) / np.sqrt(counts), blocks, block_count)
 
 
-def _texel_weights(labels: np.ndarray, group_size: np.ndarray, blocks: np.ndarray):
-    """Which pixels carry texel values Z_t into the block sums, and with what weight.
+def _in_straddling_texel(labels: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """Pixels whose texel also covers pixels of another latent block -> ``(N,) bool``.
 
-    ``labels (N,)`` texel group per pixel, ``group_size (N,)`` n_t per label, ``blocks (N,)``
-    latent pixel per pixel. Summing the parts Z_t / n_t of a texel that lies inside one
-    latent block gives Z_t: its representative pixel carries it with weight 1 and the
-    others are skipped (fewer hashes). Each pixel of a texel straddling blocks carries
-    Z_t / n_t. The weight is also the variance its part(s) add to the block.
-    -> ``(carriers (P,) int64, weights (P,) float64, straddling pixels (K,) int64)``.
+    A texel straddles iff one of its pixels lies outside its representative's block.
     """
-    # A texel straddles iff one of its pixels lies outside its representative's block.
     straddles = np.zeros(labels.size, dtype=bool)
     straddles[labels[blocks != blocks[labels]]] = True
-    in_straddling = straddles[labels]
-    carriers = np.flatnonzero((labels == np.arange(labels.size)) | in_straddling)
-    weights = np.ones(carriers.size)
-    split = in_straddling[carriers]
-    weights[split] = 1.0 / group_size[labels[carriers[split]]]
-    return carriers, weights, np.flatnonzero(in_straddling)
+    return straddles[labels]
+
+
+def _compact(labels: np.ndarray, representatives: np.ndarray, pixels: int) -> np.ndarray:
+    """Labels (indices of representative pixels, < ``pixels``) -> 0, 1, ... in the order of
+    ``representatives``."""
+    compact = np.empty(pixels, dtype=np.int64)
+    compact[representatives] = np.arange(representatives.size)
+    return compact[labels]
+
+
+class _ViewTexels:
+    """How the masked pixels of one view share texels and latent pixels.
+
+    ``labels (N,)`` texel group per pixel (the index of its representative pixel),
+    ``blocks (N,)`` latent pixel per pixel. Summing the parts Z_t / n_t of a texel lying
+    inside one latent block gives Z_t: its representative carries it with weight 1 and
+    the others are skipped (fewer hashes). Each pixel of a texel straddling blocks carries
+    Z_t / n_t. The weight is also the variance its part(s) add to the block.
+
+    Attributes: ``carriers (P,)`` pixel indices, ``weights (P,) float64``, and for the
+    straddling pixels ``straddling (K,)``, ``straddling_texel (K,)`` compact texel index
+    and ``straddling_count (K,)`` n_t.
+    """
+
+    def __init__(self, labels: np.ndarray, blocks: np.ndarray):
+        group_size = np.bincount(labels, minlength=labels.size)  # n_t, indexed by label
+        is_representative = labels == np.arange(labels.size)
+        in_straddling = _in_straddling_texel(labels, blocks)
+        self.carriers = np.flatnonzero(is_representative | in_straddling)
+        self.weights = np.ones(self.carriers.size)
+        carried_split = in_straddling[self.carriers]
+        self.weights[carried_split] = 1.0 / group_size[labels[self.carriers[carried_split]]]
+        self.straddling = np.flatnonzero(in_straddling)
+        straddling_labels = labels[self.straddling]
+        self.straddling_count = group_size[straddling_labels]
+        self.straddling_texel = _compact(straddling_labels, np.flatnonzero(is_representative & in_straddling),
+                                         labels.size)
 
 
 def _block_ids(height: int, width: int, factor: int) -> np.ndarray:
@@ -457,15 +502,13 @@ def _view_surface_noise(flat_uv: np.ndarray, flat_mask: np.ndarray, spec: _Surfa
     view_uv = _gather_uv(flat_uv, pixels)
     _check_uv_range(view_uv)
     texels, blocks = _texel_ids(view_uv, spec.resolution), spec.block_of_pixel[pixels]
-    labels = groups.labels(texels)
-    group_size = np.bincount(labels, minlength=labels.size)
-    carriers, weights, straddling = _texel_weights(labels, group_size, blocks)
-    values = _texel_gaussians(texels[carriers], spec.channels, spec.seed) * weights
-    sums = _segment_sums(values, blocks[carriers], spec.block_count)
-    straddling_labels = labels[straddling]
-    sums += _split_terms(straddling_labels, group_size[straddling_labels], blocks[straddling],
+    shared = _ViewTexels(groups.labels(texels), blocks)
+    carried_blocks = blocks[shared.carriers]
+    values = _texel_gaussians(texels[shared.carriers], spec.channels, spec.seed) * shared.weights
+    sums = _segment_sums(values, carried_blocks, spec.block_count)
+    sums += _split_terms(shared.straddling_texel, shared.straddling_count, blocks[shared.straddling],
                          spec.block_count, spec.channels, generator)
-    variances = np.bincount(blocks[carriers], weights=weights, minlength=spec.block_count)
+    variances = np.bincount(carried_blocks, weights=shared.weights, minlength=spec.block_count)
     background = spec.factor ** 2 - np.bincount(blocks, minlength=spec.block_count)
     fresh = torch.randn((spec.channels, spec.block_count), generator=generator).numpy()
     return _normalised_blocks(sums, variances, background, fresh)
@@ -482,13 +525,13 @@ def surface(uv, mask, seed: int, channels: int = 4, factor: int = 8, texels_per_
     Gaussian (:func:`texel_gaussians`), computed only for texels some view sees.
 
     Per view, each masked pixel sees one texel; a texel seen by n_t pixels of the view is
-    split into n_t independent N(0, 1/n_t) parts summing to it (:func:`_split_terms`);
-    background pixels are independent N(0, 1). A latent pixel is the sum of its
-    factor x factor pixels divided by sqrt(sum of their variances): exactly N(0, 1),
-    neighbours independent, and the same surface point carries the same texel value in
-    every view, so views of the same surface get correlated latents. Pixel splits and
-    background come from a torch generator per (seed, view); views run on a few threads
-    (numpy releases the GIL), with the same result for any thread count.
+    split into n_t independent N(0, 1/n_t) parts summing to it (:class:`_ViewTexels`,
+    :func:`_split_terms`); background pixels are independent N(0, 1). A latent pixel is
+    the sum of its factor x factor pixels divided by sqrt(sum of their variances): exactly
+    N(0, 1), neighbours independent, and the same surface point carries the same texel
+    value in every view, so views of the same surface get correlated latents. Pixel
+    splits and background come from a torch generator per (seed, view); views run on a
+    few threads (numpy releases the GIL), with the same result for any thread count.
     """
     seed = _seed(seed)
     uv, mask, channels, factor = _surface_inputs(uv, mask, channels, factor)
@@ -554,13 +597,13 @@ def _make_surface(count, shape, seed, uv=None, mask=None, factor=None, **params)
     for name, value in (("uv", uv), ("mask", mask)):
         if value is None:
             raise ValueError(f"{name}: required for mode 'surface'")
-    views, height, width = np.shape(mask)[:3] if np.ndim(mask) >= 3 else (None, None, None)
+    views, height = np.shape(mask)[:2] if np.ndim(mask) == 3 else (None, None)
     if views is not None and count != views:
         raise ValueError(f"count: expected the number of views in mask ({views}), got {count}")
     if factor is None and height is not None:
-        factor = height // rows if height // rows >= 1 else 1
-    noise = surface(uv, mask, seed, channels=channels, factor=factor, **params)
-    if tuple(noise.shape[1:]) != (channels, rows, cols):
-        raise ValueError(f"shape: expected {(channels, *noise.shape[2:])} for mask {tuple(np.shape(mask))} "
+        factor = max(1, height // rows)
+    latents = surface(uv, mask, seed, channels=channels, factor=factor, **params)
+    if tuple(latents.shape[1:]) != (channels, rows, cols):
+        raise ValueError(f"shape: expected {(channels, *latents.shape[2:])} for mask {tuple(np.shape(mask))} "
                          f"and factor {factor}, got {tuple(shape)}")
-    return noise
+    return latents
