@@ -94,6 +94,30 @@ def cmd_texture(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from server.app import create_app
+    from server.config import TOKEN_FILE, Settings
+
+    settings = Settings.from_env(host=args.host, port=args.port, model=args.model, controlnet=args.controlnet,
+                                 data_dir=args.data_dir, device=args.device)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.is_loopback:
+        print(f"zs serve: WARNING: binding {settings.host} makes the server reachable from other machines; "
+              "anyone who can reach it and has the token can run jobs. Use 127.0.0.1 unless you mean it.",
+              file=sys.stderr)
+    app = create_app(settings)
+    token_note = "from ZS_TOKEN" if settings.token else f"in {settings.data_dir / TOKEN_FILE}"
+    print(f"zs serve: http://{settings.host}:{settings.port} (API docs at /docs, token {token_note}, "
+          f"jobs in {settings.jobs_dir}); loading model {settings.model}", file=sys.stderr)
+    # A short graceful timeout: open event streams would otherwise hold up Ctrl+C.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=3)
+    return 0
+
+
 def _print_outputs(out: Path, metrics: dict) -> None:
     print(f"wrote {metrics['views']} views to {out / 'views'}", file=sys.stderr)
     if "texture_size" in metrics:
@@ -122,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     texture.add_argument("--out", required=True, help="output folder")
     _add_sampling_options(texture, steps=20, noise="surface", attention="extended", sync_strength=1.0)
     texture.set_defaults(func=cmd_texture)
+
+    serve = commands.add_parser("serve", help="run the local sampling server (HTTP on 127.0.0.1) for Blender")
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; anything else warns)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8765)")
+    serve.add_argument("--model", default=None, help="tiny, a diffusers folder, a hub id or a .safetensors file")
+    serve.add_argument("--controlnet", default=None, help="depth ControlNet (default: tiny for tiny, else SD1.5 depth)")
+    serve.add_argument("--data-dir", default=None, help="jobs, results and the token (default: the user data folder)")
+    serve.add_argument("--device", default=None, help="auto (default), cuda, cuda:N, mps or cpu")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,0 +1,117 @@
+"""Server settings: where to listen, where jobs live, which model, and the input limits.
+
+Every field can be overridden from the environment as ``ZS_<FIELD>`` (e.g. ``ZS_PORT``,
+``ZS_DATA_DIR``, ``ZS_MAX_STEPS``); command-line options of ``zs serve`` win over both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+TOKEN_FILE = "token"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def default_data_dir() -> Path:
+    """The per-user data folder of the platform (XDG on Linux)."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "zs-texturing"
+
+
+@dataclass
+class Settings:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    data_dir: Path = field(default_factory=default_data_dir)
+    # None: read <data_dir>/token, creating it (mode 0600) on first start.
+    token: str | None = None
+    model: str = "tiny"
+    controlnet: str | None = None
+    device: str = "auto"
+
+    # Limits on what one job may ask for; each violation is a 4xx naming the field.
+    max_upload_bytes: int = 1024 ** 3
+    max_unpacked_bytes: int = 4 * 1024 ** 3  # the .npz arrays once decompressed
+    max_views: int = 64
+    max_resolution: int = 2048  # largest view width or height, in pixels
+    max_steps: int = 150
+    max_texture_size: int = 4096
+
+    # Pruning of finished jobs (queued and running jobs are never pruned).
+    job_max_age_seconds: float = 7 * 24 * 3600.0
+    jobs_max_bytes: int = 20 * 1024 ** 3
+
+    preview_max_side: int = 256  # SSE progress previews are downscaled to this
+    recent_jobs: int = 100  # how many jobs GET /v1/jobs returns at most
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser()
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+        """Defaults, then ``ZS_*`` variables, then ``overrides`` (None values are ignored)."""
+        environ = os.environ if environ is None else environ
+        values: dict = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f"ZS_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def resolve_token(self) -> str:
+        """The bearer token: the configured one, or the token file (created when missing)."""
+        if self.token:
+            return self.token
+        return ensure_token_file(self.data_dir / TOKEN_FILE)
+
+
+def _parse(name: str, annotation: str, raw: str):
+    try:
+        if annotation == "int":
+            return int(raw)
+        if annotation == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"ZS_{name.upper()}: expected a number, got {raw!r}") from None
+    return raw
+
+
+def ensure_token_file(path: Path) -> str:
+    """Read the token at ``path``; create a random one (owner-only, 0600) if there is none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: two servers starting at once cannot both write a token.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        token = path.read_text().strip()
+        if token:
+            if os.name == "posix" and path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)  # never leave a readable token behind
+            return token
+        path.unlink()
+        return ensure_token_file(path)
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token

@@ -1,0 +1,284 @@
+"""HTTP routes (all under /v1). Everything but /v1/health needs ``Authorization: Bearer <token>``.
+
+Handlers never wait on sampling: they read the job store (a lock held for microseconds),
+and the slow parts of a request (decompressing and checking an upload, writing it to disk,
+zipping a result) run in the thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import zipfile
+from importlib import metadata
+from pathlib import Path, PurePosixPath
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from starlette.requests import Request as HttpRequest
+
+from zs_core.protocol import PROTOCOL_VERSION
+
+from . import sse, uploads
+from .errors import ApiError, ErrorBody
+from .jobs import DONE, RESULT_ZIP, JobConflict, JobNotFound, JobStore
+from .worker import output_files
+
+bearer = HTTPBearer(auto_error=False, description="The token in <data-dir>/token")
+
+
+def _state(request: HttpRequest):
+    return request.app.state
+
+
+async def require_token(request: HttpRequest,
+                        credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    expected = _state(request).token.encode()
+    given = credentials.credentials.encode() if credentials is not None else b""
+    if not secrets.compare_digest(given, expected):  # constant time: no guessing by timing
+        raise ApiError(401, "authorization", "missing or wrong bearer token",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 415, 422)}
+
+public = APIRouter(prefix="/v1", tags=["server"])
+protected = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses={401: {"model": ErrorBody}})
+
+
+# ---------------------------------------------------------------- models of the responses
+
+class Health(BaseModel):
+    status: str
+    version: str
+    protocol: int
+    device: str
+    model: str
+    model_loaded: bool
+    queue_length: int
+    running: str | None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    controlnet: str
+    device: str
+    dtype: str
+    loaded: bool
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class Accepted(BaseModel):
+    id: str
+    state: str
+    queue_position: int | None  # None once the worker has already taken it
+    status_url: str
+    events_url: str
+
+
+class JobStatus(BaseModel):
+    id: str
+    seq: int
+    state: str
+    created: float
+    started: float | None
+    finished: float | None
+    step: int
+    total: int
+    eta_seconds: float | None
+    error: str | None
+    cancel_requested: bool
+    queue_position: int | None
+    files: list[str] | None = None
+
+
+class JobSummary(BaseModel):
+    id: str
+    seq: int
+    state: str
+    created: float
+    step: int
+    total: int
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+
+
+def _version() -> str:
+    try:
+        return metadata.version("zs-texturing")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _job_or_404(store: JobStore, job_id: str):
+    try:
+        return store.get(job_id)
+    except JobNotFound:
+        raise ApiError(404, "job_id", f"no job {job_id!r}") from None
+
+
+# ---------------------------------------------------------------- routes
+
+@public.get("/health", response_model=Health)
+async def health(request: HttpRequest) -> Health:
+    """Liveness and what is loaded. The one route that needs no token."""
+    state = _state(request)
+    components = getattr(state, "components", None)
+    store: JobStore | None = getattr(state, "store", None)
+    return Health(status="ok", version=_version(), protocol=PROTOCOL_VERSION,
+                  device=str(components.device) if components is not None else "none",
+                  model=state.settings.model, model_loaded=components is not None,
+                  queue_length=store.queue_length() if store else 0,
+                  running=store.running_job() if store else None)
+
+
+@protected.get("/models", response_model=ModelList)
+async def list_models(request: HttpRequest) -> ModelList:
+    """The model this server loaded at start (one per server; restart with --model to change)."""
+    components = _state(request).components
+    return ModelList(models=[ModelInfo(name=components.name, controlnet=components.controlnet_name,
+                                       device=str(components.device), dtype=str(components.dtype).removeprefix("torch."),
+                                       loaded=True)])
+
+
+_SUBMIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": list(uploads.FORM_FIELDS),
+            "properties": {
+                "request": {"type": "string", "description": "the request JSON (protocol.Request)"},
+                "passes": {"type": "string", "format": "binary", "description": "passes.npz in the wire layout"},
+            },
+        }}},
+    },
+}
+
+
+@protected.post("/jobs", status_code=202, response_model=Accepted, openapi_extra=_SUBMIT_BODY,
+                responses=ERRORS)
+async def submit_job(request: HttpRequest) -> JSONResponse:
+    """Queue a job: multipart form with ``request`` (JSON) and ``passes`` (.npz)."""
+    state = _state(request)
+    settings = state.settings
+    body = await uploads.read_body(request, settings.max_upload_bytes)
+    fields = await run_in_threadpool(uploads.parse_multipart, body, request.headers.get("content-type"))
+    del body  # the parts are copies: drop the raw body before the heavy checks
+    store: JobStore = state.store
+    # Writing the passes to disk and checking them are both slow and independent: overlap them.
+    checked, staged = await asyncio.gather(
+        run_in_threadpool(uploads.validate_job, fields, settings, state.components),
+        run_in_threadpool(store.stage, fields.get("passes", b"")),
+        return_exceptions=True)
+    if isinstance(checked, BaseException) or isinstance(staged, BaseException):
+        if not isinstance(staged, BaseException):
+            store.discard(staged)
+        raise checked if isinstance(checked, BaseException) else staged
+    job = checked
+    created = await run_in_threadpool(store.create, job.request.to_json(), None, job.request.steps,
+                                      (job.request, job.passes), staged)
+    snapshot = state.store.snapshot(created.id)
+    status_url = f"/v1/jobs/{created.id}"
+    accepted = Accepted(id=created.id, state=snapshot["state"], queue_position=snapshot["queue_position"],
+                        status_url=status_url, events_url=f"{status_url}/events")
+    return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": status_url})
+
+
+@protected.get("/jobs", response_model=JobList)
+async def list_jobs(request: HttpRequest, limit: int | None = Query(None, ge=1, le=10_000)) -> JobList:
+    """Recent jobs, newest first."""
+    state = _state(request)
+    count = min(limit or state.settings.recent_jobs, state.settings.recent_jobs)
+    return JobList(jobs=[JobSummary(**job) for job in state.store.recent(count)])
+
+
+@protected.get("/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
+async def job_status(request: HttpRequest, job_id: str) -> JobStatus:
+    """State, step of total, ETA and, when failed, the reason."""
+    store: JobStore = _state(request).store
+    job = _job_or_404(store, job_id)
+    snapshot = store.snapshot(job_id)
+    files = output_files(job) if snapshot["state"] == DONE else None
+    return JobStatus(**snapshot, files=files)
+
+
+@protected.get("/jobs/{job_id}/events", responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}})
+async def job_events(request: HttpRequest, job_id: str,
+                     last_event_id: str | None = Header(None, description="resume after this event id"),
+                     after: int | None = Query(None, ge=0, description="resume after this event id "
+                                                                         "(for clients that cannot set headers)")):
+    """Server-sent events: queued, started, progress (with a PNG preview), done / failed /
+    cancelled. Each event has an id; reconnect with Last-Event-ID to resume."""
+    state = _state(request)
+    _job_or_404(state.store, job_id)
+    resume_from = after or 0
+    if last_event_id:
+        if not last_event_id.strip().isdigit():
+            raise ApiError(400, "last-event-id", f"expected an event id (an integer), got {last_event_id!r}")
+        resume_from = int(last_event_id)
+    return StreamingResponse(sse.event_stream(state.store, state.notifier, job_id, resume_from),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _finished_job(store: JobStore, job_id: str):
+    job = _job_or_404(store, job_id)
+    if job.state != DONE:
+        raise ApiError(409, "job_id", f"job is {job.state}; results exist only once it is done")
+    return job
+
+
+def _build_result_zip(job) -> Path:
+    path = job.folder / RESULT_ZIP
+    if not path.exists():
+        temporary = job.folder / f".{RESULT_ZIP}.{secrets.token_hex(4)}.tmp"
+        # PNGs are compressed already: storing them is as small and much faster.
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive:
+            for name in output_files(job):
+                archive.write(job.output_dir / name, name)
+        temporary.replace(path)  # two concurrent first downloads each rename a complete zip
+    return path
+
+
+@protected.get("/jobs/{job_id}/result", responses={**ERRORS, 200: {"content": {"application/zip": {}}}})
+async def job_result(request: HttpRequest, job_id: str) -> FileResponse:
+    """All outputs of a finished job as one zip (views/NNNN.png, texture.png, metrics.json, ...)."""
+    job = _finished_job(_state(request).store, job_id)
+    path = await run_in_threadpool(_build_result_zip, job)
+    return FileResponse(path, media_type="application/zip", filename=f"{job_id}.zip")
+
+
+@protected.get("/jobs/{job_id}/files/{name:path}", responses={**ERRORS, 200: {"content": {"image/png": {}}}})
+async def job_file(request: HttpRequest, job_id: str, name: str) -> FileResponse:
+    """One output file, e.g. ``texture.png`` or ``views/0000.png``."""
+    job = _finished_job(_state(request).store, job_id)
+    parts = PurePosixPath(name).parts
+    if (not parts or name.startswith("/") or "\\" in name or "\x00" in name
+            or any(part in ("..", ".") for part in parts)):
+        raise ApiError(400, "name", "not a plain relative path inside the job's outputs")
+    root = job.output_dir.resolve()
+    path = (root / Path(*parts)).resolve()
+    if not path.is_relative_to(root) or not path.is_file():  # also catches symlinks leading out
+        raise ApiError(404, "name", f"no output file {name!r}")
+    return FileResponse(path)
+
+
+@protected.delete("/jobs/{job_id}", status_code=202, response_model=JobStatus, responses=ERRORS)
+async def cancel_job(request: HttpRequest, job_id: str) -> JSONResponse:
+    """Cancel: a queued job is cancelled at once, a running one stops before its next step."""
+    store: JobStore = _state(request).store
+    _job_or_404(store, job_id)
+    try:
+        snapshot = store.cancel(job_id)
+    except JobConflict as exc:
+        raise ApiError(409, "job_id", str(exc)) from None
+    return JSONResponse(JobStatus(**snapshot).model_dump(), status_code=202)
