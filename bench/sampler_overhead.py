@@ -54,7 +54,7 @@ def main() -> None:
     stock()  # warm-up: first calls allocate
     ours("self")()
     times = interleaved({"stock": stock, "self": ours("self"), "extended": ours("extended"),
-                         "neighbors": ours("neighbors")}, repeats=1)
+                         "neighbors": ours("neighbors")}, repeats=2)
     for name, seconds in times.items():
         print(f"{name:>10}: {seconds:.2f} s ({seconds / times['stock']:.3f} x stock)")
     report("sampler_overhead", times["self"], times["stock"], target=1.05,
