@@ -1,6 +1,7 @@
 """Server test helpers: a real uvicorn server on a free loopback port, real HTTP with httpx.
 
-(A plain module, not conftest, so test files can import it by its unique name.)
+(A plain module at the top of tests/, not a conftest, so the server, add-on and e2e tests
+can all import it by its unique name: pytest puts tests/ on sys.path for tests/conftest.py.)
 
 The in-process server runs ``uvicorn.Server`` in a thread and shares the session's tiny
 model (no second model load); the restart test starts ``zs serve`` as a subprocess instead.
