@@ -286,7 +286,7 @@ _SETTINGS: dict[str, tuple[str, ...]] = {
                "pixel_aspect_y", "use_border", "use_crop_to_border", "use_compositing", "use_sequencer",
                "film_transparent", "filter_size", "use_motion_blur", "use_persistent_data"),
     "cycles": ("samples", "use_denoising", "filter_width", "pixel_filter_type", "use_adaptive_sampling",
-               "use_layer_samples", "bake_type"),
+               "use_layer_samples", "max_bounces", "bake_type"),
     "render.bake": ("margin", "margin_type", "use_clear", "use_selected_to_active", "use_cage",
                     "normal_space", "normal_r", "normal_g", "normal_b", "target", "save_mode",
                     "use_split_materials", "use_automatic_name"),
@@ -315,7 +315,7 @@ def _restore(owner, attribute: str, value) -> None:
 def preserved_render_settings(scene: bpy.types.Scene) -> Iterator[None]:
     """Record the render settings capture touches and restore them on exit (also on error).
 
-    Covers engine, resolution (x, y, %), pixel aspect, border, samples, pixel filter,
+    Covers engine, resolution (x, y, %), pixel aspect, border, samples, bounces, pixel filter,
     denoising, motion blur, persistent data, compositing (flag and node group), sequencer,
     film transparency, colour management view, bake settings, every view layer's pass
     flags, the scene camera and the current frame.

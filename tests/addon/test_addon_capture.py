@@ -115,7 +115,8 @@ def _settings_snapshot(scene):
                 camera=scene.camera, frame=scene.frame_current, compositing=render.use_compositing,
                 tree=scene.compositing_node_group, z=layer.use_pass_z, uv=layer.use_pass_uv,
                 index=layer.use_pass_object_index, blur=render.use_motion_blur,
-                persistent=render.use_persistent_data)
+                persistent=render.use_persistent_data, bounces=cycles.max_bounces,
+                combined=layer.use_pass_combined)
 
 
 def _scramble(scene, camera):
@@ -134,6 +135,8 @@ def _scramble(scene, camera):
     layer.use_pass_z = layer.use_pass_uv = layer.use_pass_object_index = True
     scene.render.use_motion_blur = True
     scene.render.use_persistent_data = True
+    scene.cycles.max_bounces = 0
+    layer.use_pass_combined = False
 
 
 def _user_settings(scene):
