@@ -1,0 +1,11 @@
+"""The add-on's operators (``zs.*``): build rig, generate (modal), cancel, apply, server.
+
+``classes`` gathers every module's classes in registration order (PropertyGroups used
+by operator properties come first: apply.py lists ZS_ObjectUV before its operator).
+"""
+
+from __future__ import annotations
+
+from . import apply, cancel, generate, rig, server
+
+classes = (*apply.classes, *rig.classes, *generate.classes, *cancel.classes, *server.classes)

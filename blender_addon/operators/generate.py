@@ -1,0 +1,410 @@
+"""Generate: capture the passes, run the job on the server, apply the texture.
+
+Main thread (Blender): check the settings, the server and the token; render the passes
+(:func:`passes.render_passes`, texel maps at the texture size). Worker thread
+(:class:`jobs.RemoteJob`): upload, follow the events, download ``texture.png``. The main
+thread polls the worker from a modal operator's timer, writes progress into the scene
+settings, the status bar and the "ZS Preview" image, and on success applies the texture
+through ``zs.apply_result`` (one undo step, new materials, originals untouched).
+
+The scene is left as it was unless the texture is applied: orbit-rig cameras are
+temporary (built for the capture and removed right after), and a Smart UV map Generate
+added is removed again when the job fails or is cancelled. Server down and a rejected
+token are found before anything is rendered.
+
+:class:`GenerateSession` is the whole flow without the operator, so it can be driven
+without a window (tests, ``blender -b``): ``start()`` then ``poll()`` until finished.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bpy
+
+from .. import capture, passes, preferences, rig
+from ..capture import CaptureError
+from ..client import Client, ServerError
+from ..properties import build_request
+from ..wire import PROTOCOL_VERSION, ProtocolError
+from . import jobs, preview
+
+TEMPORARY_RIG = "ZS Rig (temporary)"
+PREFLIGHT_TIMEOUT = 5.0  # seconds: the checks before rendering must not freeze the UI for long
+POLL_INTERVAL = 0.1  # seconds between polls of the blocking (windowless) path
+
+
+class GenerateError(RuntimeError):
+    """Generate cannot go on; the message is for the artist."""
+
+
+def client_from_preferences(context) -> Client:
+    """A client for the server and token of the add-on preferences."""
+    prefs = preferences.get(context)
+    return Client(prefs.server_url, preferences.resolve_token(prefs))
+
+
+@dataclass
+class _Changes:
+    """What Generate changed in the scene before the result, to undo on failure."""
+
+    uv_layers: list[tuple[str, str]] = field(default_factory=list)  # (object name, new UV map)
+
+    def revert(self) -> None:
+        for object_name, layer_name in self.uv_layers:
+            obj = bpy.data.objects.get(object_name)
+            layers = obj.data.uv_layers if obj is not None and obj.type == "MESH" else None
+            if layers is not None and layer_name in layers:
+                layers.remove(layers[layer_name])
+        self.uv_layers.clear()
+
+
+class GenerateSession:
+    """One Generate run for ``scene`` with ``client``'s server.
+
+    ``start(context)`` checks, captures and starts the worker (raises GenerateError with a
+    clear message; the scene is unchanged then). ``poll()`` -> state ("queued",
+    "running", "done", "failed", "cancelled") and writes progress into the settings and
+    the preview image. After "done", ``apply()`` applies the texture; after "failed"
+    ``error`` says why. ``close()`` reverts temporary changes unless applied and removes
+    the download folder.
+    """
+
+    def __init__(self, scene: bpy.types.Scene, client: Client):
+        self.scene_name = scene.name
+        self.client = client
+        self.job: jobs.RemoteJob | None = None
+        self.objects: list[str] = []
+        self.uv_maps: dict[str, str] = {}
+        self.views = 0
+        self.applied = False
+        self.error: str | None = None
+        self._changes = _Changes()
+        self._download = Path(tempfile.mkdtemp(prefix="zs-job-"))
+        self._last_step = -1
+
+    # ----------------------------------------------------------------- start
+
+    @property
+    def scene(self) -> bpy.types.Scene | None:
+        return bpy.data.scenes.get(self.scene_name)
+
+    @property
+    def settings(self):
+        scene = self.scene
+        return scene.zs_texturing if scene is not None else None
+
+    def start(self, context) -> "GenerateSession":
+        """Validate, check the server, capture (main thread), start the worker thread."""
+        settings = self.settings
+        try:
+            request = build_request(settings)
+        except ProtocolError as exc:
+            raise GenerateError(f"invalid setting {exc}") from None
+        size = int(settings.view_resolution)
+        if size % 8:
+            raise GenerateError(f"View Size must be a multiple of 8 (the model works on 8x8 blocks), "
+                                f"got {size}; try {max(8, size // 8 * 8)}")
+        try:
+            objects = capture.target_objects(context)
+        except CaptureError as exc:
+            raise GenerateError(str(exc)) from None
+        cameras = self._cameras(context, settings)  # validated before the network checks
+        if jobs.active() is not None and jobs.active().alive:
+            raise GenerateError("a ZS job is already running; wait for it or cancel it")
+        self._preflight()
+        self._set_status(f"Rendering {len(cameras) if cameras else int(settings.rig_count) + settings.rig_top_view}"
+                         f" views", 0.0)
+        try:
+            uv_maps = self._uv_maps(objects, settings)
+            passes_ = self._capture(context, objects, cameras, uv_maps, size, request.texture_size)
+            npz = passes_.to_npz_bytes()
+        except (CaptureError, ProtocolError) as exc:
+            self._changes.revert()
+            self._set_status("")
+            raise GenerateError(str(exc)) from None
+        except BaseException:
+            self._changes.revert()
+            self._set_status("")
+            raise
+        self.objects = [obj.name for obj in objects]
+        self.uv_maps = {obj.name: uv_maps[obj] for obj in objects}
+        self.views = passes_.views
+        self.job = jobs.RemoteJob(self.client, request.to_dict(), npz, self._download)
+        try:
+            self.job.start()
+        except RuntimeError as exc:
+            self._changes.revert()
+            raise GenerateError(str(exc)) from None
+        self._set_status("Uploading", 0.0, job_id="")
+        return self
+
+    def _cameras(self, context, settings) -> list[bpy.types.Object] | None:
+        """The selected cameras (by name), or None for the orbit rig (built at capture)."""
+        if settings.views_source == "RIG":
+            return None
+        cameras = sorted((obj for obj in context.selected_objects if obj.type == "CAMERA"), key=lambda o: o.name)
+        if not cameras:
+            raise GenerateError("no camera selected: select camera objects, or set Views to Orbit Rig")
+        return cameras
+
+    def _preflight(self) -> None:
+        """Server reachable, same protocol, token accepted: before anything is rendered."""
+        quick = Client(self.client.url, self.client.token, timeout=PREFLIGHT_TIMEOUT)
+        try:
+            health = quick.health()
+            protocol = health.get("protocol")
+            if protocol is not None and protocol != PROTOCOL_VERSION:
+                raise GenerateError(f"the server at {self.client.url} speaks protocol {protocol}, this add-on "
+                                    f"{PROTOCOL_VERSION}; update the one that is older")
+            quick.models()  # needs the token: a wrong one is a 401 now, not after the render
+        except ServerError as exc:
+            raise GenerateError(str(exc)) from None
+
+    def _uv_maps(self, objects, settings) -> dict:
+        """Object -> UV map to texture; a Smart UV map added here is recorded for revert."""
+        wanted = settings.uv_map.strip() or None
+        uv_maps = {}
+        for obj in objects:
+            before = {layer.name for layer in obj.data.uv_layers}
+            uv_maps[obj] = capture.ensure_uv_map(obj, wanted, smart_project=settings.smart_uv)
+            if uv_maps[obj] not in before:
+                self._changes.uv_layers.append((obj.name, uv_maps[obj]))
+        return uv_maps
+
+    def _capture(self, context, objects, cameras, uv_maps, size: int, texture_size: int):
+        """Render the passes; the UV map of each object is made the render one for the
+        capture (passes.render_passes restores it). Rig cameras exist only meanwhile."""
+        scene = context.scene
+        # One name for all objects, or else (UV Map empty) each object's active render map,
+        # which is what ``_uv_maps`` picked: render_passes with None renders exactly those.
+        names = set(uv_maps.values())
+        uv_map = names.pop() if len(names) == 1 else None
+        if cameras is not None:
+            return passes.render_passes(scene, cameras, objects, size, size, uv_map=uv_map,
+                                        texture_size=texture_size)
+        settings = self.settings
+        scene_camera = scene.camera
+        try:
+            cameras = rig.build_orbit_rig(scene, objects, count=int(settings.rig_count),
+                                          elevation_deg=float(settings.rig_elevation),
+                                          top_views=int(settings.rig_top_view), width=size, height=size,
+                                          collection_name=TEMPORARY_RIG)
+            return passes.render_passes(scene, cameras, objects, size, size, uv_map=uv_map,
+                                        texture_size=texture_size)
+        finally:
+            rig.clear_rig(scene, TEMPORARY_RIG)
+            collection = bpy.data.collections.get(TEMPORARY_RIG)
+            if collection is not None and not collection.all_objects:
+                bpy.data.collections.remove(collection)
+            if scene.camera != scene_camera:
+                scene.camera = scene_camera
+
+    # ------------------------------------------------------------------ poll
+
+    def poll(self) -> str:
+        """Drain the worker; update status, progress, job id and the preview -> state."""
+        job = self.job
+        latest_preview = None
+        for message in job.poll():
+            if message[0] == "progress" and message[3] is not None:
+                latest_preview = message[3]  # only the newest is worth decoding
+        if latest_preview is not None:
+            try:
+                preview.show(latest_preview)
+            except ValueError:
+                pass  # a preview Blender cannot read is skipped; the job goes on
+        state = job.state
+        if job.cancel_requested and state not in jobs.FINISHED:
+            self._set_status("Cancelling")
+        elif state == "queued":
+            self._set_status("Queued on the server", 0.0, job.job_id)
+        elif state == "running":
+            total = max(job.total, 1)
+            self._set_status(f"Step {job.step}/{total}" if job.step else "Started", job.step / total, job.job_id)
+        elif state == "done":
+            self._set_status("Applying", 1.0, job.job_id)
+        elif state == "failed":
+            self.error = job.error
+            self._set_status(f"Failed: {job.error}", 0.0, job.job_id)
+        elif state == "cancelled":
+            self._set_status("Cancelled", 0.0, job.job_id)
+        return state
+
+    @property
+    def finished(self) -> bool:
+        return self.job is not None and self.job.finished
+
+    def cancel(self) -> None:
+        """Cancel the job on the server (non-blocking)."""
+        if self.job is not None:
+            self.job.cancel()
+
+    # ---------------------------------------------------------------- finish
+
+    def apply(self) -> set:
+        """Apply the downloaded texture with ``zs.apply_result`` -> the operator's result."""
+        items = [{"name": name, "uv_map": self.uv_maps[name]} for name in self.objects]
+        settings = self.settings
+        folder = output_folder(settings.output_folder) if settings is not None else None
+        result = bpy.ops.zs.apply_result(filepath=str(self.job.texture_path), objects=items,
+                                         folder=str(folder) if folder else "")
+        self.applied = "FINISHED" in result
+        if self.applied:
+            self._set_status(f"Done: texture on {len(self.objects)} object(s)", 1.0)
+        return result
+
+    def close(self) -> None:
+        """Revert temporary changes (unless applied) and remove the download folder."""
+        if not self.applied:
+            self._changes.revert()
+        shutil.rmtree(self._download, ignore_errors=True)
+
+    def _set_status(self, text: str, progress: float | None = None, job_id: str | None = None) -> None:
+        settings = self.settings
+        if settings is None:  # the scene was deleted meanwhile
+            return
+        settings.status = text
+        if progress is not None:
+            settings.progress = min(max(float(progress), 0.0), 1.0)
+        if job_id is not None:
+            settings.job_id = job_id or ""
+
+
+def output_folder(text: str) -> Path | None:
+    """The Output setting -> a folder, or None where the file must be packed instead
+    (a ``//`` path while the .blend is unsaved, or an empty setting)."""
+    text = (text or "").strip()
+    if not text or (text.startswith("//") and not bpy.data.filepath):
+        return None
+    return Path(bpy.path.abspath(text))
+
+
+def run_blocking(session: GenerateSession, timeout: float | None = None) -> str:
+    """Poll ``session`` until its job finishes (windowless use) -> the final state."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        state = session.poll()
+        if state in jobs.FINISHED:
+            return state
+        if deadline is not None and time.monotonic() > deadline:
+            session.cancel()
+            raise GenerateError(f"the job did not finish within {timeout:g} s; it was cancelled")
+        time.sleep(POLL_INTERVAL)
+
+
+class ZS_OT_generate(bpy.types.Operator):
+    """Render the views, generate a texture on the ZS server and apply it as new materials"""
+
+    bl_idname = "zs.generate"
+    bl_label = "Generate Texture"
+    # No UNDO here: the apply at the end is its own undo step (zs.apply_result), and a
+    # redo of this operator would re-run the whole job.
+    bl_options = {"REGISTER"}
+
+    _session: GenerateSession | None = None
+    _timer = None
+
+    @classmethod
+    def poll(cls, context):
+        if context.scene is None or not hasattr(context.scene, "zs_texturing"):
+            return False
+        running = jobs.active()
+        return running is None or not running.alive
+
+    def invoke(self, context, event):
+        if bpy.app.background or context.window is None:
+            return self.execute(context)  # no event loop to drive a modal operator
+        if not self._start(context):
+            return {"CANCELLED"}
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.2, window=context.window)
+        wm.modal_handler_add(self)
+        wm.progress_begin(0, 100)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        session = self._session
+        try:
+            if event.type == "ESC" and event.value == "PRESS":
+                session.cancel()
+                return self._end(context, "cancelled")
+            if event.type != "TIMER":
+                return {"PASS_THROUGH"}
+            state = session.poll()
+            if session.job.cancel_requested and state not in jobs.FINISHED:
+                return self._end(context, "cancelled")  # the Cancel button: stop at once
+            self._show_progress(context)
+            if state in jobs.FINISHED:
+                return self._end(context, state)
+            return {"PASS_THROUGH"}
+        except Exception as exc:  # a modal handler must always end cleanly
+            session.cancel()
+            self.report({"ERROR"}, f"ZS Texturing: {type(exc).__name__}: {exc}")
+            return self._end(context, "failed", report=False)
+
+    def execute(self, context):
+        if not self._start(context):
+            return {"CANCELLED"}
+        try:
+            state = run_blocking(self._session)
+        except GenerateError as exc:
+            self.report({"ERROR"}, str(exc))
+            state = "failed"
+        return self._finish(state)
+
+    def _start(self, context) -> bool:
+        try:
+            self._session = GenerateSession(context.scene, client_from_preferences(context)).start(context)
+        except (GenerateError, ServerError) as exc:
+            self._session = None
+            self.report({"ERROR"}, str(exc))
+            return False
+        return True
+
+    def _show_progress(self, context) -> None:
+        settings = self._session.settings
+        if settings is None:
+            return
+        context.window_manager.progress_update(int(round(100 * settings.progress)))
+        if context.workspace is not None:
+            context.workspace.status_text_set(f"ZS Texturing: {settings.status}  (Esc to cancel)")
+        for area in context.screen.areas if context.screen else ():
+            if area.type in ("VIEW_3D", "IMAGE_EDITOR"):
+                area.tag_redraw()
+
+    def _end(self, context, state: str, report: bool = True):
+        wm = context.window_manager
+        if self._timer is not None:
+            wm.event_timer_remove(self._timer)
+            self._timer = None
+        wm.progress_end()
+        if context.workspace is not None:
+            context.workspace.status_text_set(None)
+        return self._finish(state, report)
+
+    def _finish(self, state: str, report: bool = True):
+        session = self._session
+        try:
+            if state == "done":
+                result = session.apply()
+                return {"FINISHED"} if "FINISHED" in result else {"CANCELLED"}
+            if report and state == "failed":
+                self.report({"ERROR"}, session.error or "the job failed")
+            elif report and state == "cancelled":
+                session._set_status("Cancelled", 0.0)
+                self.report({"WARNING"}, "ZS job cancelled")
+            return {"CANCELLED"}
+        except RuntimeError as exc:  # zs.apply_result reported an error
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        finally:
+            session.close()
+            self._session = None
+
+
+classes = (ZS_OT_generate,)

@@ -1,0 +1,506 @@
+"""The registered add-on in real bpy: register/unregister, the panel, the rig operator, and
+Generate against a real uvicorn server with the tiny model, over real HTTP.
+
+Background mode has no event loop, so the modal operator cannot receive timer events:
+Generate is driven through ``GenerateSession`` (what modal() polls) and through the
+operator's windowless execute path, which polls the same session until the job ends.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import addon_utils
+import bpy
+from addon_helpers import add_camera, add_monkey
+from blender_addon.client import Client
+from zs_server_helpers import ServerThread, free_port, make_settings
+
+import blender_addon
+from blender_addon import preferences, properties, rig
+from blender_addon.operators import generate, jobs, preview, server as server_ops
+
+SIZE, STEPS, TEXTURE = 64, 2, 64
+RING = [(4.0, 0.0, 1.0), (0.0, 4.0, 1.0), (-4.0, 0.0, 1.0), (0.0, -4.0, 1.0)]
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory):
+    with ServerThread(make_settings(tmp_path_factory.mktemp("zs-data")), tiny) as running:
+        yield running
+
+
+@pytest.fixture
+def addon(scene):
+    """The add-on enabled the way Blender does it (so it has preferences), on a fresh scene."""
+    addon_utils.enable("blender_addon", default_set=True, handle_error=_raise)
+    yield bpy.context.preferences.addons["blender_addon"].preferences
+    addon_utils.disable("blender_addon", default_set=True, handle_error=_raise)
+
+
+def _raise(exc):
+    raise exc
+
+
+@pytest.fixture
+def connected(addon, server):
+    addon.server_url, addon.token = server.base_url, server.token
+    return addon
+
+
+def suzanne_scene(material: bool = True):
+    """Suzanne (selected, active, with a material "Original") and 4 selected cameras."""
+    scene = bpy.context.scene
+    monkey = add_monkey()
+    if material:
+        original = bpy.data.materials.new("Original")
+        original.diffuse_color = (0.2, 0.4, 0.6, 1.0)
+        monkey.data.materials.append(original)
+    cameras = [add_camera(scene, f"Cam {index}", eye) for index, eye in enumerate(RING)]
+    for obj in [monkey, *cameras]:
+        obj.select_set(True)
+    bpy.context.view_layer.objects.active = monkey
+    settings = scene.zs_texturing
+    settings.prompt = "rusty metal"
+    settings.view_resolution, settings.steps, settings.texture_size = SIZE, STEPS, TEXTURE
+    settings.views_source = "CAMERAS"
+    return monkey, cameras, settings
+
+
+def snapshot() -> dict:
+    """Everything a failed Generate must leave as it was."""
+    kinds = ("objects", "materials", "images", "meshes", "cameras", "collections", "node_groups")
+    state = {kind: sorted(item.name for item in getattr(bpy.data, kind)) for kind in kinds}
+    state["uv"] = {obj.name: [layer.name for layer in obj.data.uv_layers]
+                   for obj in bpy.data.objects if obj.type == "MESH"}
+    state["slots"] = {obj.name: [slot.material.name if slot.material else None for slot in obj.material_slots]
+                      for obj in bpy.data.objects}
+    state["camera"] = bpy.context.scene.camera.name if bpy.context.scene.camera else None
+    return state
+
+
+def run(session: generate.GenerateSession, timeout: float = 60.0) -> list[str]:
+    """Poll like the modal timer until the job ends -> the distinct states seen."""
+    states, deadline = [], time.monotonic() + timeout
+    while True:
+        state = session.poll()
+        if not states or states[-1] != state:
+            states.append(state)
+        if state in jobs.FINISHED:
+            return states
+        assert time.monotonic() < deadline, f"job still {state} after {timeout} s"
+        time.sleep(0.02)
+
+
+def dead_url() -> str:
+    """A loopback URL where nothing listens."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+# ------------------------------------------------------------------------ registration
+
+
+def test_register_and_unregister_leave_nothing_behind(scene):
+    started = time.perf_counter()
+    blender_addon.register()
+    elapsed = time.perf_counter() - started
+    try:
+        assert elapsed < 1.0, f"register took {elapsed:.2f} s"
+        names = [cls.__name__ for cls in blender_addon.classes]
+        assert len(names) == len(set(names)) and "ZS_OT_generate" in names and "ZS_PT_main" in names
+        for cls in blender_addon.classes:
+            assert cls.is_registered, cls
+        assert hasattr(bpy.types, "ZS_PT_main") and hasattr(bpy.types, "ZS_PT_method")
+        assert bpy.ops.zs.generate.poll() and bpy.ops.zs.build_rig.poll()
+        assert not bpy.ops.zs.cancel.poll()  # nothing runs
+        settings = scene.zs_texturing
+        assert (settings.noise, settings.attention, settings.views_source) == ("surface", "extended", "RIG")
+        assert preferences.ADDON_ID == "blender_addon"
+    finally:
+        blender_addon.unregister()
+    assert not hasattr(bpy.types.Scene, "zs_texturing")
+    assert not hasattr(bpy.types, "ZS_PT_main") and not hasattr(bpy.types, "ZS_OT_generate")
+    assert all(not cls.is_registered for cls in (properties.ZS_Settings, preferences.ZS_AddonPreferences))
+    assert blender_addon.classes == ()
+
+
+def test_enum_choices_are_exactly_the_protocols():
+    from blender_addon.wire import protocol
+
+    assert [item[0] for item in properties.NOISE_ITEMS] == list(protocol.NOISE_MODES)
+    assert [item[0] for item in properties.ATTENTION_ITEMS] == list(protocol.ATTENTION_MODES)
+    assert [item[0] for item in properties.SCHEDULER_ITEMS] == list(protocol.SCHEDULERS)
+
+
+def test_settings_become_a_valid_request(addon):
+    settings = bpy.context.scene.zs_texturing
+    settings.prompt, settings.seed, settings.steps, settings.guidance = "moss", 7, 12, 4.5
+    settings.noise, settings.attention, settings.controlnet_scale = "iid", "neighbors", 0.7
+    settings.use_sync, settings.sync_strength, settings.texture_size = True, 0.6, 256
+    request = properties.build_request(settings)
+    assert (request.prompt, request.seed, request.steps, request.guidance_scale) == ("moss", 7, 12, 4.5)
+    assert (request.noise, request.attention, request.kind, request.texture_size) == ("iid", "neighbors", "texture", 256)
+    assert request.controlnet_scale == pytest.approx(0.7) and request.sync_strength == pytest.approx(0.6)
+    settings.use_sync = False
+    assert properties.build_request(settings).sync_strength == 0.0
+
+
+class RecordingLayout:
+    """Stands in for UILayout: every container is itself; checks every prop and operator."""
+
+    def __init__(self):
+        self.props, self.operators, self.labels = [], [], []
+
+    def __getattr__(self, name):  # row(), column(), box(), grid_flow(), separator() ...
+        return lambda *args, **kwargs: self
+
+    def __setattr__(self, name, value):  # enabled, scale_y, use_property_split ...
+        object.__setattr__(self, name, value)
+
+    def prop(self, data, name, **kwargs):
+        assert name in data.bl_rna.properties, f"no property {name!r} on {data}"
+        self.props.append(name)
+
+    def operator(self, idname, **kwargs):
+        category, _, name = idname.partition(".")
+        assert hasattr(getattr(bpy.ops, category), name), idname
+        self.operators.append(idname)
+        return self
+
+    def label(self, text="", **kwargs):
+        self.labels.append(text)
+
+    def progress(self, factor=0.0, text="", **kwargs):
+        assert 0.0 <= factor <= 1.0
+        self.labels.append(text)
+
+
+def test_panels_draw_existing_properties_and_operators(addon):
+    from blender_addon import ui
+
+    settings = bpy.context.scene.zs_texturing
+    for source in ("RIG", "CAMERAS"):
+        settings.views_source = source
+        for panel in ui.classes:
+            layout = RecordingLayout()
+            panel.draw(type("Panel", (), {"layout": layout})(), bpy.context)
+            if panel is ui.ZS_PT_main:
+                assert {"prompt", "negative_prompt", "seed", "steps", "guidance", "controlnet_scale",
+                        "views_source", "view_resolution"} <= set(layout.props)
+                assert {"zs.generate", "zs.check_server", "zs.start_server"} <= set(layout.operators)
+                assert ("rig_count" in layout.props) == (source == "RIG")
+    layout = RecordingLayout()
+    ui.ZS_PT_method.draw(type("Panel", (), {"layout": layout})(), bpy.context)
+    assert layout.props == ["noise", "attention", "scheduler", "use_sync", "sync_strength"]
+
+
+# ----------------------------------------------------------------------------- rig
+
+
+def test_build_rig_operator_makes_n_cameras_and_rerunning_replaces_them(addon):
+    monkey = add_monkey()
+    settings = bpy.context.scene.zs_texturing
+    settings.rig_count, settings.rig_elevation, settings.rig_top_view = 5, 30.0, True
+    assert bpy.ops.zs.build_rig() == {"FINISHED"}
+    cameras = rig.rig_cameras()
+    assert len(cameras) == 6 and [c.name for c in cameras][-1] == "ZS Top 00"
+    settings.rig_count, settings.rig_top_view = 3, False
+    bpy.ops.zs.build_rig()
+    assert [c.name for c in rig.rig_cameras()] == ["ZS Cam 00", "ZS Cam 01", "ZS Cam 02"]
+    assert len(bpy.data.cameras) == 3 and monkey.name in bpy.data.objects
+
+
+def test_build_rig_without_a_mesh_reports_an_error(addon):
+    with pytest.raises(RuntimeError, match="select at least one mesh"):
+        bpy.ops.zs.build_rig()
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def test_generate_operator_applies_a_new_material_and_keeps_the_original(connected, server):
+    monkey, cameras, settings = suzanne_scene()
+    original = bpy.data.materials["Original"]
+    objects_before = sorted(o.name for o in bpy.data.objects)
+    started = time.perf_counter()
+    assert bpy.ops.zs.generate() == {"FINISHED"}
+    elapsed = time.perf_counter() - started
+
+    material = monkey.material_slots[0].material
+    assert material is not original and material.name.startswith("Original ZS Texture")
+    assert original.name in bpy.data.materials and original.diffuse_color[:] == pytest.approx((0.2, 0.4, 0.6, 1.0))
+    image = next(n.image for n in material.node_tree.nodes if n.bl_idname == "ShaderNodeTexImage")
+    assert tuple(image.size) == (TEXTURE, TEXTURE)
+    pixels = np.empty(TEXTURE * TEXTURE * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    assert pixels.reshape(-1, 4)[:, :3].std() > 0.01  # a texture, not a blank image
+    assert "ZS Preview" in bpy.data.images and bpy.data.images["ZS Preview"].size[0] > 0
+    assert sorted(o.name for o in bpy.data.objects) == objects_before  # no camera left behind
+    assert settings.status.startswith("Done") and settings.progress == pytest.approx(1.0) and settings.job_id
+    status = Client(server.base_url, server.token).status(settings.job_id)
+    assert status["state"] == "done"
+    assert jobs.active() is None and bpy.ops.zs.generate.poll()
+    print(f"generate operator: {elapsed:.2f} s for {len(cameras)} views of {SIZE}^2, {STEPS} steps")
+
+
+def test_session_polled_like_the_modal_timer_with_a_temporary_rig(connected, server):
+    monkey, _cameras, settings = suzanne_scene()
+    settings.views_source, settings.rig_count, settings.steps = "RIG", 3, 4
+    before = snapshot()
+    session = generate.GenerateSession(bpy.context.scene, generate.client_from_preferences(bpy.context))
+    session.start(bpy.context)
+    assert snapshot() == before  # the rig existed only for the capture
+    assert session.views == 3 and jobs.active() is session.job and not bpy.ops.zs.generate.poll()
+    seen_progress = []
+    states, deadline = [], time.monotonic() + 60
+    while (state := session.poll()) not in jobs.FINISHED:
+        states.append(state)
+        seen_progress.append(settings.progress)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert state == "done", session.error
+    assert settings.job_id == session.job.job_id and session.job.texture_path.is_file()
+    assert seen_progress == sorted(seen_progress) and all(0.0 <= p <= 1.0 for p in seen_progress)
+    assert "running" in states
+    assert "ZS Preview" in bpy.data.images
+    assert session.apply() == {"FINISHED"}
+    session.close()
+    assert not session.job.texture_path.exists()  # the download folder is cleaned up
+    assert monkey.material_slots[0].material.name.startswith("Original ZS Texture")
+
+
+def test_apply_is_one_undo_step(connected, server):
+    """In bpy module mode an operator's UNDO flag pushes no undo step by itself (checked:
+    bpy.ops.ed.undo then skips back past it); steps are pushed explicitly around the
+    apply, as Blender's UI does around an operator with UNDO, and one undo reverts it."""
+    monkey, _cameras, _settings = suzanne_scene()
+    session = generate.GenerateSession(bpy.context.scene, generate.client_from_preferences(bpy.context))
+    session.start(bpy.context)
+    assert run(session)[-1] == "done"
+    bpy.ops.ed.undo_push(message="base")
+    bpy.ops.ed.undo_push(message="before apply")
+    before = snapshot()
+    assert session.apply() == {"FINISHED"}
+    session.close()
+    bpy.ops.ed.undo_push(message="Apply ZS Texture")
+    after = snapshot()
+    assert after != before
+    bpy.ops.ed.undo()
+    assert snapshot() == before
+    assert bpy.data.objects["Suzanne"].material_slots[0].material.name == "Original"
+    bpy.ops.ed.redo()
+    assert snapshot() == after
+
+
+def test_server_down_reports_an_error_and_changes_nothing(addon):
+    addon.server_url = dead_url()
+    monkey, _cameras, settings = suzanne_scene()
+    monkey.data.uv_layers.remove(monkey.data.uv_layers[0])
+    settings.smart_uv = True  # would add a UV map if Generate got that far
+    before = snapshot()
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError, match="cannot reach the ZS server"):
+        bpy.ops.zs.generate()
+    assert time.perf_counter() - started < 5.0  # found before any rendering
+    assert snapshot() == before and "ZS Preview" not in bpy.data.images
+    assert jobs.active() is None
+
+
+def test_rejected_token_reports_an_error_and_changes_nothing(connected):
+    connected.token = "not-the-token"
+    suzanne_scene()
+    before = snapshot()
+    with pytest.raises(RuntimeError, match="token rejected"):
+        bpy.ops.zs.generate()
+    assert snapshot() == before
+
+
+def test_refused_job_reverts_the_smart_uv_map(connected, server):
+    """A job the server refuses after the capture (steps over its limit of 200): the
+    Smart UV map Generate added is removed again and nothing else changed."""
+    monkey, _cameras, settings = suzanne_scene()
+    monkey.data.uv_layers.remove(monkey.data.uv_layers[0])
+    settings.smart_uv, settings.steps = True, 500
+    before = snapshot()
+    with pytest.raises(RuntimeError, match="steps"):
+        bpy.ops.zs.generate()
+    assert snapshot() == before
+
+
+def test_missing_uv_map_and_missing_cameras_are_clear_errors(connected):
+    monkey, cameras, settings = suzanne_scene()
+    monkey.data.uv_layers.remove(monkey.data.uv_layers[0])
+    with pytest.raises(RuntimeError, match="has no UV map; unwrap it or enable Smart UV Project"):
+        bpy.ops.zs.generate()
+    for camera in cameras:
+        camera.select_set(False)
+    with pytest.raises(RuntimeError, match="no camera selected"):
+        bpy.ops.zs.generate()
+    settings.view_resolution = 100
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        bpy.ops.zs.generate()
+
+
+def test_cancel_mid_job_cancels_it_on_the_server(connected, server):
+    monkey, _cameras, settings = suzanne_scene()
+    settings.steps = 200  # long enough to be caught running
+    before = snapshot()
+    session = generate.GenerateSession(bpy.context.scene, generate.client_from_preferences(bpy.context))
+    session.start(bpy.context)
+    deadline = time.monotonic() + 60
+    while not (session.poll() == "running" and session.job.step >= 1):
+        assert time.monotonic() < deadline and not session.finished, session.error
+        time.sleep(0.02)
+    assert bpy.ops.zs.cancel.poll()
+    assert bpy.ops.zs.cancel() == {"FINISHED"}
+    if session.poll() not in jobs.FINISHED:
+        assert settings.status == "Cancelling"
+    assert run(session)[-1] == "cancelled"
+    assert session.job.wait(10)
+    client = Client(server.base_url, server.token)
+    deadline = time.monotonic() + 30
+    while (status := client.status(session.job.job_id))["state"] != "cancelled":
+        assert status["state"] == "running" and time.monotonic() < deadline, status
+        time.sleep(0.05)
+    assert status["step"] < 200
+    session.close()
+    assert settings.status == "Cancelled"
+    state = snapshot()
+    state["images"].remove("ZS Preview")  # the live preview stays; nothing else was added
+    assert state == before
+    assert [slot.material.name for slot in monkey.material_slots] == ["Original"]
+    assert jobs.active() is None and bpy.ops.zs.generate.poll()
+
+
+# ----------------------------------------------------------------------------- preview
+
+
+def test_preview_png_lands_in_the_preview_image(addon):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    image = preview.show(buffer.getvalue())
+    assert image.name == "ZS Preview" and tuple(image.size) == (40, 24)
+    stored = np.empty(40 * 24 * 4, np.float32)
+    image.pixels.foreach_get(stored)
+    stored = stored.reshape(24, 40, 4)[::-1]  # Blender rows are bottom-up
+    np.testing.assert_allclose(stored[..., :3] * 255.0, pixels, atol=0.51)
+    images_before = len(bpy.data.images)
+    smaller = io.BytesIO()
+    Image.fromarray(pixels[:8, :16]).save(smaller, format="PNG")
+    assert tuple(preview.show(smaller.getvalue()).size) == (16, 8)  # resized, not a second image
+    assert len(bpy.data.images) == images_before
+    with pytest.raises(ValueError, match="not a readable PNG"):
+        preview.show(b"not a png")
+
+
+# ------------------------------------------------------------------------------ server
+
+
+def test_check_reports_online_offline_and_a_bad_token(server):
+    online = server_ops.check(server.base_url, server.token)
+    assert online.state == "online" and online.model
+    assert server_ops.check(server.base_url, "wrong").state == "error"
+    offline = server_ops.check(dead_url(), None)
+    assert offline.state == "offline" and "cannot reach" in offline.message
+
+
+def test_launch_runs_the_command_with_the_port_and_data_dir(addon, tmp_path):
+    port = free_port()
+    addon.server_url = f"http://127.0.0.1:{port}"
+    addon.data_dir = str(tmp_path / "data")
+    script = "import os; print(os.environ['ZS_PORT'], os.environ['ZS_HOST'], os.environ['ZS_DATA_DIR'])"
+    addon.launch_command = f'"{sys.executable}" -c "{script}"'
+    process = server_ops.launch(addon)
+    assert process.wait(30) == 0
+    log = server_ops._log_path.read_text().split()
+    assert log == [str(port), "127.0.0.1", str(tmp_path / "data")]
+    assert not server_ops.started_here()
+
+    addon.launch_command = "zs-no-such-command serve"
+    with pytest.raises(ValueError, match="cannot run 'zs-no-such-command'"):
+        server_ops.launch(addon)
+    addon.server_url = "http://192.0.2.1:8765"
+    with pytest.raises(ValueError, match="not on this computer"):
+        server_ops.launch(addon)
+
+
+def test_token_is_read_from_the_data_folder_when_the_field_is_empty(addon, tmp_path):
+    addon.data_dir = str(tmp_path)
+    assert preferences.resolve_token(addon) is None
+    (tmp_path / "token").write_text("abc123\n")
+    assert preferences.resolve_token(addon) == "abc123"
+    addon.token = "typed"
+    assert preferences.resolve_token(addon) == "typed"
+    addon.token, addon.server_url = "", "http://192.0.2.1:8765"
+    assert preferences.resolve_token(addon) is None  # a remote server's token is not here
+
+
+# ------------------------------------------------------------------------------- modal
+
+
+class ModalDriver:
+    """The operator's own modal()/_end()/_finish() code run on a stand-in ``self``.
+
+    Blender refuses INVOKE calls in background mode ("Invalid operator call"), so no
+    modal handler can be installed; the methods are plain functions on the class, so
+    they can be bound to this object and fed timer and key events by hand."""
+
+    def __init__(self, session):
+        self._session, self._timer, self.reports = session, None, []
+        for name in ("modal", "_end", "_finish", "_show_progress"):
+            setattr(self, name, getattr(generate.ZS_OT_generate, name).__get__(self))
+
+    def report(self, kind, message):
+        self.reports.append((next(iter(kind)), message))
+
+    def send(self, event_type: str, value: str = "NOTHING"):
+        event = type("Event", (), {"type": event_type, "value": value})()
+        return self.modal(bpy.context, event)
+
+
+def test_modal_timer_drives_the_job_to_the_applied_texture(connected, server):
+    monkey, _cameras, settings = suzanne_scene()
+    session = generate.GenerateSession(bpy.context.scene, generate.client_from_preferences(bpy.context))
+    driver = ModalDriver(session.start(bpy.context))
+    assert driver.send("MOUSEMOVE") == {"PASS_THROUGH"}  # other events go on to Blender
+    deadline = time.monotonic() + 60
+    while (result := driver.send("TIMER")) == {"PASS_THROUGH"}:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert result == {"FINISHED"}, driver.reports
+    assert monkey.material_slots[0].material.name.startswith("Original ZS Texture")
+    assert driver._session is None and settings.status.startswith("Done")
+
+
+def test_escape_in_modal_cancels_the_job_on_the_server(connected, server):
+    monkey, _cameras, settings = suzanne_scene()
+    settings.steps = 200
+    session = generate.GenerateSession(bpy.context.scene, generate.client_from_preferences(bpy.context))
+    driver = ModalDriver(session.start(bpy.context))
+    deadline = time.monotonic() + 60
+    while not (session.job.step >= 1 or session.finished):
+        assert driver.send("TIMER") == {"PASS_THROUGH"} and time.monotonic() < deadline
+        time.sleep(0.02)
+    assert driver.send("ESC", "PRESS") == {"CANCELLED"}
+    assert ("WARNING", "ZS job cancelled") in driver.reports
+    assert session.job.wait(10)
+    client = Client(server.base_url, server.token)
+    deadline = time.monotonic() + 30
+    while client.status(session.job.job_id)["state"] != "cancelled":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert [slot.material.name for slot in monkey.material_slots] == ["Original"]
+    assert jobs.active() is None or not jobs.active().alive
