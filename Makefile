@@ -1,4 +1,4 @@
-# Two entry points: `make demo` (the main job on the built-in tiny model and scene)
+# Two entry points: `make demo` (Suzanne textured in Blender-as-a-module on the built-in tiny model)
 # and `make test` (the whole suite). Both build the virtual environment when missing.
 PYTHON ?= python3.11
 VENV := .venv
@@ -11,7 +11,7 @@ OUT ?= out/demo
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[blender,test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,4 +1,4 @@
-"""Headless texturing of a .blend file: the hook for `zs texture FILE.blend` and render farms.
+r"""Headless texturing of a .blend file: the hook for `zs texture FILE.blend` and render farms.
 
     texture_blend("scene.blend", ["Suzanne"], "old bronze", "out/", cameras=6, server=URL, token=T)
 
@@ -7,12 +7,14 @@ opens the file, textures the objects (:func:`api.texture`) and writes into ``out
 (the texture the copy uses, by a relative path), ``texture.png``, ``views/NNNN.png``,
 ``contact_sheet.png`` and ``metrics.json``.
 
-Inside Blender (no torch there, so sampling goes to a server)::
+Inside Blender (no torch there, so sampling goes to a server), from the repository folder::
 
-    blender -b scene.blend --python-expr "from blender_addon import batch; \
+    blender -b scene.blend --python-expr "import sys; sys.path.insert(0, '.'); \
+        from blender_addon import batch; \
         batch.main(['--object', 'Suzanne', '--prompt', 'old bronze', '--out', 'out', '--server', URL])"
 
-(with the repository folder on PYTHONPATH). Imports: bpy, the standard library, numpy.
+(Blender ignores PYTHONPATH unless started with ``--python-use-system-env``).
+Imports: bpy, the standard library and numpy only.
 """
 
 from __future__ import annotations

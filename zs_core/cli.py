@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -57,6 +59,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from . import models, run, scene
 
     out = Path(args.out)
+    if _bpy_available():
+        return _demo_blender(args, out)
+    print("zs demo: Blender's Python module (bpy) is not installed, so this runs the numpy sphere scene "
+          "instead of the Blender flow; install it with: pip install -e '.[blender]'", file=sys.stderr)
     print(f"zs demo: built-in scene ({args.views} views of {args.size}x{args.size}), model {args.model}",
           file=sys.stderr)
     request = _request_from_args(args, sync_strength=args.sync_strength, texture_size=args.texture_size or 512)
@@ -77,8 +83,10 @@ def cmd_texture(args: argparse.Namespace) -> int:
     from .protocol import Passes
 
     source = Path(args.source)
+    if source.suffix == ".blend":
+        return _texture_blend(args, source)
     if source.suffix != ".npz":
-        raise ValueError(f"source: expected a passes bundle (.npz), got {source.name!r}")
+        raise ValueError(f"source: expected a .blend file or a passes bundle (.npz), got {source.name!r}")
     if not source.is_file():
         raise ValueError(f"source: {source} does not exist")
     passes = Passes.load(source).validate()
@@ -92,6 +100,132 @@ def cmd_texture(args: argparse.Namespace) -> int:
         bar.close()
     _print_outputs(Path(args.out), metrics)
     return 0
+
+
+def _bpy_available() -> bool:
+    try:
+        return importlib.util.find_spec("bpy") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _blender_batch():
+    """``blender_addon.batch``, imported here only: zs_core itself never needs bpy."""
+    try:
+        return importlib.import_module("blender_addon.batch")
+    except ModuleNotFoundError as exc:
+        if exc.name != "bpy":
+            raise
+        raise ValueError("source: texturing a .blend needs Blender's Python module; install it with "
+                         "pip install -e '.[blender]' (bpy 5.0.1, Python 3.11)") from None
+
+
+def _in_process_sampler(args: argparse.Namespace):
+    """sampler(request dict, passes, out_dir) -> metrics for blender_addon.api: zs_core in
+    this process, with a progress bar. The model is loaded on the first call."""
+    from . import models, run
+    from .protocol import Passes, Request
+
+    loaded = {}
+
+    def sample(request_dict: dict, passes, out_dir) -> dict:
+        if "components" not in loaded:
+            loaded["components"] = models.load(args.model, args.controlnet, device=args.device)
+        request = Request.from_dict(request_dict)
+        core_passes = Passes.from_arrays(passes.arrays()).validate()  # the add-on's own Passes class
+        bar = _ProgressBar(request.steps, "sampling")
+        try:
+            return run.run_job(loaded["components"], request, core_passes, out_dir, progress=bar)
+        finally:
+            bar.close()
+
+    return sample
+
+
+class _EventBar:
+    """tqdm bar driven by a server job's events (progress(event name, data))."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, name: str, data: dict) -> None:
+        from tqdm import tqdm
+
+        if name == "queued":
+            print(f"zs texture: job {data.get('job')} queued (position {data.get('position')})", file=sys.stderr)
+        elif name == "started" and self.bar is None:
+            self.bar = tqdm(total=data.get("total"), desc="sampling (server)", unit="step", file=sys.stderr)
+        elif name == "progress" and self.bar is not None:
+            self.bar.update(data["step"] - self.bar.n)
+        elif name in ("done", "failed", "cancelled"):
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _local_token() -> str | None:
+    """ZS_TOKEN, else the token file of the local server's data folder, else None."""
+    import os
+
+    if os.environ.get("ZS_TOKEN"):
+        return os.environ["ZS_TOKEN"]
+    from server.config import TOKEN_FILE, Settings
+
+    path = Settings.from_env().data_dir / TOKEN_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _blend_settings(args: argparse.Namespace, **overrides) -> dict:
+    """Command-line options -> blender_addon.api.TextureSettings fields."""
+    settings = dict(negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
+                    guidance=args.guidance, scheduler=args.scheduler, noise=args.noise, attention=args.attention,
+                    sync_strength=args.sync_strength, texture_size=args.texture_size,
+                    view_size=getattr(args, "view_size", None), uv_map=getattr(args, "uv_map", None),
+                    smart_uv=getattr(args, "smart_uv", False))
+    settings.update(overrides)
+    return {key: value for key, value in settings.items() if value is not None}
+
+
+def _texture_blend(args: argparse.Namespace, source: Path) -> int:
+    """`zs texture FILE.blend`: open, texture the objects, save out/textured.blend."""
+    if not source.is_file():
+        raise ValueError(f"source: {source} does not exist")
+    if not args.objects:
+        raise ValueError("--object: name the object to texture (repeat --object for several)")
+    batch = _blender_batch()
+    server_options = {}
+    if args.server:
+        server_options = dict(server=args.server, token=args.token or _local_token(), progress=_EventBar())
+    else:
+        server_options = dict(sampler=_in_process_sampler(args))
+    summary = batch.texture_blend(source, args.objects, args.prompt, args.out, cameras=args.cameras,
+                                  use_scene_cameras=args.use_scene_cameras, **server_options,
+                                  **_blend_settings(args))
+    _print_blend_outputs(summary)
+    return 0
+
+
+def _demo_blender(args: argparse.Namespace, out: Path) -> int:
+    """`zs demo` in Blender: Suzanne (with a material of her own) and an orbit rig."""
+    batch = _blender_batch()
+    print(f"zs demo: Suzanne in Blender, {args.views} cameras of {args.size}x{args.size}, model {args.model}",
+          file=sys.stderr)
+    scene_path = batch.build_demo_scene(out / "scene.blend")
+    summary = batch.texture_blend(scene_path, [batch.DEMO_OBJECT], args.prompt, out, cameras=args.views,
+                                  sampler=_in_process_sampler(args),
+                                  **_blend_settings(args, view_size=args.size, texture_size=args.texture_size or 512))
+    _print_blend_outputs(summary)
+    return 0
+
+
+def _print_blend_outputs(summary: dict) -> None:
+    out = Path(summary["textured_blend"]).parent
+    _print_outputs(out, summary["metrics"])
+    print(f"textured blend: {summary['textured_blend']} ({', '.join(summary['objects'])} wears new material "
+          f"{', '.join(summary['materials'])}; the original materials are kept)", file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -137,13 +271,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the built-in scene on the built-in model and write results")
     demo.add_argument("--out", default="out/demo", help="output folder")
     demo.add_argument("--views", type=int, default=6)
-    demo.add_argument("--size", type=int, default=256, help="view width and height (multiple of 8)")
+    demo.add_argument("--size", type=int, default=192, help="view width and height (multiple of 8)")
     _add_sampling_options(demo, steps=12, noise="surface", attention="self", sync_strength=1.0)
     demo.set_defaults(func=cmd_demo)
 
-    texture = commands.add_parser("texture", help="texture from a passes bundle (.npz in the wire format)")
-    texture.add_argument("source", help="passes.npz (arrays as in DESIGN.md, camera matrices and texel maps inside)")
+    texture = commands.add_parser("texture", help="texture objects of a .blend file, or a passes bundle (.npz)")
+    texture.add_argument("source", help="FILE.blend, or passes.npz (arrays as in DESIGN.md, camera matrices and "
+                                        "texel maps inside)")
     texture.add_argument("--out", required=True, help="output folder")
+    blend = texture.add_argument_group(".blend files")
+    blend.add_argument("--object", dest="objects", action="append", default=None,
+                       help="object to texture (repeat for several)")
+    cameras = blend.add_mutually_exclusive_group()
+    cameras.add_argument("--cameras", type=int, default=None, help="orbit rig of N cameras (default 6)")
+    cameras.add_argument("--use-scene-cameras", action="store_true", help="use every camera of the scene")
+    blend.add_argument("--view-size", type=int, default=None, help="view width and height (default 512)")
+    blend.add_argument("--uv-map", default=None, help="UV map to texture (default: the active render UV map)")
+    blend.add_argument("--smart-uv", action="store_true", help="add a Smart UV Project map where it is missing")
+    blend.add_argument("--server", default=None, help="sample on this ZS server (e.g. http://127.0.0.1:8765) "
+                                                      "instead of in this process")
+    blend.add_argument("--token", default=None, help="the server's token (default: ZS_TOKEN or the local "
+                                                     "server's token file)")
     _add_sampling_options(texture, steps=20, noise="surface", attention="extended", sync_strength=1.0)
     texture.set_defaults(func=cmd_texture)
 
@@ -163,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:  # bad input and missing models get one clear line, not a traceback
-        if isinstance(exc, (ProtocolError, ValueError)) or type(exc).__name__ == "ModelLoadError":
+        if isinstance(exc, (ProtocolError, ValueError)) or type(exc).__name__ in ("ModelLoadError", "ServerError"):
             print(f"zs {args.command}: error: {exc}", file=sys.stderr)
             return 2
         raise
