@@ -35,11 +35,11 @@ class ZS_PT_main(bpy.types.Panel):
         status = server.STATUS
         row = layout.row(align=True)
         row.label(text=f"Server: {status.state}", icon=_STATUS_ICONS.get(status.state, "QUESTION"))
-        row.operator("zs.check_server", text="", icon="FILE_REFRESH")
+        row.operator("zs.check_server", text="Connect", icon="FILE_REFRESH")
         if server.started_here():
-            row.operator("zs.stop_server", text="", icon="PAUSE")
+            row.operator("zs.stop_server", text="Stop", icon="PAUSE")
         else:
-            row.operator("zs.start_server", text="", icon="PLAY")
+            row.operator("zs.start_server", text="Start", icon="PLAY")
         if status.message and status.state != "online":
             _wrapped(layout.box(), status.message)
         elif status.message:

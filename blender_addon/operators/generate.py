@@ -36,6 +36,9 @@ from . import jobs, preview
 TEMPORARY_RIG = "ZS Rig (temporary)"
 PREFLIGHT_TIMEOUT = 5.0  # seconds: the checks before rendering must not freeze the UI for long
 POLL_INTERVAL = 0.1  # seconds between polls of the blocking (windowless) path
+# The extension installs from 4.2 on (rig, apply, panels work there), but passes.py uses
+# the compositor API of 5.0 (scene.compositing_node_group, File Output items).
+MIN_CAPTURE_VERSION = (5, 0, 0)
 
 
 class GenerateError(RuntimeError):
@@ -100,6 +103,9 @@ class GenerateSession:
 
     def start(self, context) -> "GenerateSession":
         """Validate, check the server, capture (main thread), start the worker thread."""
+        if bpy.app.version < MIN_CAPTURE_VERSION:
+            raise GenerateError("rendering the passes needs Blender 5.0 or newer (its compositor API); "
+                                f"this is Blender {bpy.app.version_string}")
         settings = self.settings
         try:
             request = build_request(settings)
@@ -346,6 +352,12 @@ class ZS_OT_generate(bpy.types.Operator):
             session.cancel()
             self.report({"ERROR"}, f"ZS Texturing: {type(exc).__name__}: {exc}")
             return self._end(context, "failed", report=False)
+
+    def cancel(self, context):
+        """Blender ends the modal run itself (a file is loaded, the window closes)."""
+        if self._session is not None:
+            self._session.cancel()
+            self._end(context, "cancelled", report=False)
 
     def execute(self, context):
         if not self._start(context):

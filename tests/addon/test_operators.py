@@ -12,6 +12,7 @@ import io
 import socket
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,8 +228,9 @@ def test_build_rig_without_a_mesh_reports_an_error(addon):
 # --------------------------------------------------------------------------- generate
 
 
-def test_generate_operator_applies_a_new_material_and_keeps_the_original(connected, server):
+def test_generate_operator_applies_a_new_material_and_keeps_the_original(connected, server, tmp_path):
     monkey, cameras, settings = suzanne_scene()
+    settings.output_folder = str(tmp_path / "textures")
     original = bpy.data.materials["Original"]
     objects_before = sorted(o.name for o in bpy.data.objects)
     started = time.perf_counter()
@@ -240,6 +242,8 @@ def test_generate_operator_applies_a_new_material_and_keeps_the_original(connect
     assert original.name in bpy.data.materials and original.diffuse_color[:] == pytest.approx((0.2, 0.4, 0.6, 1.0))
     image = next(n.image for n in material.node_tree.nodes if n.bl_idname == "ShaderNodeTexImage")
     assert tuple(image.size) == (TEXTURE, TEXTURE)
+    assert Path(bpy.path.abspath(image.filepath)).parent == tmp_path / "textures"
+    assert Path(bpy.path.abspath(image.filepath)).is_file() and image.packed_file is None
     pixels = np.empty(TEXTURE * TEXTURE * 4, np.float32)
     image.pixels.foreach_get(pixels)
     assert pixels.reshape(-1, 4)[:, :3].std() > 0.01  # a texture, not a blank image
@@ -481,7 +485,10 @@ def test_modal_timer_drives_the_job_to_the_applied_texture(connected, server):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert result == {"FINISHED"}, driver.reports
-    assert monkey.material_slots[0].material.name.startswith("Original ZS Texture")
+    material = monkey.material_slots[0].material
+    assert material.name.startswith("Original ZS Texture")
+    image = next(n.image for n in material.node_tree.nodes if n.bl_idname == "ShaderNodeTexImage")
+    assert image.packed_file is not None  # the default //zs_textures/ of an unsaved file: packed
     assert driver._session is None and settings.status.startswith("Done")
 
 
@@ -504,3 +511,47 @@ def test_escape_in_modal_cancels_the_job_on_the_server(connected, server):
         time.sleep(0.05)
     assert [slot.material.name for slot in monkey.material_slots] == ["Original"]
     assert jobs.active() is None or not jobs.active().alive
+
+
+class Timers:
+    """bpy.app.timers never fire without an event loop: keep the registered callbacks
+    and run them by hand, honouring the interval each one asks for."""
+
+    def __init__(self, monkeypatch):
+        self.callbacks = []
+        monkeypatch.setattr(server_ops.bpy.app.timers, "register",
+                            lambda function, first_interval=0.0, **_: self.callbacks.append(function))
+
+    def run(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.callbacks:
+            again = self.callbacks[0]()
+            if again is None:
+                self.callbacks.pop(0)
+            else:
+                time.sleep(again)
+            assert time.monotonic() < deadline, "a timer kept running"
+
+
+def test_connect_button_checks_the_server_without_blocking(connected, server, monkeypatch):
+    timers = Timers(monkeypatch)
+    assert bpy.ops.zs.check_server() == {"FINISHED"}
+    assert server_ops.STATUS.state == "checking" and len(timers.callbacks) == 1  # answered later
+    timers.run()
+    assert server_ops.STATUS.state == "online" and server_ops.STATUS.url == server.base_url
+    connected.token = "wrong"
+    bpy.ops.zs.check_server()
+    timers.run()
+    assert server_ops.STATUS.state == "error" and "token rejected" in server_ops.STATUS.message
+
+
+def test_start_button_reports_a_server_that_exits(addon, monkeypatch):
+    timers = Timers(monkeypatch)
+    addon.server_url = dead_url()
+    addon.launch_command = f'"{sys.executable}" -c "print(\\"no model here\\"); raise SystemExit(3)"'
+    assert bpy.ops.zs.start_server() == {"FINISHED"}
+    assert server_ops.STATUS.state == "starting"
+    timers.run()
+    assert server_ops.STATUS.state == "offline"
+    assert "exited (code 3): no model here" in server_ops.STATUS.message
+    assert not server_ops.started_here() and bpy.ops.zs.start_server.poll()
