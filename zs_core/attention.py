@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -188,16 +189,7 @@ class CrossViewAttnProcessor:
         if attention_mask is not None:
             # A per-view key mask would have to be gathered along with the keys; nothing needs it.
             raise ValueError(f"attention_mask: not supported by the {self.mode!r} attention mode")
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        spatial_shape = hidden_states.shape if hidden_states.ndim == 4 else None
-        if spatial_shape is not None:
-            batch, channels, height, width = spatial_shape
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
+        hidden_states, residual, spatial_shape = _prologue(attn, hidden_states, temb)
         query, key, value = _heads_qkv(attn, hidden_states)
         groups, views = self.split_batch(query.shape[0])
         out = self.attend(query, key, value, groups, views)
@@ -225,6 +217,21 @@ class CrossViewAttnProcessor:
         else:
             sources, bias = keyframe_sources(views, self.policy, self.anchors)
         return gathered_attention(query, key, value, groups, sources, bias)
+
+
+def _prologue(attn, hidden_states: torch.Tensor, temb: torch.Tensor | None):
+    """The stock processor's input handling -> (hidden states ``(B, N, C)``, residual,
+    the 4-D input shape or None)."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    spatial_shape = hidden_states.shape if hidden_states.ndim == 4 else None
+    if spatial_shape is not None:
+        batch, channels, height, width = spatial_shape
+        hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    return hidden_states, residual, spatial_shape
 
 
 def _heads_qkv(attn, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -298,35 +305,49 @@ def gathered_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
                        sources: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """View i attends to the keys/values of views ``sources[i]`` with logit ``bias[i]``.
 
-    query, key, value ``(G*V, h, N, d)``; sources, bias ``(V, S)``. Views are processed in
-    chunks so the gathered keys ``(G*c, h, S*N, d)`` stay within :data:`GATHER_BUDGET`.
+    query, key, value ``(G*V, h, N, d)``; sources, bias ``(V, S)``. See :func:`pooled_attention`.
     """
     batch, heads, tokens, head_dim = query.shape
-    views, slots = sources.shape
+    views = sources.shape[0]
     grouped = [t.reshape(groups, views, heads, tokens, head_dim) for t in (query, key, value)]
+    out = pooled_attention(*grouped, sources, bias)
+    return out.reshape(batch, heads, tokens, head_dim)
+
+
+def pooled_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sources: torch.Tensor,
+                     bias: torch.Tensor) -> torch.Tensor:
+    """Each of c query frames attends to the pool frames ``sources[i]`` with logit ``bias[i]``.
+
+    query ``(G, c, h, N, d)``; key, value pool ``(G, P, h, N, d)``; sources ``(c, S)`` pool
+    indices, bias ``(c, S)`` (-inf masks a slot). -> ``(G, c, h, N, d)``. Queries are
+    processed in chunks so the gathered keys ``(G*c', h, S*N, d)`` stay within
+    :data:`GATHER_BUDGET`.
+    """
+    groups, count, heads, tokens, head_dim = query.shape
+    slots = sources.shape[1]
     sources = sources.to(query.device)
     bias = None if not bias.any() else bias.to(device=query.device, dtype=query.dtype)
     per_view = groups * slots * tokens * heads * head_dim
     chunk = max(1, GATHER_BUDGET // per_view)
     outputs = [
-        _gathered_chunk(*grouped, sources[start:start + chunk],
-                        None if bias is None else bias[start:start + chunk], start)
-        for start in range(0, views, chunk)
+        _gathered_chunk(query[:, start:start + chunk], key, value, sources[start:start + chunk],
+                        None if bias is None else bias[start:start + chunk])
+        for start in range(0, count, chunk)
     ]
-    return torch.cat(outputs, dim=1).reshape(batch, heads, tokens, head_dim)
+    return torch.cat(outputs, dim=1)
 
 
 def _gathered_chunk(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sources: torch.Tensor,
-                    bias: torch.Tensor | None, start: int) -> torch.Tensor:
-    """One chunk of c views: grouped ``(G, V, h, N, d)`` -> output ``(G, c, h, N, d)``."""
-    groups, _, heads, tokens, head_dim = query.shape
-    count, slots = sources.shape
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    """Query chunk ``(G, c, h, N, d)``, key/value pool ``(G, P, h, N, d)`` -> ``(G, c, h, N, d)``."""
+    groups, count, heads, tokens, head_dim = query.shape
+    slots = sources.shape[1]
 
     def gather(tensor: torch.Tensor) -> torch.Tensor:
         picked = tensor[:, sources]  # (G, c, S, h, N, d)
         return picked.transpose(2, 3).reshape(groups * count, heads, slots * tokens, head_dim)
 
-    chunk_query = query[:, start:start + count].reshape(groups * count, heads, tokens, head_dim)
+    chunk_query = query.reshape(groups * count, heads, tokens, head_dim)
     mask = None
     if bias is not None:
         # (c, S) -> one additive bias per key token, the same for every group, head and query.
@@ -334,6 +355,192 @@ def _gathered_chunk(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         mask = mask.reshape(groups * count, 1, 1, slots * tokens)
     out = _sdpa(chunk_query, gather(key), gather(value), mask)
     return out.reshape(groups, count, heads, tokens, head_dim)
+
+
+# --- frames in chunks -------------------------------------------------------------------
+#
+# A long frame sequence cannot go through the UNet as one batch, so the animation loop runs
+# each denoising step chunk by chunk (K frames per model call). Cross-frame attention still
+# needs frames outside the chunk: the anchors. Rather than recomputing them (K + anchors
+# frames per call), each layer keeps the keys/values of the anchor frames from the chunk
+# that computed them earlier in the same step: frame 0 (and the middle frame for the
+# ``middle`` policy), and the last frame of the previous chunk, or for ``tma`` the momentum
+# state K''/V'' of that frame. A query then sees its chunk plus at most two cached frames,
+# whatever the length of the sequence, and since the cached values are exactly what an
+# unchunked pass computes, chunk borders do not jump: chunked equals unchunked.
+
+CHUNKED_MODES = ("keyframes", "tma")
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How a step's F frames are split: ``chunks`` ``(start, stop)`` in processing order and
+    ``keep[j]`` the frames whose keys must be cached after chunk j for later chunks."""
+
+    frames: int
+    chunks: tuple[tuple[int, int], ...]
+    keep: tuple[frozenset, ...]
+
+    @property
+    def largest(self) -> int:
+        return max(stop - start for start, stop in self.chunks)
+
+
+def chunk_plan(frames: int, chunk: int, mode: str = "self", policy: str = "first") -> ChunkPlan:
+    """Chunks of ``chunk`` consecutive frames, in order; for ``keyframes`` with the ``middle``
+    policy the chunk holding frame F // 2 goes first (every other chunk attends to it)."""
+    for name, value in (("frames", frames), ("chunk", chunk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    _check_mode(mode)
+    if policy not in POLICIES:
+        raise ValueError(f"policy: unknown keyframe policy {policy!r}; expected one of {', '.join(POLICIES)}")
+    spans = [(start, min(start + chunk, frames)) for start in range(0, frames, chunk)]
+    if mode == "keyframes" and policy == "middle":
+        middle = (frames // 2) // chunk
+        spans = [spans[middle]] + spans[:middle] + spans[middle + 1:]
+    needs = [set() for _ in spans]  # frames outside each chunk that its queries attend to
+    if mode == "keyframes":
+        sources, bias = keyframe_sources(frames, policy, None)
+        for index, (start, stop) in enumerate(spans):
+            used = sources[start:stop][torch.isfinite(bias[start:stop])].tolist()
+            needs[index] = {frame for frame in used if not start <= frame < stop}
+    elif mode == "tma":
+        needs = [{start - 1} if start > 0 else set() for start, _ in spans]
+    keep = []
+    for index, (start, stop) in enumerate(spans):
+        done = {f for s, e in spans[:index + 1] for f in range(s, e)}
+        missing = needs[index] - {f for s, e in spans[:index] for f in range(s, e)}
+        if missing:  # a bug in the ordering above, never the caller's fault
+            raise AssertionError(f"chunk {start}..{stop - 1} needs frames {sorted(missing)} computed later")
+        keep.append(frozenset(set().union(*needs[index + 1:]) & done))
+    return ChunkPlan(frames, tuple(spans), tuple(keep))
+
+
+class ChunkedFrameAttention:
+    """``keyframes`` or ``tma`` across F frames evaluated chunk by chunk (see above).
+
+    Before each model call on the frames of ``plan.chunks[j]`` (batch ``G * c``, the CFG
+    groups stacked as usual), the loop calls :meth:`begin` ``(step, j)``. Chunks must run in
+    plan order within a step; a chunk whose anchors were not computed earlier in the same
+    step raises RuntimeError. With one chunk (K >= F) the computation is exactly
+    :class:`CrossViewAttnProcessor`'s. ``stats`` records, over all calls, the most key
+    tokens one query saw, the most frames in a layer's anchor cache and in one batch.
+    """
+
+    def __init__(self, mode: str, plan: ChunkPlan, *, policy: str = "first", momentum: float = 0.5):
+        if mode not in CHUNKED_MODES:
+            raise ValueError(f"mode: chunked attention supports {', '.join(CHUNKED_MODES)}, got {mode!r}")
+        _check_params(plan.frames, 0, 1.0, policy, None, momentum)
+        self.mode, self.plan, self.policy, self.momentum = mode, plan, policy, float(momentum)
+        self.sources, self.bias = keyframe_sources(plan.frames, policy, None)
+        self._stock = AttnProcessor2_0()
+        self._position: tuple[int, int] | None = None  # (step, chunk index)
+        self._cache: dict = {}  # attention module -> {"step", "frames": {frame: (k, v)}, "state"}
+        self.stats = {"peak_key_tokens": 0, "peak_cached_frames": 0, "peak_batch_frames": 0}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mode={self.mode!r}, frames={self.plan.frames}, chunks={len(self.plan.chunks)})"
+
+    def begin(self, step: int, index: int) -> None:
+        """The next model call runs chunk ``plan.chunks[index]`` of denoising step ``step``."""
+        if not 0 <= index < len(self.plan.chunks):
+            raise ValueError(f"index: {index} is not a chunk index (0..{len(self.plan.chunks) - 1})")
+        self._position = (step, index)
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 *args, **kwargs) -> torch.Tensor:
+        if encoder_hidden_states is not None:
+            return self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        if attention_mask is not None:
+            raise ValueError(f"attention_mask: not supported by the chunked {self.mode!r} attention mode")
+        if self._position is None:
+            raise RuntimeError("ChunkedFrameAttention: call begin(step, chunk index) before each model call")
+        step, index = self._position
+        start, stop = self.plan.chunks[index]
+        hidden_states, residual, spatial_shape = _prologue(attn, hidden_states, temb)
+        query, key, value = _heads_qkv(attn, hidden_states)
+        batch, heads, tokens, head_dim = query.shape
+        count = stop - start
+        if batch % count:
+            raise ValueError(f"views: batch of {batch} is not a whole number of groups of the chunk's {count} frames")
+        grouped = [t.reshape(batch // count, count, heads, tokens, head_dim) for t in (query, key, value)]
+        cache = self._layer_cache(attn, step)
+        if self.mode == "tma":
+            out = self._momentum(cache, *grouped, start, stop)
+        else:
+            out = self._keyframes(cache, *grouped, start, stop, index)
+        self.stats["peak_batch_frames"] = max(self.stats["peak_batch_frames"], count)
+        self.stats["peak_cached_frames"] = max(self.stats["peak_cached_frames"],
+                                               len(cache["frames"]) + (cache["state"] is not None))
+        return _project_out(attn, out.reshape(batch, heads, tokens, head_dim), residual, spatial_shape)
+
+    def _layer_cache(self, attn, step: int) -> dict:
+        cache = self._cache.setdefault(attn, {"step": step, "frames": {}, "state": None})
+        if cache["step"] != step:  # a new denoising step: last step's keys are stale
+            cache.update(step=step, frames={}, state=None)
+        return cache
+
+    def _missing(self, frame: int, start: int, stop: int):
+        step = self._position[0]
+        return RuntimeError(f"chunk of frames {start}..{stop - 1} needs frame {frame}'s keys, which no earlier "
+                            f"chunk of step {step} computed: run the chunks in plan order")
+
+    def _keyframes(self, cache: dict, query, key, value, start: int, stop: int, index: int) -> torch.Tensor:
+        """Grouped ``(G, c, h, N, d)`` -> ``(G, c, h, N, d)``: gathered attention over a pool of
+        the cached anchors followed by the chunk's own frames."""
+        sources, bias = self.sources[start:stop], self.bias[start:stop]
+        anchors = sorted({int(f) for f in sources[torch.isfinite(bias)].tolist()} - set(range(start, stop)))
+        for frame in anchors:
+            if frame not in cache["frames"]:
+                raise self._missing(frame, start, stop)
+        position = {frame: slot for slot, frame in enumerate(anchors)}
+        position.update({frame: len(anchors) + frame - start for frame in range(start, stop)})
+        # Masked slots (repeated sources) may point anywhere: map them to the chunk's first frame.
+        pooled = torch.tensor([[position.get(int(f), len(anchors)) for f in row] for row in sources.tolist()],
+                              dtype=torch.long)
+        if anchors:
+            key = torch.cat([torch.stack([cache["frames"][f][0] for f in anchors], dim=1), key], dim=1)
+            value = torch.cat([torch.stack([cache["frames"][f][1] for f in anchors], dim=1), value], dim=1)
+        out = pooled_attention(query, key, value, pooled, bias)
+        tokens = query.shape[3]
+        self.stats["peak_key_tokens"] = max(self.stats["peak_key_tokens"], int(torch.isfinite(bias).sum(1).max()) * tokens)
+        # Keep exactly the anchors later chunks need (clones: a view would pin the whole chunk).
+        kept = {}
+        for frame in self.plan.keep[index]:
+            if start <= frame < stop:
+                slot = len(anchors) + frame - start
+                kept[frame] = (key[:, slot].clone(), value[:, slot].clone())
+            elif frame in cache["frames"]:
+                kept[frame] = cache["frames"][frame]
+        cache["frames"] = kept
+        return out
+
+    def _momentum(self, cache: dict, query, key, value, start: int, stop: int) -> torch.Tensor:
+        """K''_i = mu K''_(i-1) + (1 - mu) K_i over the chunk, continuing from the cached
+        K''/V'' of frame start - 1; grouped ``(G, c, h, N, d)`` -> ``(G, c, h, N, d)``."""
+        if start == 0:
+            blended_key, blended_value = apply_momentum(key, self.momentum), apply_momentum(value, self.momentum)
+        else:
+            state = cache["state"]
+            if state is None or state[0] != start - 1:
+                raise self._missing(start - 1, start, stop)
+
+            def carry(previous: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+                # The state acts as frame 0 of the sequence: M[i, 0] = mu^i, the rest as in M.
+                return apply_momentum(torch.cat([previous[:, None], tensor], dim=1), self.momentum)[:, 1:]
+
+            blended_key, blended_value = carry(state[1], key), carry(state[2], value)
+        groups, count, heads, tokens, head_dim = query.shape
+        self.stats["peak_key_tokens"] = max(self.stats["peak_key_tokens"], tokens)
+        cache["state"] = (stop - 1, blended_key[:, -1].clone(), blended_value[:, -1].clone())
+
+        def flat(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.reshape(groups * count, heads, tokens, head_dim)
+
+        out = _sdpa(flat(query), flat(blended_key), flat(blended_value))
+        return out.reshape(groups, count, heads, tokens, head_dim)
 
 
 # --- public API ------------------------------------------------------------------------
@@ -376,7 +583,14 @@ def install(model, mode: str, **params) -> Iterator[object]:
     Yields the installed processor. The previous processors (the same objects) are always
     restored on exit, also when the body raises. ``None`` entries in a list are skipped.
     """
-    processor = processor_for(mode, **params)
+    with install_processor(model, processor_for(mode, **params)) as processor:
+        yield processor
+
+
+@contextlib.contextmanager
+def install_processor(model, processor) -> Iterator[object]:
+    """Use ``processor`` (any attention processor) on every ``attn1`` of ``model``; restore
+    the previous processors on exit, also when the body raises. See :func:`install`."""
     saved = []
     try:
         for each in _models(model):

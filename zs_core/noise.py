@@ -475,13 +475,15 @@ def _block_ids(height: int, width: int, factor: int) -> np.ndarray:
 
 
 def _normalised_blocks(sums: np.ndarray, variances: np.ndarray, background: np.ndarray,
-                       fresh: np.ndarray) -> np.ndarray:
-    """Block sums of surface parts plus sqrt(background count) G, over the total sd -> N(0, 1).
+                       background_sums: np.ndarray) -> np.ndarray:
+    """Block sums of surface parts plus the sum of the block's background pixels, over the
+    total sd -> N(0, 1).
 
-    The k background pixels of a block are iid N(0, 1): their sum is exactly sqrt(k) G,
-    G ~ N(0, 1) (``fresh``), so one G is drawn per block instead of k pixels.
+    ``background_sums (C, B)`` is the sum of the k background pixels' N(0, 1) values of each
+    block (variance k, independent of the surface parts); for iid pixels that sum is
+    exactly sqrt(k) G with G ~ N(0, 1), so one G per block stands for k pixels.
     """
-    return (sums + np.sqrt(background) * fresh) / np.sqrt(variances + background)
+    return (sums + background_sums) / np.sqrt(variances + background)
 
 
 class _SurfaceSpec:
@@ -495,9 +497,10 @@ class _SurfaceSpec:
 
 
 def _view_surface_noise(flat_uv: np.ndarray, flat_mask: np.ndarray, spec: _SurfaceSpec, groups: _TexelGroups,
-                        generator: torch.Generator) -> np.ndarray:
+                        generator: torch.Generator, background_sums: np.ndarray | None = None) -> np.ndarray:
     """One view: ``flat_uv (H * W, 2)``, ``flat_mask (H * W,) bool`` -> latents ``(C, B) float64``,
-    each N(0, 1)."""
+    each N(0, 1). ``background_sums (C, B)``: each block's sum over its background pixels
+    of unit-variance noise (see :func:`_normalised_blocks`); None draws it fresh."""
     pixels = np.flatnonzero(flat_mask)
     view_uv = _gather_uv(flat_uv, pixels)
     _check_uv_range(view_uv)
@@ -510,12 +513,14 @@ def _view_surface_noise(flat_uv: np.ndarray, flat_mask: np.ndarray, spec: _Surfa
                          spec.block_count, spec.channels, generator)
     variances = np.bincount(carried_blocks, weights=shared.weights, minlength=spec.block_count)
     background = spec.factor ** 2 - np.bincount(blocks, minlength=spec.block_count)
-    fresh = torch.randn((spec.channels, spec.block_count), generator=generator).numpy()
-    return _normalised_blocks(sums, variances, background, fresh)
+    if background_sums is None:
+        fresh = torch.randn((spec.channels, spec.block_count), generator=generator).numpy()
+        background_sums = np.sqrt(background) * fresh
+    return _normalised_blocks(sums, variances, background, background_sums)
 
 
 def surface(uv, mask, seed: int, channels: int = 4, factor: int = 8, texels_per_pixel: float = 1.0,
-            resolution: int | None = None) -> torch.Tensor:
+            resolution: int | None = None, background=None) -> torch.Tensor:
     """Correspondence-guided integral noise -> ``(V, channels, H/factor, W/factor) float32``.
 
     ``uv (V, H, W, 2)`` float32 in [0, 1] on masked pixels (numpy or torch), ``mask
@@ -532,9 +537,24 @@ def surface(uv, mask, seed: int, channels: int = 4, factor: int = 8, texels_per_
     value in every view, so views of the same surface get correlated latents. Pixel
     splits and background come from a torch generator per (seed, view); views run on a
     few threads (numpy releases the GIL), with the same result for any thread count.
+
+    ``background`` (optional) latent noise ``(V, C, h, w)`` replaces the background: one
+    N(0, 1) value G per latent pixel stands for the sum sqrt(k) G of its k background
+    pixels, so any item model of this module (dependency, mixed, ...) can drive the
+    background of a frame sequence. It must not depend on the texture (another seed).
+    :func:`animated` also takes background noise warped along motion vectors.
     """
     seed = _seed(seed)
     uv, mask, channels, factor = _surface_inputs(uv, mask, channels, factor)
+    background_sums = None
+    if background is not None:
+        background_sums = _latent_background_sums(background, mask, channels, factor)
+    return _surface(uv, mask, seed, channels, factor, texels_per_pixel, resolution, background_sums)
+
+
+def _surface(uv: np.ndarray, mask: np.ndarray, seed: int, channels: int, factor: int, texels_per_pixel,
+             resolution, background_sums: np.ndarray | None) -> torch.Tensor:
+    """:func:`surface` on validated inputs; ``background_sums (V, C, B)`` or None (fresh)."""
     views, height, width = mask.shape
     if resolution is None:
         resolution = _resolution(uv, mask, _positive("texels_per_pixel", texels_per_pixel))
@@ -550,7 +570,8 @@ def surface(uv, mask, seed: int, channels: int = 4, factor: int = 8, texels_per_
         groups = _TexelGroups(resolution)  # one scratch table per thread
         for view in range(worker, views, workers):
             generator = _generator(_view_seed(seed, view))
-            latents[view] = _view_surface_noise(flat_uv[view], flat_mask[view], spec, groups, generator)
+            sums = None if background_sums is None else background_sums[view]
+            latents[view] = _view_surface_noise(flat_uv[view], flat_mask[view], spec, groups, generator, sums)
 
     _run_threads(run, min(views, torch.get_num_threads()))
     return torch.from_numpy(latents.astype(np.float32)).reshape(views, channels, *spec.latent_size)
@@ -564,6 +585,164 @@ def _run_threads(run, workers: int) -> None:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for future in [pool.submit(run, worker, workers) for worker in range(workers)]:
             future.result()
+
+
+# ----------------------------------------------------------------------------- frame sequences
+#
+# Animation noise: object pixels take surface noise through each frame's UV pass (the same
+# material point keeps its noise in every frame, also under deformation; surface that comes
+# into view meets texels no frame saw before, i.e. fresh noise). Background pixels follow one
+# of the item models over frames, or are warped along the vector pass.
+
+BACKGROUND_MODES = ("iid", "fixed", "mixed", "progressive", "dependency", "warped")
+
+
+def _block_sums(values: np.ndarray, factor: int) -> np.ndarray:
+    """``values (C, H, W)`` -> sums over factor x factor blocks ``(C, (H/f) * (W/f)) float64``."""
+    channels, height, width = values.shape
+    blocks = values.reshape(channels, height // factor, factor, width // factor, factor)
+    return blocks.sum(axis=(2, 4), dtype=np.float64).reshape(channels, -1)
+
+
+def _latent_background_sums(background, mask: np.ndarray, channels: int, factor: int) -> np.ndarray:
+    """Latent background ``(V, C, h, w)`` -> each block's background sum sqrt(k) G ``(V, C, B)``."""
+    views, height, width = mask.shape
+    expected = (views, channels, height // factor, width // factor)
+    if isinstance(background, torch.Tensor):
+        background = background.detach().cpu().numpy()
+    background = np.asarray(background, dtype=np.float64)
+    if background.shape != expected:
+        raise ValueError(f"background: expected latent noise of shape {expected}, got {background.shape}")
+    if not np.isfinite(background).all():
+        raise ValueError("background: contains NaN or inf")
+    counts = np.stack([_block_sums((~view)[None].astype(np.float32), factor)[0] for view in mask])  # (V, B)
+    return np.sqrt(counts)[:, None, :] * background.reshape(views, channels, -1)
+
+
+def _checked_vector(vector, frames: int, height: int, width: int) -> np.ndarray:
+    """The vector pass as float32 ``(F or F - 1, H, W, 2)``, or ValueError naming ``vector``."""
+    if vector is None:
+        raise ValueError("vector: warped noise needs the vector pass (F, H, W, 2): pixel motion to the next frame")
+    if isinstance(vector, torch.Tensor):
+        vector = vector.detach().cpu().numpy()
+    vector = np.asarray(vector, dtype=np.float32)
+    if vector.ndim != 4 or vector.shape[1:] != (height, width, 2) or vector.shape[0] not in (frames - 1, frames):
+        raise ValueError(f"vector: expected shape ({frames}, {height}, {width}, 2) (or {frames - 1} frames), "
+                         f"got {vector.shape}")
+    return vector
+
+
+def warp_field(field: np.ndarray, vector: np.ndarray, generator: torch.Generator,
+               sources: np.ndarray | None = None) -> np.ndarray:
+    """Carry a white-noise field one frame along the vector pass, keeping it white.
+
+    ``field (C, H, W) float32`` iid N(0, 1) per pixel; ``vector (H, W, 2)`` motion of each
+    pixel to the next frame, [col, row] in pixels, rows down; ``sources (H, W) bool`` the
+    pixels allowed to move (default: all). -> the next frame's field ``(C, H, W) float32``.
+
+    Each source pixel lands in the pixel containing its moved centre. A pixel reached by n
+    sources takes their sum / sqrt(n): N(0, 1), and pixels reached by disjoint sets stay
+    independent (a discrete form of integral noise transport; the latent pixel being a
+    sum over 8 x 8 image pixels, motion finer than a latent pixel is followed). Pixels no
+    source reaches (disocclusions, the image border) get fresh N(0, 1) from ``generator``.
+    Where the image contracts several sources merge; where it expands some pixels are fresh,
+    so correlation with the previous frame falls with the expansion, never the variance.
+    """
+    channels, height, width = field.shape
+    rows, cols = np.mgrid[0:height, 0:width]
+    with np.errstate(invalid="ignore"):
+        target_cols = np.floor(cols + 0.5 + vector[..., 0])
+        target_rows = np.floor(rows + 0.5 + vector[..., 1])
+    moving = (target_cols >= 0) & (target_cols < width) & (target_rows >= 0) & (target_rows < height)
+    if sources is not None:
+        moving &= sources
+    source_index = np.flatnonzero(moving)
+    target = (target_rows.ravel()[source_index] * width + target_cols.ravel()[source_index]).astype(np.int64)
+    counts = np.bincount(target, minlength=height * width)
+    sums = _segment_sums(field.reshape(channels, -1)[:, source_index], target, height * width)
+    fresh = torch.randn((channels, height * width), generator=generator).numpy()
+    reached = counts > 0
+    out = np.where(reached, sums / np.sqrt(np.maximum(counts, 1)), fresh)
+    return out.astype(np.float32).reshape(channels, height, width)
+
+
+def _warped_fields(vector: np.ndarray, frames: int, channels: int, seed: int, sources: np.ndarray | None):
+    """Yield the warped white-noise field ``(C, H, W) float32`` of every frame in turn (one
+    field in memory at a time). Frame 0 is iid; ``sources (F, H, W) bool`` or None."""
+    height, width = vector.shape[1:3]
+    generator = _generator(seed)
+    field = torch.randn((channels, height, width), generator=generator).numpy()
+    yield field
+    for frame in range(1, frames):
+        field = warp_field(field, vector[frame - 1], generator, None if sources is None else sources[frame - 1])
+        yield field
+
+
+def warped(vector, seed: int, channels: int = 4, factor: int = 8, frames: int | None = None) -> torch.Tensor:
+    """Noise warped along the vector pass -> ``(F, C, H/factor, W/factor) float32``.
+
+    ``vector (F, H, W, 2)`` (or ``(F - 1, ...)`` with ``frames`` = F): pixel motion to the
+    next frame, [col, row], rows down. An image-resolution white-noise field is carried from
+    frame to frame by :func:`warp_field`; each latent pixel is its block's sum / factor, so
+    every value is N(0, 1), neighbouring latent pixels are independent, and a latent pixel
+    whose block moves by whole latent pixels keeps its value exactly.
+    """
+    seed, channels, factor = _seed(seed), _integer("channels", channels, 1), _integer("factor", factor, 1)
+    vector_array = np.asarray(vector.detach().cpu().numpy() if isinstance(vector, torch.Tensor) else vector)
+    if vector_array.ndim != 4:
+        raise ValueError(f"vector: expected shape (F, H, W, 2), got {vector_array.shape}")
+    frames = vector_array.shape[0] if frames is None else _integer("frames", frames, 1)
+    height, width = vector_array.shape[1:3]
+    vector_array = _checked_vector(vector_array, frames, height, width)
+    if height % factor or width % factor:
+        raise ValueError(f"vector: H, W must be multiples of factor={factor}, got {height}x{width}")
+    latents = [_block_sums(field, factor) / factor
+               for field in _warped_fields(vector_array, frames, channels, seed, None)]
+    return torch.from_numpy(np.stack(latents).astype(np.float32)).reshape(
+        frames, channels, height // factor, width // factor)
+
+
+def _background_seed(seed: int) -> int:
+    """The background's own 63-bit seed: independent of the texture and of the pixel splits."""
+    return _splitmix64(_splitmix64(seed & MASK64) ^ 0xBAC6_0000) >> 1
+
+
+def animated(uv, mask, seed: int, background: str = "warped", vector=None, channels: int = 4, factor: int = 8,
+             alpha: float = 1.0, lam: float = 0.1, texels_per_pixel: float = 1.0,
+             resolution: int | None = None) -> torch.Tensor:
+    """Noise for a frame sequence -> ``(F, channels, H/factor, W/factor) float32``.
+
+    ``uv (F, H, W, 2)``, ``mask (F, H, W) bool`` (the target object in each frame). Object
+    pixels get :func:`surface` noise through each frame's UV: the same material point keeps
+    its noise in every frame, newly visible surface has texels no earlier frame saw. The
+    background (``background``, :data:`BACKGROUND_MODES`) is
+
+    - ``warped``: a white-noise field carried along ``vector (F, H, W, 2)`` by
+      :func:`warp_field` (only background pixels move; disocclusions get fresh noise);
+    - ``iid``, ``fixed``, ``mixed`` (``alpha``), ``progressive`` (``alpha``), ``dependency``
+      (``lam``): that item model over the frames, one value per latent pixel.
+
+    Latent pixels with both take the sum of their surface parts and background pixels over
+    the total standard deviation, so every value is N(0, 1) and neighbours are independent.
+    """
+    seed = _seed(seed)
+    uv, mask, channels, factor = _surface_inputs(uv, mask, channels, factor)
+    frames, height, width = mask.shape
+    if background not in BACKGROUND_MODES:
+        raise ValueError(f"background: expected one of {', '.join(BACKGROUND_MODES)}, got {background!r}")
+    background_seed = _background_seed(seed)
+    if background == "warped":
+        vector = _checked_vector(vector, frames, height, width)
+        sums = np.stack([_block_sums(np.where(~frame_mask, field, 0.0), factor)
+                         for frame_mask, field in zip(mask, _warped_fields(vector, frames, channels, background_seed,
+                                                                           ~mask))])
+    else:
+        params = {"alpha": alpha} if background in ("mixed", "progressive") else {}
+        if background == "dependency":
+            params["lam"] = lam
+        latent = make(background, frames, (channels, height // factor, width // factor), background_seed, **params)
+        sums = _latent_background_sums(latent, mask, channels, factor)
+    return _surface(uv, mask, seed, channels, factor, texels_per_pixel, resolution, sums)
 
 
 # ----------------------------------------------------------------------------- dispatch

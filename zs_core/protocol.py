@@ -22,6 +22,9 @@ import numpy as np
 PROTOCOL_VERSION = 1
 
 NOISE_MODES = ("iid", "fixed", "mixed", "progressive", "dependency", "surface")
+# Animation with surface noise: how background pixels vary over frames ("auto": warped
+# along the vector pass when there is one, else dependency).
+BACKGROUND_NOISE_MODES = ("auto", "iid", "fixed", "mixed", "progressive", "dependency", "warped")
 ATTENTION_MODES = ("self", "extended", "neighbors", "keyframes", "tma")
 KEYFRAME_POLICIES = ("first", "first_previous", "middle")
 LAYOUTS = ("views", "grid")
@@ -68,6 +71,7 @@ class Request:
     noise: str = "surface"
     noise_alpha: float = 1.0  # mixed / progressive (PYoCo) shared-noise ratio
     noise_lambda: float = 0.1  # dependency (ZS2) target divergence between frames
+    background_noise: str = "auto"  # animation + surface noise: the background's model
     # Attention across views / frames.
     attention: str = "self"
     reference_view: int = 0  # neighbors: the extra view every view attends to
@@ -75,16 +79,20 @@ class Request:
     keyframes: str = "first"  # keyframes policy
     momentum: float = 0.5  # tma: mu
     layout: str = "views"  # "grid" tiles all views into one image
+    chunk: int = 16  # animation: frames per model batch (attention also sees anchor frames)
     # UV latent synchronisation (texturing; sync_strength 0 turns it off).
     sync_strength: float = 0.0
     sync_end: float = 0.0  # sync while t / T is above this fraction (0: every step)
     sync_exponent_start: float = 1.0  # cos(theta)^p, p rising over the steps
     sync_exponent_end: float = 6.0
+    # Animation: background x0 carried along the vector pass into the next frame (0: off).
+    background_sync: float = 0.0
     texture_size: int = 1024
 
     _choices: ClassVar[dict[str, tuple[str, ...]]] = {
         "kind": JOB_KINDS,
         "noise": NOISE_MODES,
+        "background_noise": BACKGROUND_NOISE_MODES,
         "attention": ATTENTION_MODES,
         "keyframes": KEYFRAME_POLICIES,
         "layout": LAYOUTS,
@@ -100,9 +108,11 @@ class Request:
         "noise_alpha": (0.0, 100.0),
         "noise_lambda": (0.0, 2.0),
         "reference_view": (0, 10_000),
+        "chunk": (1, 10_000),
         "reference_weight": (0.0, 100.0),
         "momentum": (0.0, 1.0),
         "sync_strength": (0.0, 1.0),
+        "background_sync": (0.0, 1.0),
         "sync_end": (0.0, 1.0),
         "sync_exponent_start": (0.0, 64.0),
         "sync_exponent_end": (0.0, 64.0),

@@ -85,8 +85,7 @@ class UVSync:
         return start + (end - start) * progress
 
     def active(self, timestep, scheduler) -> bool:
-        train_steps = scheduler.config.num_train_timesteps
-        return self.request.sync_strength > 0 and float(timestep) / train_steps > self.request.sync_end
+        return self.request.sync_strength > 0 and _active(self.request, timestep, scheduler)
 
     def fuse(self, x0: torch.Tensor, exponent: float) -> torch.Tensor:
         """Synchronised x0 ``(V, C, h, w)``: texture splat of all views, read back per view."""
@@ -111,11 +110,98 @@ class UVSync:
             return None
         from .sampler import predicted_x0
 
-        alpha_bar = state.scheduler.alphas_cumprod.to(state.latents.device)[int(state.timestep)]
-        alpha_bar = alpha_bar.to(state.latents.dtype)
         x0 = predicted_x0(state.scheduler, state.latents, state.noise_pred, state.timestep)
         synced = self.fuse(x0, self.exponent(state.index, state.total))
         strength = self.request.sync_strength
-        blended = strength * synced + (1 - strength) * x0
-        # The epsilon that makes the scheduler's own x0 equal the blended one.
-        return (state.latents - alpha_bar.sqrt() * blended) / (1 - alpha_bar).sqrt()
+        return epsilon_for(state, strength * synced + (1 - strength) * x0)
+
+
+def epsilon_for(state, x0: torch.Tensor) -> torch.Tensor:
+    """The epsilon ``(V, C, h, w)`` that makes the scheduler's own x0 prediction equal
+    ``x0`` at this step (variance-preserving schedulers), so any scheduler steps on it."""
+    alpha_bar = state.scheduler.alphas_cumprod.to(state.latents.device)[int(state.timestep)]
+    alpha_bar = alpha_bar.to(state.latents.dtype)
+    return (state.latents - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+
+
+def _active(request: Request, timestep, scheduler) -> bool:
+    return float(timestep) / scheduler.config.num_train_timesteps > request.sync_end
+
+
+class VectorSync:
+    """Step hook for frame sequences: background x0 carried along the vector pass.
+
+    The UV pass ties object pixels across frames (:class:`UVSync`); the background (other
+    objects, the set) has no UV in the passes, but the vector pass says where each pixel
+    moves in the next frame. Each step, frame by frame, the fused x0 of frame i - 1 is
+    splatted bilinearly to where its background latents land in frame i, and frame i's x0
+    becomes ``(1 - s c) x0_i + s c warped``, s = ``background_sync``, c the splat coverage
+    (< 1 at disocclusions, where new content appears). Only latents wholly off the object
+    in both frames take part, so the object is left to UV sync and occlusion borders are
+    not smeared. Frame 0 is the anchor; the chain makes each frame mostly a carried copy
+    of the last few, decaying as s^k.
+    """
+
+    def __init__(self, passes: Passes, request: Request, factor: int = 8, device: torch.device | str = "cpu"):
+        if passes.vector is None:
+            raise ValueError("vector: background sync needs the vector pass (F, H, W, 2)")
+        frames, height, width = passes.depth.shape
+        self.request = request
+        self.shape = (frames, height // factor, width // factor)
+        self.device = torch.device(device)
+        _, rows, cols = self.shape
+        blocks = passes.mask[:, :rows * factor, :cols * factor].reshape(frames, rows, factor, cols, factor)
+        background = ~blocks.any(axis=(2, 4))  # (F, h, w) latents with no object pixel
+        centre = factor // 2
+        motion = passes.vector[:, centre::factor, centre::factor][:, :rows, :cols] / factor  # latent pixels
+        self.links = [self._links(motion[frame], background[frame], background[frame + 1])
+                      for frame in range(frames - 1)]
+
+    def _links(self, motion: np.ndarray, source: np.ndarray, target: np.ndarray):
+        """Bilinear splat of one frame pair: (source index, target index, weight) tensors."""
+        rows, cols = source.shape
+        grid_rows, grid_cols = np.mgrid[0:rows, 0:cols].astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            landing_cols = grid_cols + motion[..., 0]  # centre-to-centre coordinates
+            landing_rows = grid_rows + motion[..., 1]
+        usable = source & np.isfinite(landing_cols) & np.isfinite(landing_rows)
+        sources, targets, weights = [], [], []
+        base_cols, base_rows = np.floor(landing_cols), np.floor(landing_rows)
+        for d_row in (0, 1):
+            for d_col in (0, 1):
+                corner_rows, corner_cols = base_rows + d_row, base_cols + d_col
+                weight = (1 - np.abs(landing_rows - corner_rows)) * (1 - np.abs(landing_cols - corner_cols))
+                inside = usable & (corner_rows >= 0) & (corner_rows < rows) & (corner_cols >= 0) \
+                    & (corner_cols < cols) & (weight > 0)
+                index = np.flatnonzero(inside)
+                corner = (corner_rows.ravel()[index] * cols + corner_cols.ravel()[index]).astype(np.int64)
+                keep = target.ravel()[corner]
+                sources.append(index[keep])
+                targets.append(corner[keep])
+                weights.append(weight.ravel()[index][keep])
+        as_tensor = lambda values, dtype: torch.from_numpy(np.concatenate(values).astype(dtype)).to(self.device)
+        return as_tensor(sources, np.int64), as_tensor(targets, np.int64), as_tensor(weights, np.float32)
+
+    def fuse(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0 ``(F, C, h, w)`` -> background-synchronised x0, same shape."""
+        frames, channels, rows, cols = x0.shape
+        strength = self.request.background_sync
+        fused = [x0[0].reshape(channels, -1).float()]
+        for frame, (sources, targets, weights) in enumerate(self.links, start=1):
+            previous = fused[-1]
+            carried = torch.zeros(channels, rows * cols, device=x0.device).index_add_(
+                1, targets, previous[:, sources] * weights)
+            coverage = torch.zeros(rows * cols, device=x0.device).index_add_(0, targets, weights)
+            warped = carried / coverage.clamp(min=1e-6)
+            share = strength * coverage.clamp(max=1.0)
+            own = x0[frame].reshape(channels, -1).float()
+            fused.append(own + share * (warped - own))
+        return torch.stack(fused).reshape(frames, channels, rows, cols).to(x0.dtype)
+
+    def __call__(self, state) -> torch.Tensor | None:
+        if self.request.background_sync <= 0 or not _active(self.request, state.timestep, state.scheduler):
+            return None
+        from .sampler import predicted_x0
+
+        x0 = predicted_x0(state.scheduler, state.latents, state.noise_pred, state.timestep)
+        return epsilon_for(state, self.fuse(x0))

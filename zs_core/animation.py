@@ -1,0 +1,374 @@
+"""(T) Animation: a temporally consistent frame sequence from one camera's per-frame passes.
+
+An animation job is a :class:`~zs_core.protocol.Request` with ``kind="animation"`` and
+:class:`~zs_core.protocol.Passes` whose leading axis is frames (F). What ties frames together:
+
+- initial noise (:func:`initial_noise`): ``surface`` noise on the object through each
+  frame's UV pass (the same material point keeps its noise), the background warped along
+  the vector pass or driven by an item model (``background_noise``), see
+  :func:`zs_core.noise.animated`; any other ``noise`` mode applies to whole frames
+  (``fixed`` = what frame-by-frame add-ons do);
+- cross-frame attention ``keyframes`` / ``tma``, evaluated in chunks of ``chunk`` frames
+  with cached anchor frames (:class:`zs_core.attention.ChunkedFrameAttention`), so memory
+  stays bounded for any length and the result equals the unchunked computation;
+- optional temporal UV sync (``sync_strength`` < 1): every step, all frames' predicted x0 is
+  fused in one UV latent texture (:class:`zs_core.sync.UVSync`) and blended back; and for
+  the background, which has no UV, x0 carried frame to frame along the vector pass
+  (``background_sync``, :class:`zs_core.sync.VectorSync`).
+
+:func:`sample_frames` is the loop; :func:`run_animation` writes ``frames/NNNN.png``, an MP4
+when ``imageio-ffmpeg`` is installed, ``metrics.json`` and a contact strip. Both are the
+entry points for the CLI (``zs animate``), the server and the Blender add-on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from . import attention, geometry, images, metrics, noise, preview, sampler, sync
+from .models import Components
+from .protocol import CONTACT_SHEET_PNG, FRAME_PNG, METRICS_JSON, Passes, ProtocolError, Request
+
+ANIMATION_ATTENTION = ("self", "keyframes", "tma")
+MP4_NAME = "animation.mp4"
+PREVIEW_FRAMES = 8  # frames shown in a step preview and in the contact strip (evenly spaced, at most)
+
+
+@dataclass
+class AnimationResult:
+    """images (F, H, W, 3) float32 in [0, 1]; latents (F, 4, H/8, W/8) final latents;
+    initial_noise (F, 4, H/8, W/8) unit-variance starting noise; attention_stats from the
+    chunked attention (peak key tokens per query, cached anchor frames, frames per batch)."""
+
+    images: np.ndarray
+    latents: torch.Tensor
+    initial_noise: torch.Tensor
+    attention_stats: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------- checks
+
+
+def background_mode(request: Request, passes: Passes) -> str:
+    """The background noise model actually used: ``auto`` -> ``warped`` when the passes have
+    a vector pass, else ``dependency``."""
+    if request.background_noise != "auto":
+        return request.background_noise
+    return "warped" if passes.vector is not None else "dependency"
+
+
+def check_inputs(components: Components, request: Request, passes: Passes) -> None:
+    """Everything :func:`sample_frames` needs, checked before any work; ProtocolError names
+    the offending request field or array."""
+    request.validate()
+    passes.validate()
+    if request.kind != "animation":
+        raise ProtocolError("kind", f"expected 'animation' for a frame sequence, got {request.kind!r}")
+    factor = components.vae_scale_factor
+    if passes.height % factor or passes.width % factor:
+        raise ProtocolError("depth", f"height and width must be multiples of {factor}, got "
+                                     f"{passes.height}x{passes.width}")
+    if request.attention not in ANIMATION_ATTENTION:
+        raise ProtocolError("attention", f"{request.attention!r} is for texture jobs; animation takes "
+                                         f"{', '.join(ANIMATION_ATTENTION)}")
+    if request.layout != "views":
+        raise ProtocolError("layout", "animation samples frames as a batch; use layout 'views'")
+    if request.noise == "surface" and passes.uv is None:
+        raise ProtocolError("uv", "surface noise needs the UV pass (F, H, W, 2) of every frame")
+    if request.sync_strength > 0 and passes.uv is None:
+        raise ProtocolError("uv", "temporal UV sync needs the UV pass (F, H, W, 2) of every frame")
+    if request.background_sync > 0 and passes.vector is None:
+        raise ProtocolError("vector", "background_sync needs the vector pass (F, H, W, 2): pixel motion to the "
+                                      "next frame")
+    if request.noise == "surface" and background_mode(request, passes) == "warped" and passes.vector is None:
+        raise ProtocolError("vector", "background_noise 'warped' needs the vector pass (F, H, W, 2): pixel "
+                                      "motion to the next frame; render it or pick another background_noise")
+
+
+# -------------------------------------------------------------------------------- noise
+
+
+def initial_noise(request: Request, passes: Passes, channels: int = 4, factor: int = 8) -> torch.Tensor:
+    """Unit-variance starting noise ``(F, C, H/f, W/f)`` for an animation request."""
+    if request.noise == "surface":
+        return noise.animated(passes.uv, passes.mask, request.seed, background=background_mode(request, passes),
+                              vector=passes.vector, channels=channels, factor=factor,
+                              alpha=request.noise_alpha, lam=request.noise_lambda)
+    return sampler.initial_noise(request, passes, channels, factor)
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+def attention_processor(request: Request, frames: int):
+    """(processor, chunk plan) for the request: chunked keyframes / tma, or the stock one."""
+    plan = attention.chunk_plan(frames, request.chunk, request.attention, request.keyframes)
+    if request.attention in attention.CHUNKED_MODES:
+        return attention.ChunkedFrameAttention(request.attention, plan, policy=request.keyframes,
+                                               momentum=request.momentum), plan
+    return attention.processor_for("self"), plan
+
+
+def preview_frames(frames: int, most: int = PREVIEW_FRAMES) -> list[int]:
+    """Up to ``most`` evenly spaced frame indices, first and last included."""
+    if frames <= most:
+        return list(range(frames))
+    return sorted({round(i * (frames - 1) / (most - 1)) for i in range(most)})
+
+
+def sample_frames(
+    components: Components,
+    request: Request,
+    passes: Passes,
+    *,
+    progress: Callable[[sampler.StepProgress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    hooks: Iterable[sampler.StepHook] = (),
+    latents: torch.Tensor | None = None,
+) -> AnimationResult:
+    """Sample all frames of an animation job consistently.
+
+    Each denoising step runs ControlNet and UNet chunk by chunk (``request.chunk`` frames
+    per call, both CFG halves together), then the step hooks (temporal UV sync first when
+    ``sync_strength`` > 0) and the scheduler step see all frames at once. With one chunk,
+    ``self`` attention and no hooks this is :func:`zs_core.sampler.sample` on the same
+    latents. ``latents`` overrides the starting noise ``(F, 4, H/8, W/8)``; ``cancel`` is
+    polled before every chunk.
+    """
+    check_inputs(components, request, passes)
+    frames = passes.views
+    guidance = request.guidance_scale > 1.0
+    groups = 2 if guidance else 1
+    device, dtype = components.device, components.dtype
+    factor = components.vae_scale_factor
+    hooks = list(hooks)
+    if request.background_sync > 0:
+        hooks.insert(0, sync.VectorSync(passes, request, factor, device=device))
+    if request.sync_strength > 0:
+        hooks.insert(0, sync.UVSync(passes, request, factor, device=device))
+
+    # One embedding pair for all frames; expanded per chunk.
+    embeds = sampler.encode_prompt(components, request.prompt, request.negative_prompt, 1, guidance)
+    # Depth normalised once over the whole shot, so a surface's brightness does not change
+    # between chunks; kept on the CPU and moved a chunk at a time.
+    control = sampler.control_images(passes.depth)
+
+    channels = components.unet.config.in_channels
+    start_noise = latents if latents is not None else initial_noise(request, passes, channels, factor)
+    expected = (frames, channels, passes.height // factor, passes.width // factor)
+    if tuple(start_noise.shape) != expected:
+        raise ProtocolError("latents", f"expected shape {expected}, got {tuple(start_noise.shape)}")
+
+    scheduler = sampler.make_scheduler(components, request.scheduler)
+    scheduler.set_timesteps(request.steps, device=device)
+    timesteps = scheduler.timesteps
+    current = start_noise.to(device, dtype) * scheduler.init_noise_sigma
+    if sampler.PREVIEW_KEY not in components.extras:
+        components.extras[sampler.PREVIEW_KEY] = preview.fit_latent_to_rgb(components.vae)
+    shown = preview_frames(frames)
+
+    processor, plan = attention_processor(request, frames)
+    with torch.inference_mode(), attention.install_processor([components.unet, components.controlnet], processor):
+        for index, timestep in enumerate(timesteps):
+            scale = request.controlnet_scale * sampler.controlnet_keep(index, len(timesteps), request.control_start,
+                                                                        request.control_end)
+            noise_pred = torch.empty_like(current)
+            for chunk_index, (start, stop) in enumerate(plan.chunks):
+                if cancel is not None and cancel():
+                    raise sampler.Cancelled(f"cancelled in step {index + 1} of {len(timesteps)} "
+                                            f"(frames {start}..{stop - 1})")
+                if isinstance(processor, attention.ChunkedFrameAttention):
+                    processor.begin(index, chunk_index)
+                noise_pred[start:stop] = _chunk_noise_pred(components, scheduler, current[start:stop], timestep,
+                                                           embeds, control[start:stop], scale, groups,
+                                                           request.guidance_scale)
+            for hook in hooks:
+                replaced = hook(sampler.StepState(index, len(timesteps), timestep, current, noise_pred, scheduler))
+                if replaced is not None:
+                    noise_pred = replaced
+            if progress is not None:
+                x0 = sampler.predicted_x0(scheduler, current[shown], noise_pred[shown], timestep)
+                image = preview.latents_to_rgb(x0 / components.vae.config.scaling_factor,
+                                               components.extras[sampler.PREVIEW_KEY])
+            current = scheduler.step(noise_pred, timestep, current, return_dict=False)[0]
+            if progress is not None:
+                progress(sampler.StepProgress(step=index + 1, total=len(timesteps), preview=image))
+
+    if cancel is not None and cancel():
+        raise sampler.Cancelled("cancelled before decoding")
+    decoded = sampler.decode(components, current)
+    stats = dict(getattr(processor, "stats", {}), chunk=request.chunk, chunks=len(plan.chunks))
+    return AnimationResult(images=decoded, latents=current.float().cpu(), initial_noise=start_noise.float().cpu(),
+                           attention_stats=stats)
+
+
+def _chunk_noise_pred(components: Components, scheduler, latents: torch.Tensor, timestep, embeds: torch.Tensor,
+                      control: torch.Tensor, scale: float, groups: int, guidance_scale: float) -> torch.Tensor:
+    """Guided noise prediction ``(c, 4, h, w)`` for one chunk of frames: ControlNet and UNet
+    on ``[uncond frames..., cond frames...]`` as in :func:`zs_core.sampler.sample`."""
+    count = latents.shape[0]
+    model_input = scheduler.scale_model_input(torch.cat([latents] * groups), timestep)
+    chunk_embeds = embeds.repeat_interleave(count, dim=0)
+    control_batch = torch.cat([control.to(components.device, components.dtype)] * groups)
+    down_residuals, mid_residual = components.controlnet(
+        model_input, timestep, encoder_hidden_states=chunk_embeds, controlnet_cond=control_batch,
+        conditioning_scale=scale, guess_mode=False, return_dict=False,
+    )
+    noise_pred = components.unet(
+        model_input, timestep, encoder_hidden_states=chunk_embeds,
+        down_block_additional_residuals=down_residuals, mid_block_additional_residual=mid_residual,
+        return_dict=False,
+    )[0]
+    if groups == 2:
+        uncond, cond = noise_pred.chunk(2)
+        noise_pred = uncond + guidance_scale * (cond - uncond)
+    return noise_pred
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+def _trusted_vector(vector: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """The vector pass ``(F, H, W, 2)`` with NaN where a background comparison would be
+    unfair: pixels not in ``background (F, H, W)`` and pixels whose landing pixel in the
+    next frame is not background there (hidden by the object: the vector pass does not know
+    occlusion). NaN vectors are skipped by :func:`zs_core.metrics.temporal_warp_error`."""
+    frames, height, width = background.shape
+    out = np.array(vector[:frames], dtype=np.float32, copy=True)
+    rows, cols = np.mgrid[0:height, 0:width]
+    for frame in range(frames - 1):
+        with np.errstate(invalid="ignore"):
+            target_rows = np.floor(rows + 0.5 + out[frame, ..., 1])
+            target_cols = np.floor(cols + 0.5 + out[frame, ..., 0])
+        inside = (target_rows >= 0) & (target_rows < height) & (target_cols >= 0) & (target_cols < width)
+        lands_on_background = np.zeros((height, width), bool)
+        lands_on_background[inside] = background[frame + 1][target_rows[inside].astype(int),
+                                                            target_cols[inside].astype(int)]
+        out[frame][~(background[frame] & (lands_on_background | ~inside))] = np.nan
+    return out
+
+
+def _latent_correspondence(passes: Passes, factor: int):
+    """Latent-resolution (uv, mask, vector-or-None) for comparing latents between frames:
+    uv and vector at block centres (vector / factor), the object mask = blocks wholly on the
+    object; blocks half on it are compared through neither."""
+    uv, on_object = metrics.downsample_correspondence(passes.uv, passes.mask, factor)
+    if passes.vector is None:
+        return uv, on_object, None
+    _, on_background = metrics.downsample_correspondence(passes.uv, ~passes.mask, factor)
+    centre = factor // 2
+    vector = passes.vector[:, centre::factor, centre::factor][:, :on_object.shape[1], :on_object.shape[2]] / factor
+    return uv, on_object, _trusted_vector(vector, on_background)
+
+
+def temporal_metrics(result: AnimationResult, passes: Passes, factor: int) -> dict:
+    """``temporal_warp_error`` (RGB frames) and ``latent_temporal_warp_error`` (final
+    latents): mean absolute difference between consecutive frames at the same point,
+    through UV on the object and along the vector pass elsewhere (see
+    :func:`zs_core.metrics.temporal_warp_error`). Pixels are matched at about one texel per
+    pixel (per latent pixel for latents). Empty for fewer than 2 frames or without UV."""
+    if passes.views < 2 or passes.uv is None:
+        return {}
+    rgb_vector = None
+    if passes.vector is not None:
+        rgb_vector = _trusted_vector(passes.vector, ~passes.mask)
+    rgb_texels = geometry.footprint_texture_size(passes.uv, passes.mask, 1.0)
+    latent_texels = geometry.footprint_texture_size(passes.uv, passes.mask, float(factor))
+    latent_uv, latent_mask, latent_vector = _latent_correspondence(passes, factor)
+    latent_frames = result.latents.permute(0, 2, 3, 1).numpy()
+    return {
+        "temporal_warp_error": round(metrics.temporal_warp_error(result.images, passes.uv, passes.mask,
+                                                                 rgb_vector, texels=rgb_texels), 5),
+        "latent_temporal_warp_error": round(metrics.temporal_warp_error(latent_frames, latent_uv, latent_mask,
+                                                                        latent_vector, texels=latent_texels), 5),
+        "texels_rgb": rgb_texels,
+        "texels_latent": latent_texels,
+    }
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+def write_mp4(frames: np.ndarray, path: str | Path, fps: float = 24.0) -> Path | None:
+    """Frames ``(F, H, W, 3)`` float in [0, 1] -> H.264 MP4 through ``imageio-ffmpeg`` when it
+    is installed (an optional extra, not a dependency); None when it is not."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    path = Path(path)
+    height, width = frames.shape[1:3]
+    # yuv420p (what every player accepts) needs even sizes; macro_block_size=1 keeps ours.
+    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec="libx264",
+                                         pix_fmt_out="yuv420p", macro_block_size=1, quality=8)
+    writer.send(None)  # start the encoder
+    try:
+        for frame in frames:
+            writer.send(np.ascontiguousarray(images.to_uint8(frame)))
+    finally:
+        writer.close()
+    return path
+
+
+def contact_strip(result: AnimationResult, passes: Passes) -> np.ndarray:
+    """A labelled strip of up to :data:`PREVIEW_FRAMES` frames: the depth the ControlNet
+    sees, the generated frames, and |frame - previous frame| (flicker shows up bright)."""
+    shown = preview_frames(passes.views)
+    control = sampler.control_images(passes.depth[shown]).numpy()
+    rows = [("depth (ControlNet input)", [images.depth_to_gray(c) for c in control]),
+            ("generated frames " + ", ".join(str(i) for i in shown), [result.images[i] for i in shown])]
+    if passes.views > 1:
+        changes = [np.zeros_like(result.images[0]) if i == 0 else
+                   np.clip(4.0 * np.abs(result.images[i] - result.images[i - 1]), 0, 1) for i in shown]
+        rows.append(("change from the previous frame (x4)", changes))
+    return images.contact_sheet(rows, cell=160)
+
+
+def run_animation(
+    components: Components,
+    request: Request,
+    passes: Passes,
+    out_dir: str | Path,
+    progress: Callable[[sampler.StepProgress], None] | None = None,
+    *,
+    cancel: Callable[[], bool] | None = None,
+    fps: float = 24.0,
+) -> dict:
+    """Sample an animation job and write its outputs under ``out_dir``:
+
+    ``frames/NNNN.png`` (one per frame, 0-based), ``animation.mp4`` when imageio-ffmpeg is
+    installed, ``metrics.json`` (``temporal_warp_error``, ``latent_temporal_warp_error``,
+    timings, attention memory stats, the request) and ``contact_sheet.png``. Returns the
+    metrics dict. Input errors raise ProtocolError before any sampling.
+    """
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    result = sample_frames(components, request, passes, progress=progress, cancel=cancel)
+    sampling_seconds = time.perf_counter() - started
+    for index, image in enumerate(result.images):
+        images.save_png(image, out_dir / FRAME_PNG.format(index=index))
+    mp4 = write_mp4(result.images, out_dir / MP4_NAME, fps=fps)
+    out = {
+        "frames": passes.views,
+        "height": passes.height,
+        "width": passes.width,
+        "steps": request.steps,
+        "sampling_seconds": round(sampling_seconds, 3),
+        "seconds_per_frame": round(sampling_seconds / passes.views, 4),
+        "model": components.name,
+        "background_noise": background_mode(request, passes) if request.noise == "surface" else None,
+        "attention_stats": result.attention_stats,
+        "mp4": MP4_NAME if mp4 is not None else None,
+        "request": request.to_dict(),
+    }
+    out.update(temporal_metrics(result, passes, components.vae_scale_factor))
+    images.save_png(contact_strip(result, passes), out_dir / CONTACT_SHEET_PNG)
+    (out_dir / METRICS_JSON).write_text(json.dumps(out, indent=2, sort_keys=True))
+    return out
