@@ -45,6 +45,7 @@ class Settings:
     max_upload_bytes: int = 1024 ** 3
     max_unpacked_bytes: int = 4 * 1024 ** 3  # the .npz arrays once decompressed
     max_views: int = 64
+    max_frames: int = 1024  # animation jobs: frames run in chunks, so far more than views
     max_resolution: int = 2048  # largest view width or height, in pixels
     max_steps: int = 150
     max_texture_size: int = 4096

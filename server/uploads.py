@@ -18,7 +18,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request as HttpRequest
 
-from zs_core import sampler
+from zs_core import run
 from zs_core.protocol import Passes, ProtocolError, Request
 
 from .config import Settings
@@ -136,11 +136,11 @@ def validate_job(fields: dict[str, bytes], settings: Settings, components) -> Va
             raise ProtocolError(name, "missing form field")
     request = Request.from_json(bytes(fields["request"]))
     check_request_limits(request, settings)
-    check_npz_headers(fields["passes"], settings)
+    check_npz_headers(fields["passes"], settings, animation=request.kind == "animation")
     passes = Passes.load(fields["passes"])
     # The sampler's own input checks (validates both again, plus model-specific rules such
     # as multiples of the VAE factor) so anything it would reject is a 4xx here, not a failed job.
-    sampler.check_inputs(components, request, passes)
+    run.check_inputs(components, request, passes)
     return ValidJob(request=request, passes=passes)
 
 
@@ -152,8 +152,9 @@ def check_request_limits(request: Request, settings: Settings) -> None:
                                             f"{settings.max_texture_size}")
 
 
-def check_npz_headers(npz: bytes | bytearray, settings: Settings) -> None:
-    """Check array shapes against the limits from the .npy headers alone (nothing inflated)."""
+def check_npz_headers(npz: bytes | bytearray, settings: Settings, animation: bool = False) -> None:
+    """Check array shapes against the limits from the .npy headers alone (nothing inflated).
+    The leading axis is views, or frames for an animation job (``max_frames``)."""
     shapes: dict[str, tuple] = {}
     try:
         with zipfile.ZipFile(io.BytesIO(npz)) as archive:
@@ -179,7 +180,10 @@ def check_npz_headers(npz: bytes | bytearray, settings: Settings) -> None:
         if shape is None or len(shape) < 3:
             continue  # missing or malformed: Passes.validate names the problem
         views, height, width = shape[:3]
-        if views > settings.max_views:
+        if animation and views > settings.max_frames:
+            raise ProtocolError("frames", f"{views} frames in {name}; this server takes at most "
+                                          f"{settings.max_frames}")
+        if not animation and views > settings.max_views:
             raise ProtocolError("views", f"{views} views in {name}; this server takes at most {settings.max_views}")
         for axis, size in (("height", height), ("width", width)):
             if size > settings.max_resolution:

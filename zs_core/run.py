@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import bake, geometry, images, metrics, sampler
+from . import animation, bake, geometry, images, metrics, sampler
 from .models import Components
 from .protocol import CONTACT_SHEET_PNG, METRICS_JSON, TEXTURE_PNG, VIEW_PNG, Passes, Request
 
@@ -45,6 +45,14 @@ def _overlap_metric(values, uv, mask, texels) -> float | None:
         return None
 
 
+def check_inputs(components: Components, request: Request, passes: Passes) -> None:
+    """The checks of whichever loop runs ``request``; ProtocolError names the field."""
+    if request.kind == "animation":
+        animation.check_inputs(components, request, passes)
+    else:
+        sampler.check_inputs(components, request, passes)
+
+
 def run_job(
     components: Components,
     request: Request,
@@ -56,9 +64,12 @@ def run_job(
 ) -> dict:
     """Sample ``passes`` with ``request`` and write every output under ``out_dir``.
 
-    Texture jobs whose passes carry texel maps are baked to ``texture.png``. Returns the
+    Texture jobs whose passes carry texel maps are baked to ``texture.png``; animation
+    jobs go to :func:`zs_core.animation.run_animation` (``frames/NNNN.png``). Returns the
     metrics dict that is also written to ``metrics.json``.
     """
+    if request.kind == "animation":
+        return animation.run_animation(components, request, passes, out_dir, progress, cancel=cancel)
     out_dir = Path(out_dir)
     started = time.perf_counter()
     result = sampler.sample(components, request, passes, progress=progress, cancel=cancel)
