@@ -14,7 +14,8 @@ An animation job is a :class:`~zs_core.protocol.Request` with ``kind="animation"
 - optional temporal UV sync (``sync_strength`` < 1): every step, all frames' predicted x0 is
   fused in one UV latent texture (:class:`zs_core.sync.UVSync`) and blended back; and for
   the background, which has no UV, x0 carried frame to frame along the vector pass
-  (``background_sync``, :class:`zs_core.sync.VectorSync`).
+  (``background_sync``, :class:`zs_core.sync.VectorSync`); after decoding, optionally the
+  same carried once more in pixels (``pixel_sync``, :func:`pixel_synced`).
 
 :func:`sample_frames` is the loop; :func:`run_animation` writes ``frames/NNNN.png``, an MP4
 when ``imageio-ffmpeg`` is installed, ``metrics.json`` and a contact strip. Both are the
@@ -32,7 +33,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from . import attention, geometry, images, metrics, noise, preview, sampler, sync
+from . import attention, geometry, images, metrics, noise, preview, sampler, sync, temporal
 from .models import Components
 from .protocol import CONTACT_SHEET_PNG, FRAME_PNG, METRICS_JSON, Passes, ProtocolError, Request
 
@@ -82,6 +83,8 @@ def check_inputs(components: Components, request: Request, passes: Passes) -> No
         raise ProtocolError("layout", "animation samples frames as a batch; use layout 'views'")
     if request.noise == "surface" and passes.uv is None:
         raise ProtocolError("uv", "surface noise needs the UV pass (F, H, W, 2) of every frame")
+    if request.pixel_sync > 0 and passes.uv is None and passes.vector is None:
+        raise ProtocolError("uv", "pixel_sync needs the UV pass or the vector pass of every frame")
     if request.sync_strength > 0 and passes.uv is None:
         raise ProtocolError("uv", "temporal UV sync needs the UV pass (F, H, W, 2) of every frame")
     if request.background_sync > 0 and passes.vector is None:
@@ -204,9 +207,23 @@ def sample_frames(
     if cancel is not None and cancel():
         raise sampler.Cancelled("cancelled before decoding")
     decoded = sampler.decode(components, current)
+    if request.pixel_sync > 0:
+        decoded = pixel_synced(decoded, passes, request.pixel_sync)
     stats = dict(getattr(processor, "stats", {}), chunk=request.chunk, chunks=len(plan.chunks))
     return AnimationResult(images=decoded, latents=current.float().cpu(), initial_noise=start_noise.float().cpu(),
                            attention_stats=stats)
+
+
+def pixel_synced(frames: np.ndarray, passes: Passes, strength: float) -> np.ndarray:
+    """Decoded frames ``(F, H, W, 3)`` with each frame taking ``strength`` of its predecessor
+    where they see the same point (:mod:`zs_core.temporal`): the decoder turns small latent
+    differences into visible flicker, so the same correspondences are applied once more in
+    pixels. Object through UV at about a texel per pixel; the rest along the vector pass."""
+    count, height, width, channels = frames.shape
+    texels = geometry.footprint_texture_size(passes.uv, passes.mask, 1.0) if passes.uv is not None else 1
+    links = temporal.frame_links(passes.uv, passes.mask, passes.vector, texels)
+    carried = temporal.carry(frames.reshape(count, height * width, channels), links, strength)
+    return np.clip(carried, 0.0, 1.0).astype(frames.dtype).reshape(frames.shape)
 
 
 def _chunk_noise_pred(components: Components, scheduler, latents: torch.Tensor, timestep, embeds: torch.Tensor,

@@ -87,6 +87,9 @@ class Request:
     sync_exponent_end: float = 6.0
     # Animation: background x0 carried along the vector pass into the next frame (0: off).
     background_sync: float = 0.0
+    # Animation: decoded frames carried frame to frame in pixels (object through UV, the rest
+    # along the vector pass), the share each frame takes from the previous (0: off).
+    pixel_sync: float = 0.0
     texture_size: int = 1024
 
     _choices: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -113,6 +116,7 @@ class Request:
         "momentum": (0.0, 1.0),
         "sync_strength": (0.0, 1.0),
         "background_sync": (0.0, 1.0),
+        "pixel_sync": (0.0, 1.0),
         "sync_end": (0.0, 1.0),
         "sync_exponent_start": (0.0, 64.0),
         "sync_exponent_end": (0.0, 64.0),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import geometry
+from . import geometry, temporal
 from .protocol import Passes, Request
 
 
@@ -158,29 +158,10 @@ class VectorSync:
                       for frame in range(frames - 1)]
 
     def _links(self, motion: np.ndarray, source: np.ndarray, target: np.ndarray):
-        """Bilinear splat of one frame pair: (source index, target index, weight) tensors."""
-        rows, cols = source.shape
-        grid_rows, grid_cols = np.mgrid[0:rows, 0:cols].astype(np.float64)
-        with np.errstate(invalid="ignore"):
-            landing_cols = grid_cols + motion[..., 0]  # centre-to-centre coordinates
-            landing_rows = grid_rows + motion[..., 1]
-        usable = source & np.isfinite(landing_cols) & np.isfinite(landing_rows)
-        sources, targets, weights = [], [], []
-        base_cols, base_rows = np.floor(landing_cols), np.floor(landing_rows)
-        for d_row in (0, 1):
-            for d_col in (0, 1):
-                corner_rows, corner_cols = base_rows + d_row, base_cols + d_col
-                weight = (1 - np.abs(landing_rows - corner_rows)) * (1 - np.abs(landing_cols - corner_cols))
-                inside = usable & (corner_rows >= 0) & (corner_rows < rows) & (corner_cols >= 0) \
-                    & (corner_cols < cols) & (weight > 0)
-                index = np.flatnonzero(inside)
-                corner = (corner_rows.ravel()[index] * cols + corner_cols.ravel()[index]).astype(np.int64)
-                keep = target.ravel()[corner]
-                sources.append(index[keep])
-                targets.append(corner[keep])
-                weights.append(weight.ravel()[index][keep])
-        as_tensor = lambda values, dtype: torch.from_numpy(np.concatenate(values).astype(dtype)).to(self.device)
-        return as_tensor(sources, np.int64), as_tensor(targets, np.int64), as_tensor(weights, np.float32)
+        """One frame pair's bilinear splat as (source index, target index, weight) tensors."""
+        link = temporal.vector_links(motion, source, target).tocoo()
+        as_tensor = lambda values, dtype: torch.from_numpy(values.astype(dtype)).to(self.device)
+        return as_tensor(link.col, np.int64), as_tensor(link.row, np.int64), as_tensor(link.data, np.float32)
 
     def fuse(self, x0: torch.Tensor) -> torch.Tensor:
         """x0 ``(F, C, h, w)`` -> background-synchronised x0, same shape."""

@@ -189,6 +189,19 @@ def test_temporal_sync_lowers_the_latent_warp_error(tiny, shot):
     assert after < 0.6 * before
 
 
+def test_pixel_sync_lowers_the_rgb_warp_error_and_leaves_latents(tiny, shot):
+    request = animation_request(sync_strength=0.9, background_sync=0.9)
+    start = animation.initial_noise(request, shot)
+    plain = animation.sample_frames(tiny, request, shot, latents=start)
+    carried = animation.sample_frames(tiny, animation_request(sync_strength=0.9, background_sync=0.9, pixel_sync=0.6),
+                                      shot, latents=start)
+    torch.testing.assert_close(carried.latents, plain.latents)
+    np.testing.assert_array_equal(carried.images[0], plain.images[0])  # frame 0 is the anchor
+    before = animation.temporal_metrics(plain, shot, 8)["temporal_warp_error"]
+    after = animation.temporal_metrics(carried, shot, 8)["temporal_warp_error"]
+    assert after < 0.7 * before
+
+
 @pytest.mark.parametrize("changes, field", [
     (dict(attention="extended"), "attention"),
     (dict(kind="texture"), "kind"),
