@@ -1,15 +1,21 @@
-"""Python API for scripts: texture objects in one call.
+"""Python API for scripts: texture objects, or re-style an animation, in one call.
 
     from blender_addon import api
     result = api.texture([bpy.data.objects["Suzanne"]],
                          settings=api.TextureSettings(prompt="old bronze", steps=20))
     result.materials, result.image, result.metrics
 
-The flow: check everything (objects, UV maps, settings, the server) -> build an orbit
-rig when no cameras are given -> render the passes (and texel maps) with Cycles ->
-sample, either with an injected ``sampler`` callable (the ``zs`` CLI runs zs_core
-in-process this way, so this module never imports torch) or on a ZS server over HTTP
--> apply the baked texture through new materials (:mod:`.apply`).
+    shot = api.animate(None, ["Suzanne"], "1-48", api.AnimationSettings(prompt="old bronze"))
+    shot.image, shot.strip, shot.frame_paths, shot.metrics["temporal_warp_error"]
+
+The flow: check everything (objects, UV maps, cameras, frames, settings, the server) ->
+render the passes with Cycles (texture: every camera, plus texel maps, with an orbit rig
+when no cameras are given; animation: one camera over a frame range, with the vector
+pass) -> sample, either with an injected ``sampler`` callable (the ``zs`` CLI runs zs_core
+in-process this way, so this module never imports torch) or on a ZS server over HTTP ->
+texture: apply the baked texture through new materials (:mod:`.apply`); animation: load
+the frames as a new image sequence, shown as the camera's background and as a Video
+Sequencer strip (:mod:`.animation`).
 
 Imports: bpy, the standard library and numpy only.
 """
@@ -26,13 +32,13 @@ from typing import Any, Callable, Sequence
 
 import bpy
 
-from . import apply, capture, passes, rig
+from . import animation, apply, capture, passes, rig
 from .capture import CaptureError
 from .client import DEFAULT_URL, Client, ServerError
-from .wire import Passes, Request
+from .wire import Passes, Request, protocol
 
 # sampler(request dict, passes, out_dir) -> metrics dict; writes the result layout
-# (texture.png, views/NNNN.png, metrics.json ...) into out_dir.
+# (texture.png, views/NNNN.png or frames/NNNN.png, metrics.json ...) into out_dir.
 Sampler = Callable[[dict, Passes, Path], dict]
 # progress(event name, data): the server's events (queued, started, progress, done ...).
 Progress = Callable[[str, dict], None]
@@ -62,19 +68,12 @@ class TextureSettings:
     smart_uv: bool = False  # objects without that UV map get a new Smart UV Project map
     extra: dict[str, Any] = field(default_factory=dict)
 
-    _RENAMED = {"guidance": "guidance_scale"}
     _REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler",
                        "controlnet_scale", "noise", "attention", "sync_strength", "texture_size")
 
     def request(self) -> Request:
         """The validated wire request (``ProtocolError`` names a bad field)."""
-        fields = {self._RENAMED.get(name, name): getattr(self, name) for name in self._REQUEST_FIELDS}
-        known = {f.name for f in dataclasses.fields(Request)}
-        for name, value in self.extra.items():
-            if name not in known or name == "kind":
-                raise CaptureError(f"extra: {name!r} is not a request field")
-            fields[name] = value
-        return Request(kind="texture", **fields).validate()
+        return _request("texture", self, self._REQUEST_FIELDS)
 
     def check(self) -> Request:
         """Check the capture settings too -> the validated request."""
@@ -87,6 +86,71 @@ class TextureSettings:
         if not -89.0 <= self.elevation <= 89.0:
             raise CaptureError(f"elevation: {self.elevation} is outside [-89, 89] degrees")
         return self.request()
+
+
+_RENAMED = {"guidance": "guidance_scale"}
+REQUEST_FIELDS = frozenset(f.name for f in dataclasses.fields(Request))
+
+
+def _request(kind: str, settings, names: Sequence[str]) -> Request:
+    """``settings``' sampling fields ``names`` (+ its ``extra``) -> a validated Request."""
+    fields = {_RENAMED.get(name, name): getattr(settings, name) for name in names}
+    for name, value in settings.extra.items():
+        if name not in REQUEST_FIELDS or name == "kind":
+            raise CaptureError(f"extra: {name!r} is not a request field")
+        fields[name] = value
+    return Request(kind=kind, **fields).validate()
+
+
+@dataclass
+class AnimationSettings:
+    """What to generate for an animation and how to capture it. Sampling fields map onto
+    ``protocol.Request`` as in :class:`TextureSettings` (``extra`` sets any other field);
+    ``width`` / ``height`` None take the scene's output size (rounded to multiples of 8).
+
+    noise "surface" keeps each surface point's noise over the frames ("fixed": the same
+    noise image every frame, what frame-by-frame tools do); ``background_noise`` is how
+    the rest of the picture's noise moves; ``attention`` "keyframes" (anchor policy
+    ``keyframes``: first, first_previous, middle) or "tma" (temporal momentum
+    ``momentum``); ``chunk`` frames per model batch; ``sync_strength`` fuses the object's
+    frames through its UVs every step (< 1 leaves room for lighting changes);
+    ``background_sync`` carries the background along the vector pass; ``pixel_sync``
+    carries the decoded frames from frame to frame in pixels (0: off)."""
+
+    prompt: str = ""
+    negative_prompt: str = "blurry, low quality"
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 7.5
+    scheduler: str = "ddim"
+    controlnet_scale: float = 1.0
+    noise: str = "surface"
+    background_noise: str = "auto"
+    attention: str = "tma"
+    keyframes: str = "first"
+    momentum: float = 0.5
+    chunk: int = 16
+    sync_strength: float = 0.9
+    background_sync: float = 0.9
+    pixel_sync: float = 0.0
+    width: int | None = None
+    height: int | None = None
+    uv_map: str | None = None  # None: each object's active render UV map
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler", "controlnet_scale",
+                       "noise", "background_noise", "attention", "keyframes", "momentum", "chunk", "sync_strength",
+                       "background_sync", "pixel_sync")
+
+    def request(self) -> Request:
+        """The validated wire request, kind "animation" (``ProtocolError`` names a bad field)."""
+        return animation.check_request(_request("animation", self, self._REQUEST_FIELDS))
+
+    def check(self, scene=None) -> Request:
+        """Check the capture settings too (frame size against ``scene``) -> the request."""
+        request = self.request()
+        animation.frame_size(scene or bpy.context.scene, self.width, self.height)
+        return request
 
 
 @dataclass
@@ -122,7 +186,7 @@ def texture(objects: Sequence, cameras: Sequence | None = None, settings: Textur
     settings = settings or TextureSettings()
     request = settings.check()
     scene = scene or bpy.context.scene
-    objects = _resolve_objects(objects)
+    objects = _resolve_objects(objects, "texture")
     for obj in objects:
         if obj.hide_render:
             raise CaptureError(f"object {obj.name!r} is disabled in renders; enable it to texture it")
@@ -135,13 +199,7 @@ def texture(objects: Sequence, cameras: Sequence | None = None, settings: Textur
         for camera in cameras:
             if getattr(camera, "type", None) != "CAMERA":
                 raise CaptureError(f"{getattr(camera, 'name', camera)!r} is not a camera object")
-    client = None
-    if sampler is None:
-        client = Client(server or DEFAULT_URL, token)
-        client.health()
-        client.models()  # needs the token: a wrong one fails here, before any change
-    elif server is not None:
-        raise CaptureError("give either a sampler or a server, not both")
+    client = _client(sampler, server, token)
 
     # From here on the scene changes: UV maps asked for, the rig, then the capture.
     uv_maps = {obj: capture.ensure_uv_map(obj, settings.uv_map, smart_project=settings.smart_uv)
@@ -154,11 +212,7 @@ def texture(objects: Sequence, cameras: Sequence | None = None, settings: Textur
     out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="zs-texture-"))
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    job_id = None
-    if sampler is not None:
-        metrics = sampler(request.to_dict(), captured, out_dir)
-    else:
-        job_id, metrics = _run_on_server(client, request, captured, out_dir, progress, stop)
+    job_id, metrics = _sample(request, captured, out_dir, sampler, client, progress, stop)
     texture_path = out_dir / "texture.png"
     if not texture_path.is_file():
         raise CaptureError(f"the job wrote no texture.png into {out_dir}; nothing to apply")
@@ -167,12 +221,97 @@ def texture(objects: Sequence, cameras: Sequence | None = None, settings: Textur
                          out_dir=out_dir, cameras=list(cameras), job_id=job_id)
 
 
-def _resolve_objects(objects) -> list:
+@dataclass
+class AnimationResult:
+    """What :func:`animate` made: the new image sequence, the camera background image and
+    the Video Sequencer strip showing it, the frame files (``out_dir/frames/NNNN.png``),
+    the job's metrics and output folder (frames/, metrics.json, contact_sheet.png), the
+    camera, the scene frames rendered and the server's job id."""
+
+    image: Any
+    background: Any
+    strip: Any
+    frame_paths: list[Path]
+    metrics: dict
+    out_dir: Path
+    camera: Any
+    frames: list[int]
+    job_id: str | None = None
+
+    @property
+    def frame_start(self) -> int:
+        return self.frames[0]
+
+    @property
+    def frame_end(self) -> int:
+        return self.frames[-1]
+
+
+def animate(camera=None, objects=None, frames=None, settings: AnimationSettings | None = None, *,
+            server: str | None = None, token: str | None = None, sampler: Sampler | None = None,
+            progress: Progress | None = None, out_dir=None, name: str = "ZS Animation", scene=None,
+            stop: threading.Event | None = None) -> AnimationResult:
+    """Re-style the shot of ``camera`` (an object or its name; None: the scene's camera)
+    over ``frames`` (None: the scene's range; ``"1-48"``, a range or ``(first, last)``)
+    -> :class:`AnimationResult`.
+
+    ``objects`` (mesh objects or names; None: every mesh that renders) are the targets:
+    their surface carries the noise and the UV sync from frame to frame. Sampling runs in
+    ``sampler`` or on ``server`` as in :func:`texture`. ``out_dir`` receives the job's
+    outputs (default: ``//zs_frames/<name>/`` next to the saved .blend, else a new
+    temporary folder). The frames come back as a new image sequence, shown as a new
+    background image of the camera and a new Video Sequencer strip at the first frame.
+    Every check (frames inside the scene's range, the camera, UV maps where surface noise
+    or UV sync need them, settings, server and token) runs before anything renders.
+    """
+    settings = settings or AnimationSettings()
+    request = settings.request()
+    scene = scene or bpy.context.scene
+    numbers = animation.frame_list(frames, scene)
+    camera = animation.scene_camera(scene, camera)
+    objects = animation.scene_meshes(scene) if objects is None else _resolve_objects(objects, "animate")
+    with_uv = animation.check_targets(objects, settings.uv_map, animation.needs_uv(request))
+    width, height = animation.frame_size(scene, settings.width, settings.height)
+    client = _client(sampler, server, token)
+
+    captured = passes.render_frame_passes(scene, camera, objects, numbers, width, height, uv_map=settings.uv_map,
+                                          with_vector=True, with_uv=with_uv)
+    out_dir = Path(out_dir) if out_dir is not None else animation.default_out_dir(name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job_id, metrics = _sample(request, captured, out_dir, sampler, client, progress, stop)
+    files = animation.frame_files(out_dir / Path(protocol.FRAME_PNG).parent, len(numbers))
+    loaded = animation.load_frames(scene, camera, files, numbers[0], name=name)
+    return AnimationResult(image=loaded.image, background=loaded.background, strip=loaded.strip, frame_paths=files,
+                           metrics=dict(metrics or {}), out_dir=out_dir, camera=camera, frames=numbers,
+                           job_id=job_id)
+
+
+def _client(sampler: Sampler | None, server: str | None, token: str | None) -> Client | None:
+    """The server client, checked (reachable, token accepted), or None with a sampler."""
+    if sampler is not None:
+        if server is not None:
+            raise CaptureError("give either a sampler or a server, not both")
+        return None
+    client = Client(server or DEFAULT_URL, token)
+    client.health()
+    client.models()  # needs the token: a wrong one fails here, before any change
+    return client
+
+
+def _sample(request: Request, captured: Passes, out_dir: Path, sampler: Sampler | None, client: Client | None,
+            progress: Progress | None, stop: threading.Event | None) -> tuple[str | None, dict]:
+    """Run the job in ``sampler`` or on ``client``'s server -> (job id or None, metrics)."""
+    if sampler is not None:
+        return None, sampler(request.to_dict(), captured, out_dir)
+    return _run_on_server(client, request, captured, out_dir, progress, stop)
+
+
+def _resolve_objects(objects, verb: str = "texture") -> list:
     if isinstance(objects, (str, bpy.types.Object)):
         objects = [objects]
     objects = list(objects or [])
     if not objects:
-        raise CaptureError("no mesh object to texture: pass at least one")
+        raise CaptureError(f"no mesh object to {verb}: pass at least one")
     names = [obj for obj in objects if isinstance(obj, str)]
     found = {obj.name: obj for obj in capture.target_objects(names=names)} if names else {}
     resolved = [found[obj] if isinstance(obj, str) else obj for obj in objects]

@@ -76,23 +76,27 @@ def motion_to_next(vector: np.ndarray) -> np.ndarray:
     return np.stack([-vector[..., 2], vector[..., 3]], axis=-1).astype(np.float32)
 
 
-def view_arrays(raw: dict[str, np.ndarray], marker: int, with_vector: bool = False) -> dict[str, np.ndarray]:
+def view_arrays(raw: dict[str, np.ndarray], marker: int, with_vector: bool = False,
+                with_uv: bool = True) -> dict[str, np.ndarray]:
     """One view's EXR pixels (name -> (H, W, C) float32, rows top to bottom) -> wire arrays.
 
     depth (H, W) planar, 1e10 where nothing is hit (every object counts: ControlNet sees
     the whole scene); mask (H, W) bool where the object index is ``marker``; normal,
-    position (H, W, 3) and uv (H, W, 2) on target pixels, 0 elsewhere; vector (H, W, 2)
-    everywhere when asked.
+    position (H, W, 3) and uv (H, W, 2) on target pixels, 0 elsewhere (no uv without
+    ``with_uv``); vector (H, W, 2) everywhere when asked.
     """
     mask = np.abs(raw["Object Index"][..., 0] - marker) < 0.5
     off = ~mask
     depth = np.array(raw["Depth"][..., 0], dtype=np.float32)
     depth[~(np.isfinite(depth) & (depth < BACKGROUND_DEPTH))] = BACKGROUND_DEPTH
-    arrays = {"depth": depth, "mask": mask, "uv": wrap_uv(raw["UV"][..., :2])}
+    arrays = {"depth": depth, "mask": mask}
+    if with_uv:
+        arrays["uv"] = wrap_uv(raw["UV"][..., :2])
     for key, name in (("normal", "Normal"), ("position", "Position")):
         arrays[key] = np.array(raw[name][..., :3], dtype=np.float32)
     for key in ("normal", "uv", "position"):
-        arrays[key][off] = 0.0  # only target pixels carry surface data
+        if key in arrays:
+            arrays[key][off] = 0.0  # only target pixels carry surface data
     if with_vector:
         arrays["vector"] = motion_to_next(raw["Vector"])
     return arrays
@@ -143,18 +147,19 @@ def render_passes(scene: bpy.types.Scene, cameras: Sequence[bpy.types.Object],
 def render_frame_passes(scene: bpy.types.Scene, camera: bpy.types.Object, objects: Sequence[bpy.types.Object],
                         frames: Iterable[int], width: int, height: int, uv_map: str | None = None,
                         with_vector: bool = True, texture_size: int | None = None, smart_uv: bool = False,
-                        view_layer=None) -> Passes:
+                        view_layer=None, with_uv: bool = True) -> Passes:
     """Render one camera at each of ``frames`` -> validated :class:`Passes` (frames first).
 
     Same arrays as :func:`render_passes`; ``vector`` (F, H, W, 2) is the motion of each
     pixel to the following frame (+1), [col, row] pixels, rows top to bottom. Texel maps,
-    when asked, are baked at the first frame.
+    when asked, are baked at the first frame. ``with_uv`` False renders no UV pass (the
+    objects then need no UV map; ``uv`` is None and texel maps cannot be asked for).
     """
     frames = [int(f) for f in frames]
     if not frames:
         raise CaptureError("no frame to render: the frame range is empty")
     return _capture(scene, [(camera, f) for f in frames], objects, width, height, uv_map,
-                    with_vector, texture_size, smart_uv, view_layer, bake_frame=frames[0])
+                    with_vector, texture_size, smart_uv, view_layer, bake_frame=frames[0], with_uv=with_uv)
 
 
 def bake_texel_maps(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], uv_maps: dict,
@@ -193,7 +198,7 @@ def bake_texel_maps(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object],
 
 
 def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_size, smart_uv,
-             view_layer, bake_frame) -> Passes:
+             view_layer, bake_frame, with_uv: bool = True) -> Passes:
     """Render ``shots`` [(camera, frame or None)] -> validated Passes; state restored."""
     width = _checked_size("width", width, 8, 16384)
     height = _checked_size("height", height, 8, 16384)
@@ -203,9 +208,12 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
             raise CaptureError(f"{getattr(camera, 'name', camera)!r} is not a camera object")
     view_layer = view_layer or capture.capture_view_layer(scene)
     # A requested Smart UV map is a deliberate, lasting edit: made before the state scope.
-    uv_maps = {obj: capture.ensure_uv_map(obj, uv_map, smart_project=smart_uv) for obj in objects}
+    if not with_uv and texture_size is not None:
+        raise CaptureError("texel maps are baked on a UV map: a capture without UV cannot bake them")
+    uv_maps = ({obj: capture.ensure_uv_map(obj, uv_map, smart_project=smart_uv) for obj in objects}
+               if with_uv else {})
     marker = capture.unused_pass_index(scene, objects)
-    names = [n for n in RENDER_PASSES if with_vector or n != "Vector"]
+    names = [n for n in RENDER_PASSES if (with_vector or n != "Vector") and (with_uv or n != "UV")]
     views, world_to_camera, projection = [], [], []
     with contextlib.ExitStack() as stack:
         stack.enter_context(capture.preserved_render_settings(scene))
@@ -226,7 +234,7 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
                 scene.frame_set(frame)
             scene.camera = camera
             raw = _render_view(scene, view_layer, output, os.path.join(folder, f"{index:04d}"), names)
-            views.append(view_arrays(raw, marker, with_vector))
+            views.append(view_arrays(raw, marker, with_vector, with_uv))
             matrices = capture.camera_matrices(scene, camera, width, height,
                                                capture.evaluated_depsgraph(scene, view_layer))
             world_to_camera.append(matrices[0])

@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
-from .protocol import ATTENTION_MODES, NOISE_MODES, SCHEDULERS, ProtocolError
+from .protocol import (ATTENTION_MODES, BACKGROUND_NOISE_MODES, KEYFRAME_POLICIES, NOISE_MODES, SCHEDULERS,
+                       ProtocolError, Request)
+
+ANIMATION_ATTENTION = ("self", "keyframes", "tma")  # zs_core.animation's; that module needs torch
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser, *, steps: int, noise: str, attention: str,
-                          sync_strength: float) -> None:
+                          sync_strength: float, attention_choices=ATTENTION_MODES,
+                          texture_size: bool = True) -> None:
     parser.add_argument("--prompt", default="a weathered bronze statue, detailed texture")
     parser.add_argument("--negative-prompt", default="blurry, low quality")
     parser.add_argument("--model", default="tiny", help="tiny, a diffusers folder, a hub id or a .safetensors file")
@@ -23,15 +28,14 @@ def _add_sampling_options(parser: argparse.ArgumentParser, *, steps: int, noise:
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
     parser.add_argument("--noise", choices=NOISE_MODES, default=noise)
-    parser.add_argument("--attention", choices=ATTENTION_MODES, default=attention)
+    parser.add_argument("--attention", choices=attention_choices, default=attention)
     parser.add_argument("--sync-strength", type=float, default=sync_strength,
                         help="UV latent synchronisation, 0 (off) to 1 (fully synced)")
-    parser.add_argument("--texture-size", type=int, default=None, help="texture side in texels")
+    if texture_size:
+        parser.add_argument("--texture-size", type=int, default=None, help="texture side in texels")
 
 
 def _request_from_args(args: argparse.Namespace, **overrides):
-    from .protocol import Request
-
     fields = dict(
         prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, seed=args.seed,
         guidance_scale=args.guidance, scheduler=args.scheduler, noise=args.noise, attention=args.attention,
@@ -145,14 +149,16 @@ def _in_process_sampler(args: argparse.Namespace):
 class _EventBar:
     """tqdm bar driven by a server job's events (progress(event name, data))."""
 
-    def __init__(self):
+    def __init__(self, command: str = "texture"):
+        self.command = command
         self.bar = None
 
     def __call__(self, name: str, data: dict) -> None:
         from tqdm import tqdm
 
         if name == "queued":
-            print(f"zs texture: job {data.get('job')} queued (position {data.get('position')})", file=sys.stderr)
+            print(f"zs {self.command}: job {data.get('job')} queued (position {data.get('position')})",
+                  file=sys.stderr)
         elif name == "started" and self.bar is None:
             self.bar = tqdm(total=data.get("total"), desc="sampling (server)", unit="step", file=sys.stderr)
         elif name == "progress" and self.bar is not None:
@@ -178,6 +184,14 @@ def _local_token() -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+def _sampling_backend(args: argparse.Namespace, command: str) -> dict:
+    """blender_addon.api keywords: the server of ``--server`` (with a progress bar on its
+    events), else the in-process sampler."""
+    if args.server:
+        return dict(server=args.server, token=args.token or _local_token(), progress=_EventBar(command))
+    return dict(sampler=_in_process_sampler(args))
+
+
 def _blend_settings(args: argparse.Namespace, **overrides) -> dict:
     """Command-line options -> blender_addon.api.TextureSettings fields."""
     settings = dict(negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps,
@@ -196,13 +210,8 @@ def _texture_blend(args: argparse.Namespace, source: Path) -> int:
     if not args.objects:
         raise ValueError("--object: name the object to texture (repeat --object for several)")
     batch = _blender_batch()
-    server_options = {}
-    if args.server:
-        server_options = dict(server=args.server, token=args.token or _local_token(), progress=_EventBar())
-    else:
-        server_options = dict(sampler=_in_process_sampler(args))
     summary = batch.texture_blend(source, args.objects, args.prompt, args.out, cameras=args.cameras,
-                                  use_scene_cameras=args.use_scene_cameras, **server_options,
+                                  use_scene_cameras=args.use_scene_cameras, **_sampling_backend(args, "texture"),
                                   **_blend_settings(args))
     _print_blend_outputs(summary)
     return 0
@@ -226,6 +235,86 @@ def _print_blend_outputs(summary: dict) -> None:
     _print_outputs(out, summary["metrics"])
     print(f"textured blend: {summary['textured_blend']} ({', '.join(summary['objects'])} wears new material "
           f"{', '.join(summary['materials'])}; the original materials are kept)", file=sys.stderr)
+
+
+_FRAMES = re.compile(r"^\s*(-?\d+)\s*(?:(?:-|\.\.|:)\s*(-?\d+)\s*)?$")
+
+
+def frame_range(text: str) -> tuple[int, int]:
+    """argparse type of ``--frames``: ``FIRST-LAST`` (or a single frame) -> (first, last)."""
+    match = _FRAMES.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a frame range; write FIRST-LAST, e.g. 1-48")
+    first = int(match.group(1))
+    last = int(match.group(2)) if match.group(2) is not None else first
+    if last < first:
+        raise argparse.ArgumentTypeError(f"{text!r} ends before it starts; write FIRST-LAST with FIRST <= LAST")
+    return first, last
+
+
+def _animation_fields(args: argparse.Namespace) -> dict:
+    """The animation-only request fields of ``zs animate``'s options."""
+    return dict(background_noise=args.background_noise, keyframes=args.keyframes, momentum=args.momentum,
+                chunk=args.chunk, sync_strength=args.sync_strength, background_sync=args.background_sync,
+                pixel_sync=args.pixel_sync)
+
+
+def cmd_animate(args: argparse.Namespace) -> int:
+    from . import models, run
+    from .protocol import Passes
+
+    source = Path(args.source)
+    if source.suffix not in (".blend", ".npz"):
+        raise ValueError(f"source: expected a .blend file or a passes bundle (.npz), got {source.name!r}")
+    if not source.is_file():
+        raise ValueError(f"source: {source} does not exist")
+    if source.suffix == ".blend":
+        return _animate_blend(args, source)
+    for option, value in (("--frames", args.frames), ("--camera", args.camera), ("--object", args.objects),
+                          ("--width", args.width), ("--height", args.height), ("--server", args.server),
+                          ("--uv-map", args.uv_map)):
+        if value is not None:
+            raise ValueError(f"{option}: only for .blend files; a passes bundle is animated whole, in this process")
+    passes = Passes.load(source).validate()
+    request = _request_from_args(args, kind="animation", **_animation_fields(args))
+    components = models.load(args.model, args.controlnet, device=args.device)
+    print(f"zs animate: {passes.views} frames of {passes.width}x{passes.height} from {source}, model {args.model}",
+          file=sys.stderr)
+    bar = _ProgressBar(request.steps, "sampling")
+    try:
+        metrics = run.run_job(components, request, passes, args.out, progress=bar)
+    finally:
+        bar.close()
+    _print_animation_outputs(Path(args.out), metrics)
+    return 0
+
+
+def _animate_blend(args: argparse.Namespace, source: Path) -> int:
+    """`zs animate FILE.blend`: open, re-style the camera's shot, save out/animated.blend."""
+    batch = _blender_batch()
+    settings = dict(negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                    scheduler=args.scheduler, noise=args.noise, attention=args.attention, width=args.width,
+                    height=args.height, uv_map=args.uv_map, **_animation_fields(args))
+    summary = batch.animate_blend(source, args.out, camera=args.camera, frames=args.frames, prompt=args.prompt,
+                                  objects=args.objects, **_sampling_backend(args, "animate"),
+                                  **{key: value for key, value in settings.items() if value is not None})
+    _print_animation_outputs(Path(args.out), summary["metrics"])
+    first, last = summary["frames"]
+    print(f"animated blend: {summary['animated_blend']} (camera {summary['camera']} shows the frames as its "
+          f"background image {summary['image']}; Video Sequencer strip {summary['strip']!r} on channel "
+          f"{summary['strip_channel']}, frames {first}-{last})", file=sys.stderr)
+    return 0
+
+
+def _print_animation_outputs(out: Path, metrics: dict) -> None:
+    print(f"wrote {metrics['frames']} frames to {out / 'frames'}", file=sys.stderr)
+    if metrics.get("mp4"):
+        print(f"video: {out / metrics['mp4']}", file=sys.stderr)
+    for key in ("temporal_warp_error", "latent_temporal_warp_error"):
+        if key in metrics:
+            print(f"{key}: {metrics[key]}", file=sys.stderr)
+    print(f"contact sheet: {out / 'contact_sheet.png'}", file=sys.stderr)
+    print(f"metrics: {out / 'metrics.json'} (sampling {metrics['sampling_seconds']} s)", file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -294,6 +383,38 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "server's token file)")
     _add_sampling_options(texture, steps=20, noise="surface", attention="extended", sync_strength=1.0)
     texture.set_defaults(func=cmd_texture)
+
+    animate = commands.add_parser("animate", help="re-style a camera's shot of a .blend file, or an animation "
+                                                  "passes bundle (.npz), into consistent frames")
+    animate.add_argument("source", help="FILE.blend, or passes.npz (frames first, with uv, mask and vector)")
+    animate.add_argument("--out", required=True, help="output folder")
+    blend = animate.add_argument_group(".blend files")
+    blend.add_argument("--frames", type=frame_range, default=None,
+                       help="FIRST-LAST, inside the scene's frame range (default: the scene's range)")
+    blend.add_argument("--camera", default=None, help="camera object (default: the scene's active camera)")
+    blend.add_argument("--object", dest="objects", action="append", default=None,
+                       help="target object whose surface the noise and UV sync follow (repeat for several; "
+                            "default: every mesh that renders)")
+    blend.add_argument("--width", type=int, default=None, help="frame width (default: the scene's output size)")
+    blend.add_argument("--height", type=int, default=None, help="frame height (default: the scene's output size)")
+    blend.add_argument("--uv-map", default=None, help="UV map to follow (default: the active render UV map)")
+    blend.add_argument("--server", default=None, help="sample on this ZS server instead of in this process")
+    blend.add_argument("--token", default=None, help="the server's token (default: ZS_TOKEN or the local "
+                                                     "server's token file)")
+    _add_sampling_options(animate, steps=20, noise="surface", attention="tma", sync_strength=0.9,
+                          attention_choices=ANIMATION_ATTENTION, texture_size=False)
+    method = animate.add_argument_group("animation")
+    method.add_argument("--background-noise", choices=BACKGROUND_NOISE_MODES, default="auto",
+                        help="how the background's noise moves (auto: warped along the vector pass)")
+    method.add_argument("--keyframes", choices=KEYFRAME_POLICIES, default="first",
+                        help="anchor frames of keyframes attention")
+    method.add_argument("--momentum", type=float, default=0.5, help="tma momentum mu (0: self, 1: first frame)")
+    method.add_argument("--chunk", type=int, default=16, help="frames per model batch")
+    method.add_argument("--background-sync", type=float, default=0.9,
+                        help="background carried along the vector pass, 0 (off) to 1")
+    method.add_argument("--pixel-sync", type=float, default=0.0,
+                        help="decoded frames carried frame to frame in pixels, 0 (off) to 1")
+    animate.set_defaults(func=cmd_animate)
 
     serve = commands.add_parser("serve", help="run the local sampling server (HTTP on 127.0.0.1) for Blender")
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; anything else warns)")

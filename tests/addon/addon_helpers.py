@@ -5,19 +5,7 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-from blender_addon import rig
-
-
-def add_camera(scene, name: str, eye, target=(0.0, 0.0, 0.0), lens: float = 50.0):
-    """A perspective camera at ``eye`` looking at ``target`` (world +Z up)."""
-    data = bpy.data.cameras.new(name)
-    data.lens = lens
-    camera = bpy.data.objects.new(name, data)
-    camera.location = tuple(eye)
-    camera.rotation_mode = "QUATERNION"
-    camera.rotation_quaternion = tuple(rig.rotation_to_quaternion(rig.look_at_rotation(eye, target)))
-    scene.collection.objects.link(camera)
-    return camera
+from blender_scenes import add_camera, moving_cube_shot  # noqa: F401  (shared with the e2e tests)
 
 
 def add_monkey(location=(0.0, 0.0, 0.0)):

@@ -16,3 +16,27 @@ def scene():
     """A fresh, empty scene (factory settings), the context scene."""
     bpy.ops.wm.read_factory_settings(use_empty=True)
     return bpy.context.scene
+
+
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory):
+    """A real uvicorn ZS server on a free loopback port with the session's tiny model."""
+    from zs_server_helpers import ServerThread, make_settings
+
+    with ServerThread(make_settings(tmp_path_factory.mktemp("zs-data")), tiny) as running:
+        yield running
+
+
+@pytest.fixture
+def sampler(tiny):
+    """zs_core in this process, as the CLI injects it; remembers the requests and passes it got."""
+    from zs_core import run
+    from zs_core.protocol import Passes, Request
+
+    def sample(request: dict, passes, out_dir):
+        sample.requests.append(request)
+        sample.passes.append(passes)
+        return run.run_job(tiny, Request.from_dict(request), Passes.from_arrays(passes.arrays()).validate(), out_dir)
+
+    sample.requests, sample.passes = [], []
+    return sample

@@ -13,28 +13,10 @@ from blender_addon import api, apply, batch, capture, rig
 from blender_addon.capture import CaptureError
 from blender_addon.client import Client, ServerError
 from blender_addon.wire import ProtocolError
-from zs_core import images, run
-from zs_core.protocol import Passes, Request
-from zs_server_helpers import ServerThread, free_port, make_settings
+from zs_core import images
+from zs_server_helpers import free_port
 
 SMALL = dict(steps=2, view_size=64, texture_size=64, views=3)
-
-
-@pytest.fixture(scope="module")
-def server(tiny, tmp_path_factory):
-    with ServerThread(make_settings(tmp_path_factory.mktemp("zs-data")), tiny) as running:
-        yield running
-
-
-@pytest.fixture
-def sampler(tiny):
-    """zs_core in this process, as the CLI injects it; remembers the requests it got."""
-    def sample(request: dict, passes, out_dir):
-        sample.requests.append(request)
-        return run.run_job(tiny, Request.from_dict(request), Passes.from_arrays(passes.arrays()).validate(), out_dir)
-
-    sample.requests = []
-    return sample
 
 
 def image_matches_png(image, path) -> bool:

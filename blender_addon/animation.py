@@ -1,0 +1,313 @@
+"""Animation on the Blender side: the checks before a frame capture, and the generated
+frames loaded back into the scene as an image sequence.
+
+An animation job renders one camera over a range of consecutive frames
+(:func:`passes.render_frame_passes`, with the vector pass) and gets back
+``frames/NNNN.png`` (0-based, the wire format's ``FRAME_PNG``). :func:`load_frames` then
+adds, without touching anything that exists:
+
+- a NEW image datablock (source ``SEQUENCE``) reading those files;
+- a NEW background image on the camera showing it, timed to the frame range
+  (visible in the camera view; ``show_background_images`` is turned on);
+- a NEW image strip in the Video Sequencer, on the first channel that is free over the
+  range, starting at the range's first frame.
+
+No ``bpy.ops`` inside: called from an operator with ``{'REGISTER', 'UNDO'}`` the whole
+load is one undo step. Imports: bpy, the standard library and numpy only.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import bpy
+
+from . import apply, capture
+from .capture import CaptureError
+from .wire import protocol
+
+FRAMES_FOLDER = "zs_frames"  # next to the .blend: //zs_frames/<name>/frames/NNNN.png
+SIZE_RANGE = (64, 4096)  # frame width / height in pixels, multiples of 8
+# Cross-frame attention an animation job takes (zs_core.animation.ANIMATION_ATTENTION).
+ANIMATION_ATTENTION = ("self", "keyframes", "tma")
+MAX_CHANNEL = 128  # the Video Sequencer's channel count
+
+_RANGE_TEXT = re.compile(r"^\s*(-?\d+)\s*(?:(?:-|\.\.|:)\s*(-?\d+)\s*)?$")
+
+
+# ----------------------------------------------------------------------- frame range
+
+
+def parse_frames(text: str) -> tuple[int, int]:
+    """``"1-48"`` (also ``1..48``, ``1:48``) or ``"12"`` -> (first, last), both included.
+    Raises :class:`CaptureError` naming the text."""
+    match = _RANGE_TEXT.match(str(text))
+    if match is None:
+        raise CaptureError(f"frames: {text!r} is not a frame range; write FIRST-LAST, e.g. 1-48")
+    first = int(match.group(1))
+    last = int(match.group(2)) if match.group(2) is not None else first
+    if last < first:
+        raise CaptureError(f"frames: {text!r} ends before it starts; write FIRST-LAST with FIRST <= LAST")
+    return first, last
+
+
+def range_text(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def frame_list(frames, scene: bpy.types.Scene) -> list[int]:
+    """The frames to render, checked against ``scene``'s frame range.
+
+    ``frames``: None (the scene's range), ``"A-B"``, a ``range`` of step 1, or a pair
+    ``(first, last)`` (both included). Frames outside the scene's range are an error
+    naming them: the scene's animation is what gets rendered.
+    """
+    if frames is None:
+        first, last = scene.frame_start, scene.frame_end
+    elif isinstance(frames, str):
+        first, last = parse_frames(frames)
+    elif isinstance(frames, range):
+        if frames.step != 1 or len(frames) == 0:
+            raise CaptureError(f"frames: {frames!r} is not a non-empty range of consecutive frames")
+        first, last = frames[0], frames[-1]
+    else:
+        try:
+            first, last = (int(value) for value in frames)
+        except (TypeError, ValueError):
+            raise CaptureError(f"frames: expected 'FIRST-LAST', a range or (first, last), got {frames!r}") from None
+        if last < first:
+            raise CaptureError(f"frames: ({first}, {last}) ends before it starts")
+    low, high = scene.frame_start, scene.frame_end
+    outside = [range_text(a, b) for a, b in ((first, min(last, low - 1)), (max(first, high + 1), last)) if a <= b]
+    if outside:
+        raise CaptureError(f"frames {range_text(first, last)}: frame(s) {' and '.join(outside)} are outside the "
+                           f"frame range {range_text(low, high)} of scene {scene.name!r}; pick frames inside it "
+                           f"or extend the scene's range")
+    return list(range(first, last + 1))
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def scene_camera(scene: bpy.types.Scene, camera=None) -> bpy.types.Object:
+    """The camera to animate from: ``camera`` (an object or its name), else the scene's
+    active camera. It must be a camera object that is part of ``scene``."""
+    if camera is None:
+        camera = scene.camera
+        if camera is None:
+            raise CaptureError(f"scene {scene.name!r} has no active camera: add a camera and make it active "
+                               "(Ctrl+Numpad 0), or name one")
+    elif isinstance(camera, str):
+        found = bpy.data.objects.get(camera)
+        if found is None:
+            raise CaptureError(f"camera {camera!r} does not exist")
+        camera = found
+    if getattr(camera, "type", None) != "CAMERA":
+        raise CaptureError(f"{getattr(camera, 'name', camera)!r} is not a camera object")
+    if scene.objects.get(camera.name) != camera:
+        raise CaptureError(f"camera {camera.name!r} is not in scene {scene.name!r}; link it to the scene "
+                           "or pick one of its cameras")
+    return camera
+
+
+def scene_meshes(scene: bpy.types.Scene) -> list[bpy.types.Object]:
+    """Every mesh object of ``scene`` that renders, by name."""
+    meshes = sorted((obj for obj in scene.objects if obj.type == "MESH" and not obj.hide_render),
+                    key=lambda obj: obj.name)
+    if not meshes:
+        raise CaptureError(f"scene {scene.name!r} has no mesh object to animate")
+    return meshes
+
+
+def check_request(request):
+    """What the wire format allows but an animation job refuses -> ``request``."""
+    if request.attention not in ANIMATION_ATTENTION:
+        raise protocol.ProtocolError("attention", f"{request.attention!r} is for texture jobs; an animation takes "
+                                                  f"{', '.join(ANIMATION_ATTENTION)}")
+    if request.layout != "views":
+        raise protocol.ProtocolError("layout", "an animation samples its frames as a batch; use layout 'views'")
+    return request
+
+
+def needs_uv(request) -> bool:
+    """Whether the request reads the UV pass: surface noise and temporal UV sync do."""
+    return request.noise == "surface" or request.sync_strength > 0
+
+
+def check_targets(objects: Sequence[bpy.types.Object], uv_map: str | None, uv_needed: bool) -> bool:
+    """Check the target meshes before anything renders -> whether to capture the UV pass.
+
+    Objects disabled in renders are an error. Without a UV map (``uv_map``, or any UV map
+    when None) an object is an error when ``uv_needed``; otherwise the capture goes without
+    the UV pass (then there is no temporal metric on the objects either)."""
+    for obj in objects:
+        if obj.hide_render:
+            raise CaptureError(f"object {obj.name!r} is disabled in renders; enable it to animate it")
+    missing = [obj.name for obj in objects
+               if not (uv_map in obj.data.uv_layers if uv_map else capture.has_uv(obj))]
+    if missing and uv_needed:
+        what = f"no UV map named {uv_map!r}" if uv_map else "no UV map"
+        raise CaptureError(f"object {missing[0]!r} has {what}; surface noise and temporal UV sync follow the "
+                           "surface through its UVs: unwrap it, or use another noise with UV sync at 0")
+    return not missing
+
+
+def frame_size(scene: bpy.types.Scene, width: int | None = None, height: int | None = None) -> tuple[int, int]:
+    """Frame width and height: the ones given, else the scene's output size (resolution
+    times its percentage) rounded to multiples of 8, so the camera frames the same shot."""
+    render = scene.render
+    scale = render.resolution_percentage / 100.0
+    defaults = {"width": render.resolution_x * scale, "height": render.resolution_y * scale}
+    lowest, highest = SIZE_RANGE
+    sizes = []
+    for name, value in (("width", width), ("height", height)):
+        if value is None:
+            value = min(max(int(round(defaults[name] / 8.0)) * 8, lowest), highest)
+        elif isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
+            raise CaptureError(f"{name}: expected an integer in [{lowest}, {highest}], got {value!r}")
+        elif value % 8:
+            raise CaptureError(f"{name}: {value} is not a multiple of 8 (the model works on 8x8 blocks); "
+                               f"try {max(lowest, value // 8 * 8)}")
+        sizes.append(value)
+    return sizes[0], sizes[1]
+
+
+def new_out_dir(base, name: str) -> Path:
+    """A new folder for one animation's outputs: ``base/<name>`` (``<name>_001`` ... when
+    taken; not created yet), or a new temporary folder when ``base`` is None."""
+    if base is None:
+        return Path(tempfile.mkdtemp(prefix="zs-animation-"))
+    return apply.free_path(Path(base), apply.file_stem(name), suffix="")
+
+
+def default_out_dir(name: str) -> Path:
+    """:func:`new_out_dir` in ``//zs_frames/`` next to the saved .blend, else temporary."""
+    return new_out_dir(Path(bpy.data.filepath).parent / FRAMES_FOLDER if bpy.data.filepath else None, name)
+
+
+# ------------------------------------------------------------------------- the result
+
+
+def frame_files(folder, count: int) -> list[Path]:
+    """``folder/0000.png`` ... for ``count`` frames (the wire format's numbering); all must exist."""
+    folder = Path(folder)
+    files = [folder / Path(protocol.FRAME_PNG.format(index=index)).name for index in range(count)]
+    missing = [path.name for path in files if not path.is_file()]
+    if missing:
+        raise CaptureError(f"the job wrote {count - len(missing)} of {count} frames into {folder} "
+                           f"(missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); nothing to load")
+    return files
+
+
+def count_frames(folder) -> int:
+    """How many consecutive frame files ``0000.png``, ``0001.png`` ... ``folder`` holds."""
+    folder = Path(folder)
+    count = 0
+    while (folder / Path(protocol.FRAME_PNG.format(index=count)).name).is_file():
+        count += 1
+    return count
+
+
+@dataclass
+class LoadedFrames:
+    """What :func:`load_frames` added: the image sequence, the camera background image
+    that shows it, the Video Sequencer strip, and the frames they cover."""
+
+    image: Any
+    background: Any
+    strip: Any
+    frame_start: int
+    frame_count: int
+
+    @property
+    def frame_end(self) -> int:
+        return self.frame_start + self.frame_count - 1
+
+
+def load_frames(scene: bpy.types.Scene, camera: bpy.types.Object, files: Sequence, frame_start: int,
+                name: str = "ZS Animation") -> LoadedFrames:
+    """Show the frame files (consecutive numbers, e.g. from :func:`frame_files`) from scene
+    frame ``frame_start`` on: a new image sequence datablock, a new background image of
+    ``camera`` and a new image strip in ``scene``'s Video Sequencer. Paths are relative to
+    the saved .blend where possible. Nothing that exists is changed, apart from adding the
+    background image to the camera (and showing its background images)."""
+    files = [Path(path).resolve() for path in files]
+    if not files:
+        raise CaptureError("no frame to load")
+    folder = files[0].parent
+    numbers = [_frame_number(path) for path in files]
+    if any(path.parent != folder for path in files) or numbers != list(range(numbers[0], numbers[0] + len(files))):
+        raise CaptureError(f"frames: expected consecutively numbered files in one folder, got "
+                           f"{', '.join(path.name for path in files[:4])} ...")
+    for path in files:
+        if not path.is_file():
+            raise CaptureError(f"frame file {path} does not exist")
+    if camera.type != "CAMERA":
+        raise CaptureError(f"{camera.name!r} is not a camera object")
+    count = len(files)
+
+    image = bpy.data.images.load(str(files[0]), check_existing=False)
+    image.name = capture.unique_name(bpy.data.images, name)
+    image.source = "SEQUENCE"
+    relative_first = _relative(files[0])
+    if relative_first != str(files[0]):
+        image.filepath = relative_first
+
+    data = camera.data
+    background = data.background_images.new()
+    background.source = "IMAGE"
+    background.image = image
+    user = background.image_user
+    # Blender shows file number (frame - frame_start + 1) + frame_offset.
+    user.frame_start, user.frame_duration, user.frame_offset = frame_start, count, numbers[0] - 1
+    background.alpha = 1.0
+    background.frame_method = "FIT"
+    data.show_background_images = True
+
+    editor = scene.sequence_editor or scene.sequence_editor_create()
+    channel = free_channel(editor, frame_start, frame_start + count)
+    strip = editor.strips.new_image(name=name, filepath=str(files[0]), channel=channel, frame_start=frame_start,
+                                    fit_method="FIT")
+    for path in files[1:]:
+        strip.elements.append(path.name)
+    directory = _relative(folder)
+    if directory != str(folder):
+        strip.directory = directory.rstrip("/\\") + "/"
+    return LoadedFrames(image=image, background=background, strip=strip, frame_start=frame_start,
+                        frame_count=count)
+
+
+def free_channel(editor, start: int, end: int) -> int:
+    """The lowest Video Sequencer channel with no strip over frames [start, end)."""
+    busy = {strip.channel for strip in editor.strips
+            if strip.frame_final_start < end and strip.frame_final_end > start}
+    for channel in range(1, MAX_CHANNEL + 1):
+        if channel not in busy:
+            return channel
+    raise CaptureError(f"every Video Sequencer channel is taken over frames {start}-{end - 1}; free one")
+
+
+def _frame_number(path: Path) -> int:
+    match = re.search(r"(\d+)$", path.stem)
+    if match is None:
+        raise CaptureError(f"frame file {path.name!r} has no frame number")
+    return int(match.group(1))
+
+
+def _relative(path: Path) -> str:
+    """``//``-relative to the saved .blend when possible, else the absolute path."""
+    if not bpy.data.filepath:
+        return str(path)
+    try:
+        return bpy.path.relpath(str(path))
+    except ValueError:  # another drive (Windows)
+        return str(path)
+
+
+__all__ = ["parse_frames", "frame_list", "scene_camera", "scene_meshes", "needs_uv", "check_targets", "frame_size",
+           "new_out_dir", "default_out_dir", "count_frames", "frame_files", "load_frames", "LoadedFrames",
+           "FRAMES_FOLDER"]
