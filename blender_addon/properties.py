@@ -1,17 +1,19 @@
-"""The scene's ZS settings (``scene.zs_texturing``): what to generate, from which views,
-with which method, where to put it, and the state of the running job for the panel.
+"""The scene's ZS settings (``scene.zs_texturing``): what to generate (a texture, or an
+animation re-styled frame by frame), from which views or frames, with which method, where
+to put it, and the state of the running job for the panel.
 
-Choices (noise, attention, scheduler) come from the wire format (``zs_core/protocol.py``
-loaded through :mod:`.wire`), so the panel never offers a value the server refuses.
-:func:`build_request` turns the settings into a validated :class:`wire.Request`.
-Imports: bpy and the standard library only.
+Choices (noise, attention, scheduler, background noise, anchor policy) come from the wire
+format (``zs_core/protocol.py`` loaded through :mod:`.wire`), so the panel never offers a
+value the server refuses. :func:`build_request` turns the settings into a validated
+:class:`wire.Request` of the mode's kind. Imports: bpy, the standard library and the add-on's own modules.
 """
 
 from __future__ import annotations
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
+from .animation import ANIMATION_ATTENTION
 from .wire import Request, protocol
 
 # One line per choice for the tooltips; a mode the protocol gains later still shows up.
@@ -31,6 +33,20 @@ _ATTENTION_HELP = {
     "tma": "Temporal momentum attention (ZS2), for animation",
 }
 _SCHEDULER_HELP = {"ddim": "DDIM", "dpmpp": "DPM++ multistep", "unipc": "UniPC"}
+_BACKGROUND_HELP = {
+    "auto": "Warped along the motion vectors (the vector pass)",
+    "iid": "New noise every frame (flickers)",
+    "fixed": "The same noise every frame (sticks to the screen)",
+    "mixed": "Shared plus individual noise per frame (PYoCo mixed)",
+    "progressive": "Each frame's noise builds on the previous one (PYoCo progressive)",
+    "dependency": "Correlated noise between consecutive frames (ZS2)",
+    "warped": "Carried along the motion vectors, like the surface noise",
+}
+_KEYFRAME_HELP = {
+    "first": "Every frame attends to the first frame",
+    "first_previous": "Every frame attends to the first and the previous frame",
+    "middle": "Every frame attends to the middle frame",
+}
 
 
 def _items(values, help_text):
@@ -42,13 +58,27 @@ NOISE_ITEMS = _items(protocol.NOISE_MODES, _NOISE_HELP)
 ATTENTION_ITEMS = _items(protocol.ATTENTION_MODES, _ATTENTION_HELP)
 SCHEDULER_ITEMS = [(value, _SCHEDULER_HELP.get(value, value), _SCHEDULER_HELP.get(value, value))
                    for value in protocol.SCHEDULERS]
+BACKGROUND_NOISE_ITEMS = _items(protocol.BACKGROUND_NOISE_MODES, _BACKGROUND_HELP)
+KEYFRAME_ITEMS = _items(protocol.KEYFRAME_POLICIES, _KEYFRAME_HELP)
+ANIMATION_ATTENTION_ITEMS = [item for item in ATTENTION_ITEMS if item[0] in ANIMATION_ATTENTION]
+MODES = [
+    ("TEXTURE", "Texture", "Generate a UV texture for the selected objects from several views"),
+    ("ANIMATION", "Animation", "Re-style the camera's shot over a frame range into consistent frames"),
+]
 VIEW_SOURCES = [
     ("CAMERAS", "Selected Cameras", "Render from the selected camera objects"),
     ("RIG", "Orbit Rig", "Render from an orbit rig around the objects (built when missing)"),
 ]
 
 
+def _is_camera(_settings, obj) -> bool:
+    return obj.type == "CAMERA"
+
+
 class ZS_Settings(bpy.types.PropertyGroup):
+    mode: EnumProperty(name="Mode", items=MODES, default="TEXTURE",
+                       description="Texture the objects, or re-style an animation")
+
     # What to generate.
     prompt: StringProperty(name="Prompt", default="", description="What the texture should look like")
     negative_prompt: StringProperty(name="Negative Prompt", default="blurry, low quality",
@@ -93,6 +123,35 @@ class ZS_Settings(bpy.types.PropertyGroup):
                                   description="Folder for the downloaded results (// is next to the .blend; "
                                               "an unsaved file uses a temporary folder)")
 
+    # Animation: the frames and camera, the cross-frame method and where the frames go.
+    use_scene_range: BoolProperty(name="Scene Frame Range", default=True,
+                                  description="Render the scene's frame range (off: the range below)")
+    anim_frame_start: IntProperty(name="Start", default=1, min=0, description="First frame to render")
+    anim_frame_end: IntProperty(name="End", default=48, min=0, description="Last frame to render")
+    anim_camera: PointerProperty(name="Camera", type=bpy.types.Object, poll=_is_camera,
+                                 description="Camera whose shot is re-styled (empty: the scene's camera)")
+    anim_attention: EnumProperty(name="Attention", items=ANIMATION_ATTENTION_ITEMS, default="tma",
+                                 description="Which frames each frame looks at while denoising")
+    keyframes: EnumProperty(name="Anchor Frames", items=KEYFRAME_ITEMS, default="first",
+                            description="The frames Keyframes attention attends to")
+    momentum: FloatProperty(name="Momentum", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
+                            description="TMA: 0 is plain self-attention, 1 attends to the first frame only")
+    chunk: IntProperty(name="Chunk Size", default=16, min=1, max=10000, soft_max=64,
+                       description="Frames per model batch (fewer: less memory; the result is the same)")
+    background_noise: EnumProperty(name="Background Noise", items=BACKGROUND_NOISE_ITEMS, default="auto",
+                                   description="How the noise off the target objects moves over the frames")
+    anim_sync_strength: FloatProperty(name="Sync Strength", default=0.9, min=0.0, max=1.0, subtype="FACTOR",
+                                      description="Fuse the objects' frames through their UVs at every step "
+                                                  "(below 1 lets lighting change; 0: off)")
+    background_sync: FloatProperty(name="Background Sync", default=0.9, min=0.0, max=1.0, subtype="FACTOR",
+                                   description="Carry the background along the motion vectors into the next "
+                                               "frame at every step (0: off)")
+    pixel_sync: FloatProperty(name="Pixel Sync", default=0.0, min=0.0, max=1.0, subtype="FACTOR",
+                              description="Carry the finished frames into the next one in pixels (0: off)")
+    frames_folder: StringProperty(name="Frames", default="//zs_frames/", subtype="DIR_PATH",
+                                  description="Folder for the generated frames (// is next to the .blend; an "
+                                              "unsaved file uses a temporary folder)")
+
     # The last job, for the panel (written by the Generate operator). Whether a job is
     # running is not stored here: a saved file would keep claiming it (see operators.jobs).
     status: StringProperty(name="Status", default="")
@@ -101,8 +160,11 @@ class ZS_Settings(bpy.types.PropertyGroup):
 
 
 def build_request(settings) -> Request:
-    """The scene settings -> a validated texture :class:`Request` (raises ProtocolError
-    naming the field). ``settings`` is a ZS_Settings (or anything with its attributes)."""
+    """The scene settings -> a validated :class:`Request` of the mode's kind (raises
+    ProtocolError naming the field). ``settings`` is a ZS_Settings (or anything with its
+    attributes)."""
+    if getattr(settings, "mode", "TEXTURE") == "ANIMATION":
+        return build_animation_request(settings)
     return Request(
         prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,
@@ -117,6 +179,38 @@ def build_request(settings) -> Request:
         sync_strength=float(settings.sync_strength) if settings.use_sync else 0.0,
         texture_size=int(settings.texture_size),
     ).validate()
+
+
+
+def build_animation_request(settings) -> Request:
+    """The scene settings -> a validated animation :class:`Request` (the Attention choices
+    are the animation ones already)."""
+    return Request(
+        prompt=settings.prompt,
+        negative_prompt=settings.negative_prompt,
+        kind="animation",
+        seed=int(settings.seed),
+        steps=int(settings.steps),
+        guidance_scale=float(settings.guidance),
+        scheduler=settings.scheduler,
+        controlnet_scale=float(settings.controlnet_scale),
+        noise=settings.noise,
+        background_noise=settings.background_noise,
+        attention=settings.anim_attention,
+        keyframes=settings.keyframes,
+        momentum=float(settings.momentum),
+        chunk=int(settings.chunk),
+        sync_strength=float(settings.anim_sync_strength),
+        background_sync=float(settings.background_sync),
+        pixel_sync=float(settings.pixel_sync),
+    ).validate()
+
+
+def animation_frames(settings, scene) -> tuple[int, int]:
+    """(first, last) frame to render: the scene's range, or the settings' own."""
+    if settings.use_scene_range:
+        return scene.frame_start, scene.frame_end
+    return settings.anim_frame_start, settings.anim_frame_end
 
 
 classes = (ZS_Settings,)

@@ -1,14 +1,19 @@
 """The "ZS" tab of the 3D Viewport sidebar. Draw only: every action is an operator.
 
-Main panel: server status (Connect / Start), prompt, seed and sampling knobs, views,
-texture output, Generate / Cancel and the job's progress. Sub-panels: Method (noise,
-attention, scheduler, UV sync) and Output (texture size, UV map, folder).
+Main panel: server status (Connect / Start), the mode (Texture / Animation), prompt, seed
+and sampling knobs, the views (texture) or the frame range, camera and frame size
+(animation), Generate / Cancel and the job's progress. Sub-panels: Method (noise,
+attention, scheduler, UV sync; for an animation also background noise, anchor frames,
+momentum, chunk size, background and pixel sync) and Output (texture size, UV map and
+folder; for an animation the UV map and the frames folder).
 """
 
 from __future__ import annotations
 
 import bpy
 
+from . import animation, properties
+from .capture import CaptureError
 from .operators import jobs, server
 
 _STATUS_ICONS = {"online": "CHECKMARK", "offline": "CANCEL", "error": "ERROR", "checking": "SORTTIME",
@@ -47,6 +52,7 @@ class ZS_PT_main(bpy.types.Panel):
 
         column = layout.column()
         column.enabled = not running
+        column.row().prop(settings, "mode", expand=True)
         column.prop(settings, "prompt", text="", icon="TEXT")
         column.prop(settings, "negative_prompt", text="", icon="REMOVE")
         grid = column.grid_flow(columns=2, align=True)
@@ -55,16 +61,20 @@ class ZS_PT_main(bpy.types.Panel):
         grid.prop(settings, "guidance")
         grid.prop(settings, "controlnet_scale", text="ControlNet")
 
-        box = column.box()
-        box.prop(settings, "views_source")
-        if settings.views_source == "RIG":
-            row = box.row(align=True)
-            row.prop(settings, "rig_count")
-            row.prop(settings, "rig_elevation")
-            row = box.row(align=True)
-            row.prop(settings, "rig_top_view")
-            row.operator("zs.build_rig", text="Preview Rig", icon="OUTLINER_OB_CAMERA")
-        box.prop(settings, "view_resolution")
+        animating = settings.mode == "ANIMATION"
+        if animating:
+            _draw_shot(column.box(), context.scene, settings)
+        else:
+            box = column.box()
+            box.prop(settings, "views_source")
+            if settings.views_source == "RIG":
+                row = box.row(align=True)
+                row.prop(settings, "rig_count")
+                row.prop(settings, "rig_elevation")
+                row = box.row(align=True)
+                row.prop(settings, "rig_top_view")
+                row.operator("zs.build_rig", text="Preview Rig", icon="OUTLINER_OB_CAMERA")
+            box.prop(settings, "view_resolution")
 
         if running:
             row = layout.row(align=True)
@@ -74,7 +84,8 @@ class ZS_PT_main(bpy.types.Panel):
         else:
             row = layout.row()
             row.scale_y = 1.4
-            row.operator("zs.generate", icon="SHADING_TEXTURE")
+            row.operator("zs.generate", text="Generate Animation" if animating else "Generate Texture",
+                         icon="RENDER_ANIMATION" if animating else "SHADING_TEXTURE")
             if settings.status:
                 layout.label(text=settings.status)
         if settings.job_id:
@@ -97,6 +108,20 @@ class ZS_PT_method(bpy.types.Panel):
         layout.use_property_split = True
         settings = context.scene.zs_texturing
         layout.enabled = not _running()
+        if settings.mode == "ANIMATION":
+            layout.prop(settings, "noise")
+            layout.prop(settings, "background_noise")
+            layout.prop(settings, "anim_attention")
+            if settings.anim_attention == "keyframes":
+                layout.prop(settings, "keyframes")
+            elif settings.anim_attention == "tma":
+                layout.prop(settings, "momentum")
+            layout.prop(settings, "chunk")
+            layout.prop(settings, "scheduler")
+            layout.prop(settings, "anim_sync_strength")
+            layout.prop(settings, "background_sync")
+            layout.prop(settings, "pixel_sync")
+            return
         layout.prop(settings, "noise")
         layout.prop(settings, "attention")
         layout.prop(settings, "scheduler")
@@ -119,10 +144,37 @@ class ZS_PT_output(bpy.types.Panel):
         layout.use_property_split = True
         settings = context.scene.zs_texturing
         layout.enabled = not _running()
+        if settings.mode == "ANIMATION":
+            layout.prop(settings, "uv_map", icon="GROUP_UVS")
+            layout.prop(settings, "frames_folder")
+            return
         layout.prop(settings, "texture_size")
         layout.prop(settings, "uv_map", icon="GROUP_UVS")
         layout.prop(settings, "smart_uv")
         layout.prop(settings, "output_folder")
+
+
+def _draw_shot(box, scene, settings) -> None:
+    """Animation mode: frame range, camera, frame size (the scene's output size)."""
+    box.prop(settings, "use_scene_range")
+    row = box.row(align=True)
+    if settings.use_scene_range:  # the scene's own range, edited in place
+        row.prop(scene, "frame_start", text="Start")
+        row.prop(scene, "frame_end", text="End")
+    else:
+        row.prop(settings, "anim_frame_start")
+        row.prop(settings, "anim_frame_end")
+    box.prop(settings, "anim_camera", icon="OUTLINER_OB_CAMERA")
+    if settings.anim_camera is None:
+        camera = scene.camera
+        box.label(text=f"Scene camera: {camera.name}" if camera else "No scene camera: add one or pick one",
+                  icon="INFO" if camera else "ERROR")
+    try:
+        width, height = animation.frame_size(scene)
+        first, last = properties.animation_frames(settings, scene)
+        box.label(text=f"{last - first + 1} frames of {width}x{height} (the scene's output size)")
+    except CaptureError as exc:
+        box.label(text=str(exc), icon="ERROR")
 
 
 def _running() -> bool:

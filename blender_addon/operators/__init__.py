@@ -1,4 +1,5 @@
-"""The add-on's operators (``zs.*``): build rig, generate (modal), cancel, apply, server.
+"""The add-on's operators (``zs.*``): build rig, generate (modal), cancel, apply a texture,
+load animation frames, server.
 
 ``classes`` gathers every module's classes in registration order (PropertyGroups used
 by operator properties come first: apply.py lists ZS_ObjectUV before its operator).
@@ -6,6 +7,7 @@ by operator properties come first: apply.py lists ZS_ObjectUV before its operato
 
 from __future__ import annotations
 
-from . import apply, cancel, generate, rig, server
+from . import animation, apply, cancel, generate, rig, server
 
-classes = (*apply.classes, *rig.classes, *generate.classes, *cancel.classes, *server.classes)
+classes = (*apply.classes, *animation.classes, *rig.classes, *generate.classes, *cancel.classes,
+           *server.classes)

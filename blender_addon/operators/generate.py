@@ -1,19 +1,25 @@
-"""Generate: capture the passes, run the job on the server, apply the texture.
+"""Generate: capture the passes, run the job on the server, apply the result.
 
 Main thread (Blender): check the settings, the server and the token; render the passes
-(:func:`passes.render_passes`, texel maps at the texture size). Worker thread
-(:class:`jobs.RemoteJob`): upload, follow the events, download ``texture.png``. The main
-thread polls the worker from a modal operator's timer, writes progress into the scene
-settings, the status bar and the "ZS Preview" image, and on success applies the texture
-through ``zs.apply_result`` (one undo step, new materials, originals untouched).
+(texture mode: :func:`passes.render_passes` of the views, texel maps at the texture size;
+animation mode: :func:`passes.render_frame_passes` of the camera over the frame range,
+with the vector pass). Worker thread (:class:`jobs.RemoteJob`): upload, follow the events,
+download the result (``texture.png``; an animation's frames). The main thread polls the
+worker from a modal operator's timer, writes progress into the scene settings, the status
+bar and the "ZS Preview" image, and on success applies the texture through
+``zs.apply_result`` (one undo step, new materials, originals untouched), or loads the
+frames through ``zs.load_animation`` (one undo step: a new image sequence as the camera's
+background image and a new Video Sequencer strip).
 
-The scene is left as it was unless the texture is applied: orbit-rig cameras are
+The scene is left as it was unless the result is applied: orbit-rig cameras are
 temporary (built for the capture and removed right after), and a Smart UV map Generate
 added is removed again when the job fails or is cancelled. Server down and a rejected
-token are found before anything is rendered.
+token are found before anything is rendered; so are, for an animation, frames outside the
+scene's range, a missing camera and objects without the UV map surface noise needs.
 
-:class:`GenerateSession` is the whole flow without the operator, so it can be driven
-without a window (tests, ``blender -b``): ``start()`` then ``poll()`` until finished.
+:class:`GenerateSession` (texture) and :class:`AnimationSession` are the whole flow
+without the operator, so it can be driven without a window (tests, ``blender -b``):
+:func:`session_for` picks one by the mode, ``start()`` then ``poll()`` until finished.
 """
 
 from __future__ import annotations
@@ -26,11 +32,11 @@ from pathlib import Path
 
 import bpy
 
-from .. import capture, passes, preferences, rig
+from .. import animation, capture, passes, preferences, rig
 from ..capture import CaptureError
 from ..client import Client, ServerError
-from ..properties import build_request
-from ..wire import PROTOCOL_VERSION, ProtocolError
+from ..properties import animation_frames, build_request
+from ..wire import PROTOCOL_VERSION, ProtocolError, protocol
 from . import jobs, preview
 
 TEMPORARY_RIG = "ZS Rig (temporary)"
@@ -111,23 +117,16 @@ class GenerateSession:
             request = build_request(settings)
         except ProtocolError as exc:
             raise GenerateError(f"invalid setting {exc}") from None
-        size = int(settings.view_resolution)
-        if size % 8:
-            raise GenerateError(f"View Size must be a multiple of 8 (the model works on 8x8 blocks), "
-                                f"got {size}; try {max(8, size // 8 * 8)}")
         try:
-            objects = capture.target_objects(context)
+            plan = self._plan(context, settings, request)  # every check; nothing changes yet
         except CaptureError as exc:
             raise GenerateError(str(exc)) from None
-        cameras = self._cameras(context, settings)  # validated before the network checks
         if jobs.active() is not None and jobs.active().alive:
             raise GenerateError("a ZS job is already running; wait for it or cancel it")
         self._preflight()
-        self._set_status(f"Rendering {len(cameras) if cameras else int(settings.rig_count) + settings.rig_top_view}"
-                         f" views", 0.0)
+        self._set_status(plan["status"], 0.0)
         try:
-            uv_maps = self._uv_maps(objects, settings)
-            passes_ = self._capture(context, objects, cameras, uv_maps, size, request.texture_size)
+            passes_ = self._render(context, settings, request, plan)
             npz = passes_.to_npz_bytes()
         except (CaptureError, ProtocolError) as exc:
             self._changes.revert()
@@ -137,10 +136,8 @@ class GenerateSession:
             self._changes.revert()
             self._set_status("")
             raise
-        self.objects = [obj.name for obj in objects]
-        self.uv_maps = {obj.name: uv_maps[obj] for obj in objects}
         self.views = passes_.views
-        self.job = jobs.RemoteJob(self.client, request.to_dict(), npz, self._download)
+        self.job = jobs.RemoteJob(self.client, request.to_dict(), npz, self._result_folder(), result=self.RESULT)
         try:
             self.job.start()
         except RuntimeError as exc:
@@ -148,6 +145,31 @@ class GenerateSession:
             raise GenerateError(str(exc)) from None
         self._set_status("Uploading", 0.0, job_id="")
         return self
+
+    # The texture flow's steps (AnimationSession overrides them).
+    RESULT: str | None = jobs.TEXTURE_FILE  # what the worker downloads (None: the whole result)
+
+    def _plan(self, context, settings, request) -> dict:
+        """Check what the capture needs -> what it renders ("status": what the panel says)."""
+        size = int(settings.view_resolution)
+        if size % 8:
+            raise GenerateError(f"View Size must be a multiple of 8 (the model works on 8x8 blocks), "
+                                f"got {size}; try {max(8, size // 8 * 8)}")
+        objects = capture.target_objects(context)
+        cameras = self._cameras(context, settings)  # validated before the network checks
+        count = len(cameras) if cameras else int(settings.rig_count) + settings.rig_top_view
+        return {"size": size, "objects": objects, "cameras": cameras, "status": f"Rendering {count} views"}
+
+    def _render(self, context, settings, request, plan):
+        objects = plan["objects"]
+        uv_maps = self._uv_maps(objects, settings)
+        passes_ = self._capture(context, objects, plan["cameras"], uv_maps, plan["size"], request.texture_size)
+        self.objects = [obj.name for obj in objects]
+        self.uv_maps = {obj.name: uv_maps[obj] for obj in objects}
+        return passes_
+
+    def _result_folder(self) -> Path:
+        return self._download
 
     def _cameras(self, context, settings) -> list[bpy.types.Object] | None:
         """The selected cameras (by name), or None for the orbit rig (built at capture)."""
@@ -163,9 +185,9 @@ class GenerateSession:
         quick = Client(self.client.url, self.client.token, timeout=PREFLIGHT_TIMEOUT)
         try:
             health = quick.health()
-            protocol = health.get("protocol")
-            if protocol is not None and protocol != PROTOCOL_VERSION:
-                raise GenerateError(f"the server at {self.client.url} speaks protocol {protocol}, this add-on "
+            spoken = health.get("protocol")
+            if spoken is not None and spoken != PROTOCOL_VERSION:
+                raise GenerateError(f"the server at {self.client.url} speaks protocol {spoken}, this add-on "
                                     f"{PROTOCOL_VERSION}; update the one that is older")
             quick.models()  # needs the token: a wrong one is a 401 now, not after the render
         except ServerError as exc:
@@ -257,7 +279,7 @@ class GenerateSession:
         items = [{"name": name, "uv_map": self.uv_maps[name]} for name in self.objects]
         settings = self.settings
         folder = output_folder(settings.output_folder) if settings is not None else None
-        result = bpy.ops.zs.apply_result(filepath=str(self.job.texture_path), objects=items,
+        result = bpy.ops.zs.apply_result(filepath=str(self.job.result_path), objects=items,
                                          folder=str(folder) if folder else "")
         self.applied = "FINISHED" in result
         if self.applied:
@@ -279,6 +301,84 @@ class GenerateSession:
             settings.progress = min(max(float(progress), 0.0), 1.0)
         if job_id is not None:
             settings.job_id = job_id or ""
+
+
+class AnimationSession(GenerateSession):
+    """Generate in Animation mode: the camera's shot over the frame range.
+
+    Checks (before anything renders): frames inside the scene's range, the camera (the
+    setting, else the scene's) in the scene, the target meshes (the selected ones, else
+    every mesh that renders) with the UV map surface noise / UV sync need. The whole result
+    is downloaded into a new folder under the Frames setting (``//zs_frames/<name>``; a
+    temporary folder for an unsaved file), and ``apply()`` loads the frames with
+    ``zs.load_animation`` (one undo step). A job that fails or is cancelled leaves no folder.
+    """
+
+    RESULT = None  # the whole result: frames/, metrics.json, contact_sheet.png ...
+    NAME = "ZS Animation"
+
+    def __init__(self, scene: bpy.types.Scene, client: Client):
+        super().__init__(scene, client)
+        self.camera_name = ""
+        self.frames: list[int] = []
+        self.out_dir: Path | None = None
+
+    def _plan(self, context, settings, request) -> dict:
+        scene = self.scene
+        frames = animation.frame_list(animation_frames(settings, scene), scene)
+        camera = animation.scene_camera(scene, settings.anim_camera)
+        try:
+            objects = capture.target_objects(context)
+        except CaptureError:  # nothing selected: every mesh that renders is a target
+            objects = animation.scene_meshes(scene)
+        uv_map = settings.uv_map.strip() or None
+        with_uv = animation.check_targets(objects, uv_map, animation.needs_uv(request))
+        width, height = animation.frame_size(scene)
+        return {"frames": frames, "camera": camera, "objects": objects, "uv_map": uv_map, "with_uv": with_uv,
+                "size": (width, height), "status": f"Rendering {len(frames)} frames of {width}x{height}"}
+
+    def _render(self, context, settings, request, plan):
+        width, height = plan["size"]
+        passes_ = passes.render_frame_passes(context.scene, plan["camera"], plan["objects"], plan["frames"],
+                                             width, height, uv_map=plan["uv_map"], with_vector=True,
+                                             with_uv=plan["with_uv"])
+        self.camera_name = plan["camera"].name
+        self.frames = plan["frames"]
+        self.objects = [obj.name for obj in plan["objects"]]
+        self.out_dir = animation.new_out_dir(output_folder(settings.frames_folder), self.NAME)
+        return passes_
+
+    def _result_folder(self) -> Path:
+        return self.out_dir
+
+    @property
+    def frames_dir(self) -> Path | None:
+        return None if self.out_dir is None else self.out_dir / Path(protocol.FRAME_PNG).parent
+
+    def apply(self) -> set:
+        """Load the downloaded frames with ``zs.load_animation`` -> the operator's result."""
+        result = bpy.ops.zs.load_animation(directory=str(self.frames_dir), frame_start=self.frames[0],
+                                           frame_count=len(self.frames), camera=self.camera_name,
+                                           scene=self.scene_name, name=self.NAME)
+        self.applied = "FINISHED" in result
+        if self.applied:
+            self._set_status(f"Done: {len(self.frames)} frames from frame {self.frames[0]} "
+                             f"(camera background, Video Sequencer)", 1.0)
+        return result
+
+    def close(self) -> None:
+        """As for a texture; also remove the new frames folder unless the job finished
+        (finished frames stay, so they can be loaded by hand if loading failed)."""
+        super().close()
+        if self.out_dir is not None and (self.job is None or self.job.state != "done"):
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+
+
+def session_for(scene: bpy.types.Scene, client: Client) -> GenerateSession:
+    """The session of the scene settings' mode: texture or animation."""
+    settings = scene.zs_texturing
+    cls = AnimationSession if settings.mode == "ANIMATION" else GenerateSession
+    return cls(scene, client)
 
 
 def output_folder(text: str) -> Path | None:
@@ -304,10 +404,10 @@ def run_blocking(session: GenerateSession, timeout: float | None = None) -> str:
 
 
 class ZS_OT_generate(bpy.types.Operator):
-    """Render the views, generate a texture on the ZS server and apply it as new materials"""
+    """Render the passes and generate on the ZS server: a texture applied as new materials, or (Animation mode) frames loaded as an image sequence"""
 
     bl_idname = "zs.generate"
-    bl_label = "Generate Texture"
+    bl_label = "Generate"
     # No UNDO here: the apply at the end is its own undo step (zs.apply_result), and a
     # redo of this operator would re-run the whole job.
     bl_options = {"REGISTER"}
@@ -371,7 +471,7 @@ class ZS_OT_generate(bpy.types.Operator):
 
     def _start(self, context) -> bool:
         try:
-            self._session = GenerateSession(context.scene, client_from_preferences(context)).start(context)
+            self._session = session_for(context.scene, client_from_preferences(context)).start(context)
         except (GenerateError, ServerError) as exc:
             self._session = None
             self.report({"ERROR"}, str(exc))

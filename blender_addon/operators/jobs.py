@@ -2,14 +2,16 @@
 
 Blender's UI must never wait on the network, and bpy may only be touched from the main
 thread. So a :class:`RemoteJob` submits, follows the server-sent events and downloads
-the texture on its own thread, and reports through a queue; the main thread calls
-:meth:`RemoteJob.poll` (from a modal operator's timer) to drain it and act in Blender.
+the result (the texture, or every output of an animation) on its own thread, and reports
+through a queue; the main thread calls :meth:`RemoteJob.poll` (from a modal operator's
+timer) to drain it and act in Blender.
 
 Messages (drained by ``poll``), as tuples:
     ("submitted", job_id)
     ("state", state)                       queued / running
     ("progress", step, total, preview_png) preview_png: PNG bytes or None
-    ("done", texture_path)                 the downloaded texture.png (a Path)
+    ("done", result_path)                  the downloaded file (texture.png), or the folder
+                                           the whole result was extracted into (a Path)
     ("failed", message)                    the job failed or the server could not be used
     ("cancelled",)
 
@@ -35,24 +37,28 @@ _active_lock = threading.Lock()
 
 class RemoteJob:
     """Submit ``request`` (a dict, ``Request.to_dict()``) with ``passes_npz`` to ``client``'s
-    server, follow it and download ``texture.png`` into ``folder`` on a worker thread.
+    server, follow it and download its ``result`` file (default ``texture.png``; None: the
+    whole result, e.g. an animation's ``frames/``) into ``folder`` on a worker thread.
 
     ``state`` (main-thread view, updated by :meth:`poll`): "starting", "queued",
     "running", then one of "done", "failed", "cancelled". ``step`` / ``total`` count
-    sampler steps; ``error`` is a user-facing message; ``texture_path`` is set when done.
+    sampler steps; ``error`` is a user-facing message; ``result_path`` (the file, or
+    ``folder`` for a whole result) is set when done.
     """
 
-    def __init__(self, client: Client, request: dict, passes_npz: bytes, folder: Path):
+    def __init__(self, client: Client, request: dict, passes_npz: bytes, folder: Path,
+                 result: str | None = TEXTURE_FILE):
         self.client = client
         self.request = request
         self.passes_npz = passes_npz
         self.folder = Path(folder)
+        self.result = result
         self.state = "starting"
         self.job_id: str | None = None
         self.step = 0
         self.total = int(request.get("steps", 0))
         self.error: str | None = None
-        self.texture_path: Path | None = None
+        self.result_path: Path | None = None
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._submitted = threading.Event()  # job_id is known to the worker thread
@@ -60,6 +66,11 @@ class RemoteJob:
         self._cancel_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------- main thread
+
+    @property
+    def texture_path(self) -> Path | None:
+        """The downloaded texture of a texture job (``result_path``)."""
+        return self.result_path
 
     def start(self) -> "RemoteJob":
         """Start the worker thread and make this the session's active job."""
@@ -86,7 +97,7 @@ class RemoteJob:
 
     def poll(self) -> list[tuple]:
         """Drain the worker's messages (never blocks) -> them, in order; ``state``,
-        ``step``, ``job_id``, ``error`` and ``texture_path`` are updated from them."""
+        ``step``, ``job_id``, ``error`` and ``result_path`` are updated from them."""
         messages = []
         while True:
             try:
@@ -102,7 +113,7 @@ class RemoteJob:
             elif kind == "progress":
                 self.state, self.step, self.total = "running", message[1], message[2]
             elif kind == "done":
-                self.state, self.texture_path = "done", message[1]
+                self.state, self.result_path = "done", message[1]
             elif kind == "failed":
                 self.state, self.error = "failed", message[1]
             elif kind == "cancelled":
@@ -147,7 +158,10 @@ class RemoteJob:
                                      _preview_bytes(data)))
                 elif name == "done":
                     self.folder.mkdir(parents=True, exist_ok=True)
-                    path = self.client.download_file(job_id, TEXTURE_FILE, self.folder / TEXTURE_FILE)
+                    if self.result is None:
+                        path = self.client.download_result(job_id, self.folder)
+                    else:
+                        path = self.client.download_file(job_id, self.result, self.folder / self.result)
                     self._queue.put(("done", Path(path)))
                     return
                 elif name == "failed":

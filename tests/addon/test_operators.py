@@ -19,9 +19,9 @@ import pytest
 
 import addon_utils
 import bpy
-from addon_helpers import add_camera, add_monkey
+from addon_helpers import add_camera, add_monkey, moving_cube_shot
 from blender_addon.client import Client
-from zs_server_helpers import ServerThread, free_port, make_settings
+from zs_server_helpers import free_port
 
 import blender_addon
 from blender_addon import preferences, properties, rig
@@ -32,12 +32,6 @@ RING = [(4.0, 0.0, 1.0), (0.0, 4.0, 1.0), (-4.0, 0.0, 1.0), (0.0, -4.0, 1.0)]
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def server(tiny, tmp_path_factory):
-    with ServerThread(make_settings(tmp_path_factory.mktemp("zs-data")), tiny) as running:
-        yield running
 
 
 @pytest.fixture
@@ -555,3 +549,178 @@ def test_start_button_reports_a_server_that_exits(addon, monkeypatch):
     assert server_ops.STATUS.state == "offline"
     assert "exited (code 3): no model here" in server_ops.STATUS.message
     assert not server_ops.started_here() and bpy.ops.zs.start_server.poll()
+
+
+# -------------------------------------------------------------------------- animation
+
+
+def shot_scene():
+    """The moving cube over frames 1-4 (64x64 output) in the add-on fixture's fresh scene,
+    Animation mode, 2 steps, 2 frames a chunk."""
+    scene, cube, camera = moving_cube_shot(frames=4, size=SIZE, reset=False)
+    settings = scene.zs_texturing
+    settings.mode, settings.prompt, settings.steps, settings.chunk = "ANIMATION", "a tin toy", STEPS, 2
+    return scene, cube, camera, settings
+
+
+def shot_snapshot(scene) -> dict:
+    """snapshot() plus what loading frames adds: strips and camera background images."""
+    state = snapshot()
+    editor = scene.sequence_editor
+    state["strips"] = sorted(strip.name for strip in editor.strips) if editor is not None else []
+    state["backgrounds"] = {camera.name: len(camera.background_images) for camera in bpy.data.cameras}
+    return state
+
+
+def test_animation_settings_become_a_valid_request(addon):
+    settings = bpy.context.scene.zs_texturing
+    settings.mode = "ANIMATION"
+    settings.prompt, settings.seed, settings.noise, settings.background_noise = "ink", 4, "fixed", "dependency"
+    settings.anim_attention, settings.keyframes, settings.momentum, settings.chunk = "keyframes", "middle", 0.2, 5
+    settings.anim_sync_strength, settings.background_sync, settings.pixel_sync = 0.8, 0.6, 0.3
+    request = properties.build_request(settings)
+    assert (request.kind, request.prompt, request.seed, request.noise) == ("animation", "ink", 4, "fixed")
+    assert (request.background_noise, request.attention, request.keyframes, request.chunk) == \
+        ("dependency", "keyframes", "middle", 5)
+    assert (request.momentum, request.sync_strength, request.background_sync, request.pixel_sync) == \
+        pytest.approx((0.2, 0.8, 0.6, 0.3))
+    assert [item[0] for item in properties.ANIMATION_ATTENTION_ITEMS] == ["self", "keyframes", "tma"]
+    from blender_addon.wire import protocol
+
+    assert [item[0] for item in properties.BACKGROUND_NOISE_ITEMS] == list(protocol.BACKGROUND_NOISE_MODES)
+    assert [item[0] for item in properties.KEYFRAME_ITEMS] == list(protocol.KEYFRAME_POLICIES)
+    settings.mode = "TEXTURE"
+    assert properties.build_request(settings).kind == "texture"
+
+
+def test_panels_in_animation_mode_draw_the_shot_and_the_animation_method(addon):
+    from blender_addon import ui
+
+    settings = bpy.context.scene.zs_texturing
+    settings.mode = "ANIMATION"
+    for use_scene_range, attention in ((True, "tma"), (False, "keyframes")):
+        settings.use_scene_range, settings.anim_attention = use_scene_range, attention
+        main, method, output = RecordingLayout(), RecordingLayout(), RecordingLayout()
+        ui.ZS_PT_main.draw(type("Panel", (), {"layout": main})(), bpy.context)
+        ui.ZS_PT_method.draw(type("Panel", (), {"layout": method})(), bpy.context)
+        ui.ZS_PT_output.draw(type("Panel", (), {"layout": output})(), bpy.context)
+        assert {"mode", "prompt", "use_scene_range", "anim_camera"} <= set(main.props)
+        assert not {"views_source", "view_resolution", "rig_count"} & set(main.props)
+        range_props = {"frame_start", "frame_end"} if use_scene_range else {"anim_frame_start", "anim_frame_end"}
+        assert range_props <= set(main.props)
+        assert "No scene camera: add one or pick one" in main.labels  # the empty scene has none
+        assert "zs.generate" in main.operators
+        expected = ["noise", "background_noise", "anim_attention", "momentum" if attention == "tma" else "keyframes",
+                    "chunk", "scheduler", "anim_sync_strength", "background_sync", "pixel_sync"]
+        assert method.props == expected
+        assert output.props == ["uv_map", "frames_folder"]
+
+
+def test_generate_in_animation_mode_loads_the_frames(connected, server, tmp_path):
+    scene, cube, camera, settings = shot_scene()
+    settings.frames_folder = str(tmp_path / "frames")
+    started = time.perf_counter()
+    assert bpy.ops.zs.generate() == {"FINISHED"}
+    elapsed = time.perf_counter() - started
+
+    out = tmp_path / "frames" / "ZS_Animation"  # a new folder under the Frames setting
+    files = [out / "frames" / f"{index:04d}.png" for index in range(4)]
+    assert all(path.is_file() for path in files) and (out / "metrics.json").is_file()
+    (strip,) = scene.sequence_editor.strips
+    assert (strip.type, strip.frame_final_start, strip.frame_final_duration) == ("IMAGE", 1, 4)
+    assert Path(bpy.path.abspath(strip.directory)).resolve() == (out / "frames").resolve()
+    (background,) = camera.data.background_images
+    assert camera.data.show_background_images and background.image.source == "SEQUENCE"
+    assert Path(bpy.path.abspath(background.image.filepath)).resolve() == files[0].resolve()
+    assert [slot.material.name for slot in cube.material_slots] == ["Original"]
+    assert settings.status.startswith("Done: 4 frames") and settings.progress == pytest.approx(1.0)
+    assert Client(server.base_url, server.token).status(settings.job_id)["state"] == "done"
+    assert "ZS Preview" in bpy.data.images and jobs.active() is None
+    print(f"generate (animation): {elapsed:.2f} s for 4 frames of {SIZE}^2, {STEPS} steps")
+
+    # The load operator on its own: the same frames again, from frame 10, on the next free channel.
+    assert bpy.ops.zs.load_animation(directory=str(out / "frames"), frame_start=10) == {"FINISHED"}
+    strips = sorted(scene.sequence_editor.strips, key=lambda s: s.frame_final_start)
+    assert [(s.frame_final_start, s.frame_final_duration, s.channel) for s in strips] == [(1, 4, 1), (10, 4, 1)]
+    assert len(camera.data.background_images) == 2
+    with pytest.raises(RuntimeError, match="no frames"):
+        bpy.ops.zs.load_animation(directory=str(tmp_path))
+
+
+def test_animation_session_progress_per_step_and_one_undo_step(connected, server):
+    scene, _cube, camera, settings = shot_scene()
+    settings.steps = 3
+    session = generate.session_for(scene, generate.client_from_preferences(bpy.context))
+    assert isinstance(session, generate.AnimationSession)
+    driver = ModalDriver(session.start(bpy.context))
+    assert session.views == 4 and session.frames == [1, 2, 3, 4]
+    statuses, deadline = [], time.monotonic() + 120
+    bpy.ops.ed.undo_push(message="base")
+    bpy.ops.ed.undo_push(message="before load")
+    before = shot_snapshot(scene)
+    while (result := driver.send("TIMER")) == {"PASS_THROUGH"}:
+        statuses.append(settings.status)
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert result == {"FINISHED"}, driver.reports
+    steps = [status for status in statuses if status.startswith("Step")]
+    assert steps and set(steps) <= {"Step 1/3", "Step 2/3", "Step 3/3"} and steps == sorted(steps)
+    bpy.ops.ed.undo_push(message="Load ZS Frames")
+    after = shot_snapshot(scene)
+    assert after["strips"] == ["ZS Animation"] and after["backgrounds"]["Camera"] == 1
+    bpy.ops.ed.undo()
+    assert shot_snapshot(bpy.context.scene) == before
+    bpy.ops.ed.redo()
+    assert shot_snapshot(bpy.context.scene) == after
+
+
+def test_animation_mode_checks_frames_camera_and_uv_before_rendering(addon, monkeypatch):
+    addon.server_url = dead_url()  # the checks come before the server is asked
+    scene, cube, camera, settings = shot_scene()
+    renders = []
+    monkeypatch.setattr(generate.passes, "render_frame_passes", lambda *args, **kwargs: renders.append(args))
+    before = shot_snapshot(scene)
+    settings.use_scene_range, settings.anim_frame_start, settings.anim_frame_end = False, 3, 8
+    with pytest.raises(RuntimeError, match=r"frame\(s\) 5-8 are outside the frame range 1-4 of scene 'Scene'"):
+        bpy.ops.zs.generate()
+    settings.use_scene_range = True
+    scene.camera = None
+    with pytest.raises(RuntimeError, match="scene 'Scene' has no active camera"):
+        bpy.ops.zs.generate()
+    stray = bpy.data.objects.new("Stray", bpy.data.cameras.new("Stray"))
+    settings.anim_camera = stray
+    with pytest.raises(RuntimeError, match="camera 'Stray' is not in scene 'Scene'"):
+        bpy.ops.zs.generate()
+    settings.anim_camera = camera
+    uv = cube.data.uv_layers[0].name
+    cube.data.uv_layers.remove(cube.data.uv_layers[0])
+    with pytest.raises(RuntimeError, match="object 'Cube' has no UV map; surface noise"):
+        bpy.ops.zs.generate()
+    cube.data.uv_layers.new(name=uv)
+    with pytest.raises(RuntimeError, match="cannot reach the ZS server"):  # all checks passed: the server next
+        bpy.ops.zs.generate()
+    assert renders == []
+    settings.anim_camera = None
+    scene.camera = camera
+    bpy.data.objects.remove(stray)
+    bpy.data.cameras.remove(bpy.data.cameras["Stray"])
+    assert shot_snapshot(scene) == before
+
+
+def test_cancelled_animation_leaves_no_frames_folder(connected, server, tmp_path):
+    scene, _cube, camera, settings = shot_scene()
+    settings.steps, settings.frames_folder = 200, str(tmp_path)
+    before = shot_snapshot(scene)
+    session = generate.session_for(scene, generate.client_from_preferences(bpy.context)).start(bpy.context)
+    deadline = time.monotonic() + 60
+    while not (session.poll() == "running" and session.job.step >= 1):
+        assert time.monotonic() < deadline and not session.finished, session.error
+        time.sleep(0.02)
+    session.cancel()
+    assert run(session)[-1] == "cancelled"
+    assert session.job.wait(10)
+    session.close()
+    assert session.out_dir == tmp_path / "ZS_Animation" and not session.out_dir.exists()
+    state = shot_snapshot(scene)
+    state["images"].remove("ZS Preview")
+    assert state == before
