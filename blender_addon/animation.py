@@ -32,11 +32,8 @@ from .wire import protocol
 
 FRAMES_FOLDER = "zs_frames"  # next to the .blend: //zs_frames/<name>/frames/NNNN.png
 SIZE_RANGE = (64, 4096)  # frame width / height in pixels, multiples of 8
-# Cross-frame attention an animation job takes (zs_core.animation.ANIMATION_ATTENTION).
-ANIMATION_ATTENTION = ("self", "keyframes", "tma")
+ANIMATION_ATTENTION = protocol.ANIMATION_ATTENTION  # cross-frame attention an animation job takes
 MAX_CHANNEL = 128  # the Video Sequencer's channel count
-
-_RANGE_TEXT = re.compile(r"^\s*(-?\d+)\s*(?:(?:-|\.\.|:)\s*(-?\d+)\s*)?$")
 
 
 # ----------------------------------------------------------------------- frame range
@@ -45,14 +42,10 @@ _RANGE_TEXT = re.compile(r"^\s*(-?\d+)\s*(?:(?:-|\.\.|:)\s*(-?\d+)\s*)?$")
 def parse_frames(text: str) -> tuple[int, int]:
     """``"1-48"`` (also ``1..48``, ``1:48``) or ``"12"`` -> (first, last), both included.
     Raises :class:`CaptureError` naming the text."""
-    match = _RANGE_TEXT.match(str(text))
-    if match is None:
-        raise CaptureError(f"frames: {text!r} is not a frame range; write FIRST-LAST, e.g. 1-48")
-    first = int(match.group(1))
-    last = int(match.group(2)) if match.group(2) is not None else first
-    if last < first:
-        raise CaptureError(f"frames: {text!r} ends before it starts; write FIRST-LAST with FIRST <= LAST")
-    return first, last
+    try:
+        return protocol.parse_frame_range(text)
+    except protocol.ProtocolError as exc:
+        raise CaptureError(str(exc)) from None
 
 
 def range_text(first: int, last: int) -> str:

@@ -35,9 +35,8 @@ import torch
 
 from . import attention, geometry, images, metrics, noise, preview, sampler, sync, temporal
 from .models import Components
-from .protocol import CONTACT_SHEET_PNG, FRAME_PNG, METRICS_JSON, Passes, ProtocolError, Request
+from .protocol import ANIMATION_ATTENTION, CONTACT_SHEET_PNG, FRAME_PNG, METRICS_JSON, Passes, ProtocolError, Request
 
-ANIMATION_ATTENTION = ("self", "keyframes", "tma")
 MP4_NAME = "animation.mp4"
 PREVIEW_FRAMES = 8  # frames shown in a step preview and in the contact strip (evenly spaced, at most)
 

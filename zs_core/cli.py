@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import re
 import sys
 from pathlib import Path
 
-from .protocol import (ATTENTION_MODES, BACKGROUND_NOISE_MODES, KEYFRAME_POLICIES, NOISE_MODES, SCHEDULERS,
-                       ProtocolError, Request)
-
-ANIMATION_ATTENTION = ("self", "keyframes", "tma")  # zs_core.animation's; that module needs torch
+from .protocol import (ANIMATION_ATTENTION, ATTENTION_MODES, BACKGROUND_NOISE_MODES, KEYFRAME_POLICIES, NOISE_MODES,
+                       SCHEDULERS, ProtocolError, Request, parse_frame_range)
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser, *, steps: int, noise: str, attention: str,
@@ -237,19 +234,12 @@ def _print_blend_outputs(summary: dict) -> None:
           f"{', '.join(summary['materials'])}; the original materials are kept)", file=sys.stderr)
 
 
-_FRAMES = re.compile(r"^\s*(-?\d+)\s*(?:(?:-|\.\.|:)\s*(-?\d+)\s*)?$")
-
-
 def frame_range(text: str) -> tuple[int, int]:
     """argparse type of ``--frames``: ``FIRST-LAST`` (or a single frame) -> (first, last)."""
-    match = _FRAMES.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a frame range; write FIRST-LAST, e.g. 1-48")
-    first = int(match.group(1))
-    last = int(match.group(2)) if match.group(2) is not None else first
-    if last < first:
-        raise argparse.ArgumentTypeError(f"{text!r} ends before it starts; write FIRST-LAST with FIRST <= LAST")
-    return first, last
+    try:
+        return parse_frame_range(text)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("frames: ")) from None
 
 
 def _animation_fields(args: argparse.Namespace) -> dict:

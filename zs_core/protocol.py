@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -26,6 +27,7 @@ NOISE_MODES = ("iid", "fixed", "mixed", "progressive", "dependency", "surface")
 # along the vector pass when there is one, else dependency).
 BACKGROUND_NOISE_MODES = ("auto", "iid", "fixed", "mixed", "progressive", "dependency", "warped")
 ATTENTION_MODES = ("self", "extended", "neighbors", "keyframes", "tma")
+ANIMATION_ATTENTION = ("self", "keyframes", "tma")  # what an animation job takes
 KEYFRAME_POLICIES = ("first", "first_previous", "middle")
 LAYOUTS = ("views", "grid")
 SCHEDULERS = ("ddim", "dpmpp", "unipc")
@@ -45,6 +47,22 @@ class ProtocolError(ValueError):
     def __init__(self, field_name: str, message: str):
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
+
+
+_FRAME_RANGE = re.compile(r"^\s*(-?\d+)\s*(?:(?:-|\.\.|:)\s*(-?\d+)\s*)?$")
+
+
+def parse_frame_range(text: str) -> tuple[int, int]:
+    """``"1-48"`` (also ``1..48``, ``1:48``) or ``"12"`` -> (first, last), both included.
+    Raises :class:`ProtocolError` for ``frames`` naming the text."""
+    match = _FRAME_RANGE.match(str(text))
+    if match is None:
+        raise ProtocolError("frames", f"{text!r} is not a frame range; write FIRST-LAST, e.g. 1-48")
+    first = int(match.group(1))
+    last = int(match.group(2)) if match.group(2) is not None else first
+    if last < first:
+        raise ProtocolError("frames", f"{text!r} ends before it starts; write FIRST-LAST with FIRST <= LAST")
+    return first, last
 
 
 def _check(condition: bool, field_name: str, message: str) -> None:
