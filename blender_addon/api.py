@@ -132,7 +132,7 @@ class AnimationSettings:
     chunk: int = 16
     sync_strength: float = 0.9
     background_sync: float = 0.9
-    pixel_sync: float = 0.0
+    pixel_sync: float = 0.5
     width: int | None = None
     height: int | None = None
     uv_map: str | None = None  # None: each object's active render UV map
@@ -267,6 +267,8 @@ def animate(camera=None, objects=None, frames=None, settings: AnimationSettings 
     settings = settings or AnimationSettings()
     request = settings.request()
     scene = scene or bpy.context.scene
+    if "fps" not in settings.extra:
+        request.fps = scene.render.fps / scene.render.fps_base
     numbers = animation.frame_list(frames, scene)
     camera = animation.scene_camera(scene, camera)
     objects = animation.scene_meshes(scene) if objects is None else _resolve_objects(objects, "animate")

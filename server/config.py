@@ -112,7 +112,9 @@ def ensure_token_file(path: Path) -> str:
             return token
         path.unlink()
         return ensure_token_file(path)
-    token = secrets.token_urlsafe(32)
+    # Hex, not urlsafe base64: a token starting with "-" would read as an option in
+    # `--token TOKEN` on any command line.
+    token = secrets.token_hex(32)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
     return token

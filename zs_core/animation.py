@@ -355,12 +355,11 @@ def run_animation(
     progress: Callable[[sampler.StepProgress], None] | None = None,
     *,
     cancel: Callable[[], bool] | None = None,
-    fps: float = 24.0,
 ) -> dict:
     """Sample an animation job and write its outputs under ``out_dir``:
 
-    ``frames/NNNN.png`` (one per frame, 0-based), ``animation.mp4`` when imageio-ffmpeg is
-    installed, ``metrics.json`` (``temporal_warp_error``, ``latent_temporal_warp_error``,
+    ``frames/NNNN.png`` (one per frame, 0-based), ``animation.mp4`` at ``request.fps`` when
+    imageio-ffmpeg is installed, ``metrics.json`` (``temporal_warp_error``, ``latent_temporal_warp_error``,
     timings, attention memory stats, the request) and ``contact_sheet.png``. Returns the
     metrics dict. Input errors raise ProtocolError before any sampling.
     """
@@ -370,7 +369,7 @@ def run_animation(
     sampling_seconds = time.perf_counter() - started
     for index, image in enumerate(result.images):
         images.save_png(image, out_dir / FRAME_PNG.format(index=index))
-    mp4 = write_mp4(result.images, out_dir / MP4_NAME, fps=fps)
+    mp4 = write_mp4(result.images, out_dir / MP4_NAME, fps=request.fps)
     out = {
         "frames": passes.views,
         "height": passes.height,

@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--chunk", type=int, default=16, help="frames per model batch")
     method.add_argument("--background-sync", type=float, default=0.9,
                         help="background carried along the vector pass, 0 (off) to 1")
-    method.add_argument("--pixel-sync", type=float, default=0.0,
+    method.add_argument("--pixel-sync", type=float, default=0.5,
                         help="decoded frames carried frame to frame in pixels, 0 (off) to 1")
     animate.set_defaults(func=cmd_animate)
 

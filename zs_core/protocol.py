@@ -108,6 +108,7 @@ class Request:
     # Animation: decoded frames carried frame to frame in pixels (object through UV, the rest
     # along the vector pass), the share each frame takes from the previous (0: off).
     pixel_sync: float = 0.0
+    fps: float = 24.0  # animation: frame rate of the MP4 (the scene's, from Blender)
     texture_size: int = 1024
 
     _choices: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -135,6 +136,7 @@ class Request:
         "sync_strength": (0.0, 1.0),
         "background_sync": (0.0, 1.0),
         "pixel_sync": (0.0, 1.0),
+        "fps": (1.0, 1000.0),
         "sync_end": (0.0, 1.0),
         "sync_exponent_start": (0.0, 64.0),
         "sync_exponent_end": (0.0, 64.0),

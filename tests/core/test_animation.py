@@ -181,6 +181,19 @@ def test_run_animation_writes_frames_metrics_and_sheet(tiny, shot, tmp_path):
     assert (tmp_path / "contact_sheet.png").is_file()
 
 
+def test_mp4_holds_every_frame_at_the_requested_rate(tmp_path):
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    frames = np.random.default_rng(0).random((5, 64, 48, 3)).astype(np.float32)
+    path = animation.write_mp4(frames, tmp_path / "shot.mp4", fps=12.0)
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    assert meta["size"] == (48, 64) and meta["fps"] == 12.0
+    decoded = [np.frombuffer(chunk, np.uint8).reshape(64, 48, 3) for chunk in reader]
+    assert len(decoded) == 5
+    assert np.abs(decoded[2] / 255.0 - frames[2]).mean() < 0.25  # lossy, but this frame, not another
+    assert np.abs(decoded[2] / 255.0 - frames[3]).mean() > np.abs(decoded[2] / 255.0 - frames[2]).mean()
+
+
 def test_temporal_sync_lowers_the_latent_warp_error(tiny, shot):
     plain = animation.sample_frames(tiny, animation_request(), shot)
     synced = animation.sample_frames(tiny, animation_request(sync_strength=0.9, background_sync=0.9), shot)
