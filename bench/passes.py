@@ -1,7 +1,7 @@
 """Pass capture for 8 cameras at 512x512 vs a plain 1-sample Cycles render of the same cameras.
 
-Timed: ``blender_addon.passes.render_passes`` (five data passes written as EXRs, read back
-into numpy, camera matrices; no texel maps) against ``bpy.ops.render.render`` of the same
+Timed: ``blender_addon.passes.render_passes`` (five data passes written as three EXRs, read
+back into numpy, camera matrices; no texel maps) against ``bpy.ops.render.render`` of the same
 8 cameras at the same size with Cycles at 1 sample and no extra passes, measured in the
 same run, interleaved. Target: ratio < 1.5. Needs the ``bpy`` module (the test extra).
 """

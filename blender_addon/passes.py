@@ -3,8 +3,9 @@
 One Cycles render per view (or frame) at 1 sample with a ~0 pixel filter, so every pixel
 holds the surface hit by the ray through its centre: planar depth, world normal, UV of
 the chosen UV map, world position, object index (-> target mask) and, for animation,
-motion vectors. A temporary compositor writes them as 32-bit EXRs to a temporary folder;
-they are read back with ``bpy.data.images.load`` and the loaded images removed.
+motion vectors. A temporary compositor writes them as 32-bit EXRs to a temporary folder
+(a 3-component pass and a 1-component pass share an RGBA file: fewer files to write and
+load); they are read back with ``bpy.data.images.load`` and the loaded images removed.
 
 Texel maps (world position / normal per texel of the target UV map) come from Cycles
 bakes of a temporary frozen copy of each object, so the user's objects, meshes and
@@ -321,10 +322,38 @@ def _no_new_render_result() -> Iterator[None]:
                 bpy.data.images.remove(image)
 
 
+# Files a view's passes are written to: reading an EXR back costs about the same for any
+# channel count, so passes share RGBA files where they fit (alpha loaded channel-packed).
+PACKED_FILES: dict[str, tuple[str, str]] = {  # file -> (3-component pass in RGB, 1-component pass in A)
+    "PositionDepth": ("Position", "Depth"),
+    "NormalIndex": ("Normal", "Object Index"),
+}
+
+
+def file_layout(names: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Output file -> the passes it holds, in channel order (packed pairs, then the rest alone)."""
+    layout, packed = {}, set()
+    for file_name, pair in PACKED_FILES.items():
+        if all(name in names for name in pair):
+            layout[file_name] = pair
+            packed.update(pair)
+    layout.update({name: (name,) for name in names if name not in packed})
+    return layout
+
+
+def unpack_file(pixels: np.ndarray, held: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """One file's pixels (H, W, 4) -> pass name -> (H, W, C): a packed pair splits into RGB
+    and A; a single pass keeps every channel."""
+    if len(held) == 1:
+        return {held[0]: pixels}
+    return {held[0]: pixels[..., :3], held[1]: pixels[..., 3:4]}
+
+
 @contextlib.contextmanager
 def _pass_compositor(scene, view_layer, names: Sequence[str]) -> Iterator[bpy.types.Node]:
-    """A temporary compositor: render layers -> File Output (one 32-bit EXR per pass).
-    Yields the File Output node (set its ``directory`` per view); removed on exit."""
+    """A temporary compositor: render layers -> File Output (32-bit EXRs, see
+    :data:`PACKED_FILES`). Yields the File Output node (set its ``directory`` per view);
+    removed on exit."""
     tree = bpy.data.node_groups.new(capture.unique_name(bpy.data.node_groups, "ZS Passes"),
                                     "CompositorNodeTree")
     try:
@@ -336,11 +365,22 @@ def _pass_compositor(scene, view_layer, names: Sequence[str]) -> Iterator[bpy.ty
         output.format.file_format = "OPEN_EXR"
         output.format.color_depth = "32"
         output.format.exr_codec = "NONE"  # temporary files: speed over size
+        output.format.color_mode = "RGBA"
         output.save_as_render = False  # data, not colour: no view transform
         output.file_name = ""
-        for name in names:
-            output.file_output_items.new(RENDER_PASSES[name][0], name)
-            tree.links.new(layers.outputs[name], output.inputs[name])
+        for file_name, held in file_layout(names).items():
+            if len(held) == 1:
+                output.file_output_items.new(RENDER_PASSES[held[0]][0], file_name)
+                tree.links.new(layers.outputs[held[0]], output.inputs[file_name])
+                continue
+            split = tree.nodes.new("CompositorNodeSeparateColor")
+            join = tree.nodes.new("CompositorNodeCombineColor")
+            tree.links.new(layers.outputs[held[0]], split.inputs["Image"])
+            for channel in ("Red", "Green", "Blue"):
+                tree.links.new(split.outputs[channel], join.inputs[channel])
+            tree.links.new(layers.outputs[held[1]], join.inputs["Alpha"])
+            output.file_output_items.new("RGBA", file_name)
+            tree.links.new(join.outputs["Image"], output.inputs[file_name])
         scene.compositing_node_group = tree
         yield output
     finally:
@@ -354,7 +394,10 @@ def _render_view(scene, view_layer, output, folder: str, names: Sequence[str]) -
     result = bpy.ops.render.render(scene=scene.name, layer=view_layer.name)
     if "FINISHED" not in result:
         raise CaptureError(f"the pass render of camera {scene.camera.name!r} did not finish ({result})")
-    return {name: _read_exr(_pass_file(folder, name)) for name in names}
+    raw = {}
+    for file_name, held in file_layout(names).items():
+        raw.update(unpack_file(_read_exr(_pass_file(folder, file_name)), held))
+    return raw
 
 
 def _pass_file(folder: str, name: str) -> str:
@@ -371,6 +414,7 @@ def _read_exr(path: str) -> np.ndarray:
     image = bpy.data.images.load(path, check_existing=False)
     try:
         image.colorspace_settings.is_data = True  # raw values, no colour conversion
+        image.alpha_mode = "CHANNEL_PACKED"  # alpha is data too: never (un)premultiplied
         return capture.image_to_numpy(image)
     finally:
         bpy.data.images.remove(image)

@@ -368,6 +368,21 @@ def test_view_arrays_decodes_raw_pass_pixels():
     np.testing.assert_allclose(arrays["vector"][0, 0], (1.5, 2.0))  # [col, row], rows down
 
 
+def test_passes_share_files_in_pairs_and_unpack_to_their_channels():
+    names = ["Depth", "Normal", "UV", "Position", "Object Index"]
+    layout = passes.file_layout(names)
+    assert layout == {"PositionDepth": ("Position", "Depth"), "NormalIndex": ("Normal", "Object Index"),
+                      "UV": ("UV",)}
+    assert sorted(p for held in layout.values() for p in held) == sorted(names)
+    assert passes.file_layout(["Depth", "UV", "Normal"]) == {"Depth": ("Depth",), "UV": ("UV",),
+                                                              "Normal": ("Normal",)}  # no partner: alone
+    pixels = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    unpacked = passes.unpack_file(pixels, ("Position", "Depth"))
+    np.testing.assert_array_equal(unpacked["Position"], pixels[..., :3])
+    np.testing.assert_array_equal(unpacked["Depth"][..., 0], pixels[..., 3])
+    assert passes.unpack_file(pixels, ("Vector",))["Vector"] is pixels
+
+
 def test_capture_from_edit_mode_returns_to_edit_mode(scene):
     monkey = add_monkey()
     camera = add_camera(scene, "Cam", eye=(0.0, -5.0, 0.5))
