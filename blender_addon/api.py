@@ -45,10 +45,9 @@ Progress = Callable[[str, dict], None]
 
 
 @dataclass
-class TextureSettings:
-    """What to generate and how to capture it. Sampling fields map onto
-    ``protocol.Request`` (``guidance`` -> ``guidance_scale``; ``extra`` may set any other
-    Request field, e.g. ``{"control_end": 0.8}``); the rest drive the capture."""
+class _SamplingSettings:
+    """The sampling fields both jobs share; they map onto ``protocol.Request``
+    (``guidance`` -> ``guidance_scale``)."""
 
     prompt: str = ""
     negative_prompt: str = "blurry, low quality"
@@ -58,6 +57,18 @@ class TextureSettings:
     scheduler: str = "ddim"
     controlnet_scale: float = 1.0
     noise: str = "surface"
+    extra: dict[str, Any] = field(default_factory=dict)  # any other Request field
+
+    _SAMPLING_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler", "controlnet_scale",
+                        "noise")
+
+
+@dataclass
+class TextureSettings(_SamplingSettings):
+    """What to generate and how to capture it. Sampling fields map onto
+    ``protocol.Request`` (``guidance`` -> ``guidance_scale``; ``extra`` may set any other
+    Request field, e.g. ``{"control_end": 0.8}``); the rest drive the capture."""
+
     attention: str = "extended"
     sync_strength: float = 1.0
     texture_size: int = 1024  # texels per side of the baked texture
@@ -66,10 +77,8 @@ class TextureSettings:
     elevation: float = 20.0  # orbit rig elevation, degrees
     uv_map: str | None = None  # None: each object's active render UV map
     smart_uv: bool = False  # objects without that UV map get a new Smart UV Project map
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    _REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler",
-                       "controlnet_scale", "noise", "attention", "sync_strength", "texture_size")
+    _REQUEST_FIELDS = _SamplingSettings._SAMPLING_FIELDS + ("attention", "sync_strength", "texture_size")
 
     def request(self) -> Request:
         """The validated wire request (``ProtocolError`` names a bad field)."""
@@ -103,7 +112,7 @@ def _request(kind: str, settings, names: Sequence[str]) -> Request:
 
 
 @dataclass
-class AnimationSettings:
+class AnimationSettings(_SamplingSettings):
     """What to generate for an animation and how to capture it. Sampling fields map onto
     ``protocol.Request`` as in :class:`TextureSettings` (``extra`` sets any other field);
     ``width`` / ``height`` None take the scene's output size (rounded to multiples of 8).
@@ -117,14 +126,6 @@ class AnimationSettings:
     ``background_sync`` carries the background along the vector pass; ``pixel_sync``
     carries the decoded frames from frame to frame in pixels (0: off)."""
 
-    prompt: str = ""
-    negative_prompt: str = "blurry, low quality"
-    seed: int = 0
-    steps: int = 20
-    guidance: float = 7.5
-    scheduler: str = "ddim"
-    controlnet_scale: float = 1.0
-    noise: str = "surface"
     background_noise: str = "auto"
     attention: str = "tma"
     keyframes: str = "first"
@@ -136,11 +137,10 @@ class AnimationSettings:
     width: int | None = None
     height: int | None = None
     uv_map: str | None = None  # None: each object's active render UV map
-    extra: dict[str, Any] = field(default_factory=dict)
 
-    _REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler", "controlnet_scale",
-                       "noise", "background_noise", "attention", "keyframes", "momentum", "chunk", "sync_strength",
-                       "background_sync", "pixel_sync")
+    _REQUEST_FIELDS = _SamplingSettings._SAMPLING_FIELDS + (
+        "background_noise", "attention", "keyframes", "momentum", "chunk", "sync_strength", "background_sync",
+        "pixel_sync")
 
     def request(self) -> Request:
         """The validated wire request, kind "animation" (``ProtocolError`` names a bad field)."""

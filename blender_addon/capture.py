@@ -343,19 +343,26 @@ def preserved_render_settings(scene: bpy.types.Scene) -> Iterator[None]:
 
 @contextlib.contextmanager
 def preserved_selection(view_layer: bpy.types.ViewLayer) -> Iterator[None]:
-    """Record the selected objects and the active object of ``view_layer``; restore them."""
+    """Record the selected objects and the active object of ``view_layer``; restore them.
+
+    Restoring walks ``bpy.data.objects``, not ``view_layer.objects``: after a temporary
+    object is removed the layer's bases are stale until it resyncs, and touching a stale
+    base crashes Blender."""
     active = view_layer.objects.active
-    selected = {obj.as_pointer() for obj in view_layer.objects
-                if obj is not None and obj.select_get(view_layer=view_layer)}
+    members = {obj.as_pointer(): obj.select_get(view_layer=view_layer)
+               for obj in view_layer.objects if obj is not None}
     try:
         yield
     finally:
-        for obj in view_layer.objects:
-            if obj is None:  # a base of an object removed meanwhile (layer not resynced yet)
-                continue
-            wanted = obj.as_pointer() in selected
-            if obj.select_get(view_layer=view_layer) != wanted:
-                obj.select_set(wanted, view_layer=view_layer)
+        for obj in bpy.data.objects:
+            wanted = members.get(obj.as_pointer())
+            if wanted is None:
+                continue  # not in the layer before: made (and removed) inside the scope
+            try:
+                if obj.select_get(view_layer=view_layer) != wanted:
+                    obj.select_set(wanted, view_layer=view_layer)
+            except RuntimeError:
+                continue  # no longer in this view layer
         try:
             view_layer.objects.active = active
         except ReferenceError:

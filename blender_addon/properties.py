@@ -166,35 +166,34 @@ def build_request(settings) -> Request:
     if getattr(settings, "mode", "TEXTURE") == "ANIMATION":
         return build_animation_request(settings)
     return Request(
-        prompt=settings.prompt,
-        negative_prompt=settings.negative_prompt,
         kind="texture",
-        seed=int(settings.seed),
-        steps=int(settings.steps),
-        guidance_scale=float(settings.guidance),
-        scheduler=settings.scheduler,
-        controlnet_scale=float(settings.controlnet_scale),
-        noise=settings.noise,
+        **_sampling_fields(settings),
         attention=settings.attention,
         sync_strength=float(settings.sync_strength) if settings.use_sync else 0.0,
         texture_size=int(settings.texture_size),
     ).validate()
 
 
-
-def build_animation_request(settings) -> Request:
-    """The scene settings -> a validated animation :class:`Request` (the Attention choices
-    are the animation ones already)."""
-    return Request(
+def _sampling_fields(settings) -> dict:
+    """The request fields both modes share (prompt, seed, steps, guidance, noise ...)."""
+    return dict(
         prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,
-        kind="animation",
         seed=int(settings.seed),
         steps=int(settings.steps),
         guidance_scale=float(settings.guidance),
         scheduler=settings.scheduler,
         controlnet_scale=float(settings.controlnet_scale),
         noise=settings.noise,
+    )
+
+
+def build_animation_request(settings) -> Request:
+    """The scene settings -> a validated animation :class:`Request` (the Attention choices
+    are the animation ones already)."""
+    return Request(
+        kind="animation",
+        **_sampling_fields(settings),
         background_noise=settings.background_noise,
         attention=settings.anim_attention,
         keyframes=settings.keyframes,

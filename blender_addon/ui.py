@@ -20,12 +20,17 @@ _STATUS_ICONS = {"online": "CHECKMARK", "offline": "CANCEL", "error": "ERROR", "
                  "starting": "SORTTIME", "unknown": "QUESTION"}
 
 
-class ZS_PT_main(bpy.types.Panel):
-    bl_idname = "ZS_PT_main"
-    bl_label = "ZS Texturing"
+class _SidebarPanel:
+    """Where every ZS panel lives: the 3D View's sidebar, tab "ZS"."""
+
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "ZS"
+
+
+class ZS_PT_main(_SidebarPanel, bpy.types.Panel):
+    bl_idname = "ZS_PT_main"
+    bl_label = "ZS Texturing"
 
     @classmethod
     def poll(cls, context):
@@ -94,13 +99,10 @@ class ZS_PT_main(bpy.types.Panel):
             layout.label(text="Live preview: Image Editor > ZS Preview", icon="IMAGE_DATA")
 
 
-class ZS_PT_method(bpy.types.Panel):
+class ZS_PT_method(_SidebarPanel, bpy.types.Panel):
     bl_idname = "ZS_PT_method"
     bl_label = "Method"
     bl_parent_id = "ZS_PT_main"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "ZS"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
@@ -131,13 +133,10 @@ class ZS_PT_method(bpy.types.Panel):
         row.prop(settings, "sync_strength")
 
 
-class ZS_PT_output(bpy.types.Panel):
+class ZS_PT_output(_SidebarPanel, bpy.types.Panel):
     bl_idname = "ZS_PT_output"
     bl_label = "Output"
     bl_parent_id = "ZS_PT_main"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "ZS"
 
     def draw(self, context):
         layout = self.layout
