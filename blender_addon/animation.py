@@ -86,9 +86,12 @@ def frame_list(frames, scene: bpy.types.Scene) -> list[int]:
 # --------------------------------------------------------------------------- targets
 
 
-def scene_camera(scene: bpy.types.Scene, camera=None) -> bpy.types.Object:
+def scene_camera(scene: bpy.types.Scene, camera=None, frames: Sequence[int] | None = None) -> bpy.types.Object:
     """The camera to animate from: ``camera`` (an object or its name), else the scene's
-    active camera. It must be a camera object that is part of ``scene``."""
+    active camera. It must be a camera object that is part of ``scene`` and, over
+    ``frames`` (when given), render in every frame; the scene's camera must stay the same
+    one (timeline markers can switch it)."""
+    chosen = camera is not None
     if camera is None:
         camera = scene.camera
         if camera is None:
@@ -104,7 +107,43 @@ def scene_camera(scene: bpy.types.Scene, camera=None) -> bpy.types.Object:
     if scene.objects.get(camera.name) != camera:
         raise CaptureError(f"camera {camera.name!r} is not in scene {scene.name!r}; link it to the scene "
                            "or pick one of its cameras")
+    if frames:
+        _check_camera_over(scene, camera, list(frames), chosen)
     return camera
+
+
+def _check_camera_over(scene, camera, frames: list[int], chosen: bool) -> None:
+    """Step through ``frames`` (the scene's frame is restored): CaptureError when the
+    scene's camera switches (unless a camera was chosen) or ``camera`` is disabled in
+    renders in some of them."""
+    current = (scene.frame_current, scene.frame_subframe)
+    switched, hidden = {}, []
+    try:
+        for frame in frames:
+            scene.frame_set(frame)
+            if not chosen and scene.camera != camera:
+                switched.setdefault(getattr(scene.camera, "name", "no camera"), []).append(frame)
+            if camera.hide_render:
+                hidden.append(frame)
+    finally:
+        scene.frame_set(current[0], subframe=current[1])
+    if switched:
+        others = "; ".join(f"{name!r} in frame(s) {_frame_list_text(numbers)}" for name, numbers in switched.items())
+        raise CaptureError(f"the scene's camera changes during the shot (timeline markers): {camera.name!r} at the "
+                           f"start, {others}; name the camera to render")
+    if hidden:
+        raise CaptureError(f"camera {camera.name!r} is disabled in renders in frame(s) {_frame_list_text(hidden)} "
+                           "of the shot")
+
+
+def _frame_list_text(frames: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7"."""
+    runs, start = [], frames[0]
+    for previous, frame in zip(frames, frames[1:] + [None]):
+        if frame != previous + 1:
+            runs.append(range_text(start, previous))
+            start = frame
+    return ", ".join(runs)
 
 
 def scene_meshes(scene: bpy.types.Scene) -> list[bpy.types.Object]:

@@ -270,7 +270,7 @@ def animate(camera=None, objects=None, frames=None, settings: AnimationSettings 
     if "fps" not in settings.extra:
         request.fps = scene.render.fps / scene.render.fps_base
     numbers = animation.frame_list(frames, scene)
-    camera = animation.scene_camera(scene, camera)
+    camera = animation.scene_camera(scene, camera, numbers)
     objects = animation.scene_meshes(scene) if objects is None else _resolve_objects(objects, "animate")
     with_uv = animation.check_targets(objects, settings.uv_map, animation.needs_uv(request))
     width, height = animation.frame_size(scene, settings.width, settings.height)

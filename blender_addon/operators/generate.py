@@ -326,7 +326,7 @@ class AnimationSession(GenerateSession):
     def _plan(self, context, settings, request) -> dict:
         scene = self.scene
         frames = animation.frame_list(animation_frames(settings, scene), scene)
-        camera = animation.scene_camera(scene, settings.anim_camera)
+        camera = animation.scene_camera(scene, settings.anim_camera or None, frames)
         try:
             objects = capture.target_objects(context)
         except CaptureError:  # nothing selected: every mesh that renders is a target

@@ -17,7 +17,7 @@ from blender_addon import animation, api, batch, capture, passes
 from blender_addon.capture import CaptureError
 from blender_addon.client import Client, ServerError
 from blender_addon.wire import ProtocolError
-from blender_scenes import ORIGINAL_COLOUR
+from blender_scenes import add_camera, ORIGINAL_COLOUR
 from zs_core import images
 from zs_server_helpers import free_port
 
@@ -173,6 +173,27 @@ def test_bad_input_fails_before_rendering(shot, sampler, renders, tmp_path, serv
     bpy.data.cameras.remove(bpy.data.cameras["Stray Camera"])
     assert data_counts() == counts and (scene.sequence_editor is None or not scene.sequence_editor.strips)
     assert len(camera.data.background_images) == 0 and original_untouched(cube)
+
+
+def test_a_camera_that_switches_or_hides_during_the_shot_fails_before_rendering(shot, sampler, renders, tmp_path):
+    scene, cube, camera = shot
+    other = add_camera(scene, "Close Up", (0.0, -3.0, 1.0))
+    scene.timeline_markers.new("cut", frame=3).camera = other  # the scene's camera becomes "Close Up" at 3
+    scene.timeline_markers.new("start", frame=1).camera = camera
+    settings = api.AnimationSettings(**SMALL)
+    with pytest.raises(CaptureError, match=r"camera changes during the shot.*'Camera' at the start, "
+                                           r"'Close Up' in frame\(s\) 3-4; name the camera"):
+        api.animate(None, [cube], "1-4", settings, sampler=sampler, out_dir=tmp_path / "a")
+    camera.hide_render = True
+    camera.keyframe_insert("hide_render", frame=2)
+    camera.hide_render = False
+    camera.keyframe_insert("hide_render", frame=1)
+    camera.keyframe_insert("hide_render", frame=3)
+    with pytest.raises(CaptureError, match=r"camera 'Camera' is disabled in renders in frame\(s\) 2 of the shot"):
+        api.animate(camera, [cube], "1-4", settings, sampler=sampler, out_dir=tmp_path / "b")
+    assert renders == [] and sampler.requests == [] and scene.frame_current == 1
+    result = api.animate(camera, [cube], "3-4", settings, sampler=sampler, out_dir=tmp_path / "c")  # named: fine
+    assert len(result.frame_paths) == 2 and renders[0][1] == camera
 
 
 def test_objects_without_uv_go_without_the_uv_pass_when_nothing_needs_it(shot, sampler, tmp_path):
