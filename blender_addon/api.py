@@ -133,7 +133,7 @@ class AnimationSettings(_SamplingSettings):
     chunk: int = 16
     sync_strength: float = 0.9
     background_sync: float = 0.9
-    pixel_sync: float = 0.5
+    pixel_sync: float = 0.3
     width: int | None = None
     height: int | None = None
     uv_map: str | None = None  # None: each object's active render UV map

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -211,6 +212,38 @@ def build_demo_scene(path, subdivisions: int = 1) -> Path:
     return path
 
 
+def build_animated_demo_scene(path, frames: int = 16, size: int = 192) -> Path:
+    """The demo scene, animated: Suzanne slides across a floor and turns towards the camera
+    while the camera dollies in, over frames 1 .. ``frames`` at ``size`` x ``size``; saved
+    at ``path`` -> ``path``. Keyframes are linear, so the motion is even."""
+    build_demo_scene(path)
+    scene = bpy.context.scene
+    monkey = bpy.data.objects[DEMO_OBJECT]
+    bpy.ops.mesh.primitive_plane_add(size=30.0, location=(0.0, 0.0, -1.0))
+    bpy.context.active_object.name = "Floor"
+    camera = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+    scene.collection.objects.link(camera)
+    scene.camera = camera
+    camera.rotation_euler = (math.radians(80.0), 0.0, 0.0)
+    scene.frame_start, scene.frame_end = 1, frames
+    scene.render.resolution_x = scene.render.resolution_y = size
+    scene.render.resolution_percentage = 100
+    for frame, x, turn, distance in ((1, -0.8, -35.0, 7.5), (frames, 0.8, 35.0, 6.0)):
+        monkey.location.x = x
+        monkey.rotation_euler.z = math.radians(turn)
+        camera.location = (0.0, -distance, 0.3)
+        monkey.keyframe_insert("location", index=0, frame=frame)
+        monkey.keyframe_insert("rotation_euler", index=2, frame=frame)
+        camera.keyframe_insert("location", frame=frame)
+    for obj in (monkey, camera):
+        for curve in capture.object_fcurves(obj):
+            for key in curve.keyframe_points:
+                key.interpolation = "LINEAR"
+    scene.frame_set(1)
+    bpy.ops.wm.save_as_mainfile(filepath=str(Path(path).resolve()))
+    return Path(path).resolve()
+
+
 # ------------------------------------------------------------------------------ argv
 
 
@@ -343,5 +376,5 @@ def print_animation_summary(summary: dict, stream=None) -> None:
     print(f"metrics: {Path(summary['animated_blend']).parent / 'metrics.json'}", file=stream)
 
 
-__all__ = ["texture_blend", "animate_blend", "build_demo_scene", "main", "animate_main", "print_summary",
+__all__ = ["texture_blend", "animate_blend", "build_demo_scene", "build_animated_demo_scene", "main", "animate_main", "print_summary",
            "print_animation_summary"]

@@ -104,6 +104,18 @@ def camera_matrices(scene: bpy.types.Scene, camera: bpy.types.Object, width: int
     return np.linalg.inv(camera_to_world).astype(np.float32), projection.astype(np.float32)
 
 
+def object_fcurves(obj: bpy.types.Object) -> list:
+    """An object's F-curves: ``action.fcurves`` before Blender 5.0, the layered action's
+    channel bags from 5.0 on."""
+    action = obj.animation_data.action if obj.animation_data else None
+    if action is None:
+        return []
+    if hasattr(action, "fcurves"):
+        return list(action.fcurves)
+    return [curve for layer in action.layers for strip in layer.strips for bag in strip.channelbags
+            for curve in bag.fcurves]
+
+
 # ------------------------------------------------------------------------------ images
 
 

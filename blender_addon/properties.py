@@ -146,7 +146,7 @@ class ZS_Settings(bpy.types.PropertyGroup):
     background_sync: FloatProperty(name="Background Sync", default=0.9, min=0.0, max=1.0, subtype="FACTOR",
                                    description="Carry the background along the motion vectors into the next "
                                                "frame at every step (0: off)")
-    pixel_sync: FloatProperty(name="Pixel Sync", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
+    pixel_sync: FloatProperty(name="Pixel Sync", default=0.3, min=0.0, max=1.0, subtype="FACTOR",
                               description="Carry the finished frames into the next one in pixels (0: off)")
     frames_folder: StringProperty(name="Frames", default="//zs_frames/", subtype="DIR_PATH",
                                   description="Folder for the generated frames (// is next to the .blend; an "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from blender_addon import rig
+from blender_addon import capture, rig
 
 ORIGINAL_COLOUR = (0.2, 0.4, 0.8, 1.0)
 
@@ -39,7 +39,7 @@ def moving_cube_shot(frames: int = 4, size: int = 64, start: int = 1, reset: boo
     for frame, x in ((start, -1.0), (start + frames - 1, 1.0)):
         cube.location.x = x
         cube.keyframe_insert("location", index=0, frame=frame)
-    for curve in _fcurves(cube):
+    for curve in capture.object_fcurves(cube):
         for key in curve.keyframe_points:
             key.interpolation = "LINEAR"
     material = bpy.data.materials.new("Original")
@@ -49,16 +49,3 @@ def moving_cube_shot(frames: int = 4, size: int = 64, start: int = 1, reset: boo
     scene.camera = camera
     scene.frame_set(start)
     return scene, cube, camera
-
-
-def _fcurves(obj):
-    """The object's F-curves (Blender 5.0 keeps them in layered actions: channelbags)."""
-    action = obj.animation_data.action
-    if hasattr(action, "fcurves"):
-        return list(action.fcurves)
-    curves = []
-    for layer in action.layers:
-        for strip in layer.strips:
-            for bag in strip.channelbags:
-                curves.extend(bag.fcurves)
-    return curves

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,8 @@ def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def check_animated_blend(out: Path, frames: list[int], size: int) -> dict:
+def check_animated_blend(out: Path, frames: list[int], size: int, target: str = "Cube",
+                         material: str = "Original", colour=ORIGINAL_COLOUR) -> dict:
     """Reopen out/animated.blend: the sequence (camera background + strip) reads the frame
     files through relative paths, the user's material is untouched -> the metrics."""
     metrics = json.loads((out / "metrics.json").read_text())
@@ -66,11 +68,10 @@ def check_animated_blend(out: Path, frames: list[int], size: int) -> dict:
     assert strip.directory == "//frames/"
     assert [Path(bpy.path.abspath(strip.directory), strip.strip_elem_from_frame(f).filename).resolve()
             for f in frames] == [path.resolve() for path in files]
-    cube = bpy.data.objects["Cube"]
-    (slot,) = cube.material_slots
-    assert slot.material.name == "Original" and len(bpy.data.materials) == 1
+    (slot,) = bpy.data.objects[target].material_slots
+    assert slot.material.name == material and len(bpy.data.materials) == 1
     assert tuple(slot.material.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value) == \
-        pytest.approx(ORIGINAL_COLOUR)
+        pytest.approx(colour)
     return metrics
 
 
@@ -155,3 +156,28 @@ def test_bad_input_is_a_clear_error(source_blend, tmp_path, capsys):
     assert "expected a .blend file or a passes bundle" in fails(str(tmp_path / "shot.txt"))
     assert "does not exist" in fails(str(tmp_path / "missing.blend"))
     assert not out.exists() and digest(source_blend) == before
+
+
+def test_animation_demo_restyles_the_built_in_shot_in_blender(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--animation", "--out", str(out), "--frames", "3", "--size", "64", "--steps", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "Suzanne in Blender, 3 frames of 64x64" in err and str(out / "animated.blend") in err
+    metrics = check_animated_blend(out, [1, 2, 3], 64, target="Suzanne", material="Clay",
+                                   colour=(0.6, 0.45, 0.35, 1.0))
+    assert metrics["request"]["noise"] == "surface" and metrics["request"]["attention"] == "tma"
+    monkey = bpy.data.objects["Suzanne"]
+    places = []
+    for frame in (1, 3):
+        bpy.context.scene.frame_set(frame)
+        places.append(tuple(monkey.matrix_world.translation))
+    assert places[0] != places[1]  # the shot really moves
+
+
+def test_animation_demo_without_bpy_runs_the_numpy_shot(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bpy", None)
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--animation", "--out", str(out), "--frames", "3", "--size", "64", "--steps", "1"]) == 0
+    assert "numpy animated scene" in capsys.readouterr().err
+    assert len(list((out / "frames").glob("*.png"))) == 3 and not (out / "animated.blend").exists()
+    assert json.loads((out / "metrics.json").read_text())["frames"] == 3
