@@ -41,6 +41,17 @@ def _request_from_args(args: argparse.Namespace, **overrides):
     return Request(**fields).validate()
 
 
+def _run_with_bar(components, request, passes, out) -> dict:
+    """zs_core.run.run_job in this process with a progress bar -> the metrics."""
+    from . import run
+
+    bar = _ProgressBar(request.steps, "sampling")
+    try:
+        return run.run_job(components, request, passes, out, progress=bar)
+    finally:
+        bar.close()
+
+
 class _ProgressBar:
     """tqdm bar driven by the sampler's per-step progress callback."""
 
@@ -57,7 +68,7 @@ class _ProgressBar:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import models, run, scene
+    from . import models, scene
 
     out = Path(args.out)
     if args.animation:
@@ -71,18 +82,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     request = _request_from_args(args, sync_strength=args.sync_strength, texture_size=args.texture_size or 512)
     passes = scene.sphere_scene(views=args.views, width=args.size, height=args.size,
                                 texture_size=request.texture_size)
-    components = models.load(args.model, args.controlnet, device=args.device)
-    bar = _ProgressBar(request.steps, "sampling")
-    try:
-        metrics = run.run_job(components, request, passes, out, progress=bar)
-    finally:
-        bar.close()
+    metrics = _run_with_bar(models.load(args.model, args.controlnet, device=args.device), request, passes,
+                            out)
     _print_outputs(out, metrics)
     return 0
 
 
 def cmd_texture(args: argparse.Namespace) -> int:
-    from . import models, run
+    from . import models
     from .protocol import Passes
 
     source = Path(args.source)
@@ -95,12 +102,8 @@ def cmd_texture(args: argparse.Namespace) -> int:
     passes = Passes.load(source).validate()
     request = _request_from_args(args, sync_strength=args.sync_strength, texture_size=args.texture_size or
                                  (passes.texel_position.shape[0] if passes.texel_position is not None else 1024))
-    components = models.load(args.model, args.controlnet, device=args.device)
-    bar = _ProgressBar(request.steps, "sampling")
-    try:
-        metrics = run.run_job(components, request, passes, args.out, progress=bar)
-    finally:
-        bar.close()
+    metrics = _run_with_bar(models.load(args.model, args.controlnet, device=args.device), request, passes,
+                            args.out)
     _print_outputs(Path(args.out), metrics)
     return 0
 
@@ -126,7 +129,7 @@ def _blender_batch():
 def _in_process_sampler(args: argparse.Namespace):
     """sampler(request dict, passes, out_dir) -> metrics for blender_addon.api: zs_core in
     this process, with a progress bar. The model is loaded on the first call."""
-    from . import models, run
+    from . import models
     from .protocol import Passes, Request
 
     loaded = {}
@@ -136,11 +139,7 @@ def _in_process_sampler(args: argparse.Namespace):
             loaded["components"] = models.load(args.model, args.controlnet, device=args.device)
         request = Request.from_dict(request_dict)
         core_passes = Passes.from_arrays(passes.arrays()).validate()  # the add-on's own Passes class
-        bar = _ProgressBar(request.steps, "sampling")
-        try:
-            return run.run_job(loaded["components"], request, core_passes, out_dir, progress=bar)
-        finally:
-            bar.close()
+        return _run_with_bar(loaded["components"], request, core_passes, out_dir)
 
     return sample
 
@@ -232,7 +231,7 @@ def _demo_blender(args: argparse.Namespace, out: Path) -> int:
 def _demo_animation(args: argparse.Namespace, out: Path) -> int:
     """`zs demo --animation`: Suzanne sliding and turning before a dollying camera,
     re-styled into consistent frames (the numpy animated scene without bpy)."""
-    from . import models, run, scene
+    from . import models, scene
 
     fields = dict(noise="surface", attention="tma", sync_strength=0.9, background_sync=0.9, pixel_sync=0.3)
     if _bpy_available():
@@ -250,12 +249,8 @@ def _demo_animation(args: argparse.Namespace, out: Path) -> int:
           file=sys.stderr)
     request = _request_from_args(args, kind="animation", **fields)
     passes = scene.animated_scene(frames=args.frames, width=args.size, height=args.size)
-    components = models.load(args.model, args.controlnet, device=args.device)
-    bar = _ProgressBar(request.steps, "sampling")
-    try:
-        metrics = run.run_job(components, request, passes, out, progress=bar)
-    finally:
-        bar.close()
+    metrics = _run_with_bar(models.load(args.model, args.controlnet, device=args.device), request, passes,
+                            out)
     _print_animation_outputs(out, metrics)
     return 0
 
@@ -283,7 +278,7 @@ def _animation_fields(args: argparse.Namespace) -> dict:
 
 
 def cmd_animate(args: argparse.Namespace) -> int:
-    from . import models, run
+    from . import models
     from .protocol import Passes
 
     source = Path(args.source)
@@ -300,14 +295,10 @@ def cmd_animate(args: argparse.Namespace) -> int:
             raise ValueError(f"{option}: only for .blend files; a passes bundle is animated whole, in this process")
     passes = Passes.load(source).validate()
     request = _request_from_args(args, kind="animation", **_animation_fields(args))
-    components = models.load(args.model, args.controlnet, device=args.device)
     print(f"zs animate: {passes.views} frames of {passes.width}x{passes.height} from {source}, model {args.model}",
           file=sys.stderr)
-    bar = _ProgressBar(request.steps, "sampling")
-    try:
-        metrics = run.run_job(components, request, passes, args.out, progress=bar)
-    finally:
-        bar.close()
+    metrics = _run_with_bar(models.load(args.model, args.controlnet, device=args.device), request, passes,
+                            args.out)
     _print_animation_outputs(Path(args.out), metrics)
     return 0
 
