@@ -134,8 +134,9 @@ class VectorSync:
     The UV pass ties object pixels across frames (:class:`UVSync`); the background (other
     objects, the set) has no UV in the passes, but the vector pass says where each pixel
     moves in the next frame. Each step, frame by frame, the fused x0 of frame i - 1 is
-    splatted bilinearly to where its background latents land in frame i, and frame i's x0
-    becomes ``(1 - s c) x0_i + s c warped``, s = ``background_sync``, c the splat coverage
+    gathered bilinearly to where its background latents moved in frame i
+    (:func:`zs_core.temporal.vector_links`), and frame i's x0 becomes
+    ``(1 - s c) x0_i + s c warped``, s = ``background_sync``, c the link coverage
     (< 1 at disocclusions, where new content appears). Only latents wholly off the object
     in both frames take part, so the object is left to UV sync and occlusion borders are
     not smeared. Frame 0 is the anchor; the chain makes each frame mostly a carried copy
@@ -158,7 +159,7 @@ class VectorSync:
                       for frame in range(frames - 1)]
 
     def _links(self, motion: np.ndarray, source: np.ndarray, target: np.ndarray):
-        """One frame pair's bilinear splat as (source index, target index, weight) tensors."""
+        """One frame pair's links as (source index, target index, weight) tensors."""
         link = temporal.vector_links(motion, source, target).tocoo()
         as_tensor = lambda values, dtype: torch.from_numpy(values.astype(dtype)).to(self.device)
         return as_tensor(link.col, np.int64), as_tensor(link.row, np.int64), as_tensor(link.data, np.float32)

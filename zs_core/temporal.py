@@ -9,9 +9,9 @@ renderer output:
 
 - object pixels through the UV pass: frame i - 1 is splatted into a texture (bilinear,
   normalised per texel) and read back at frame i's UVs; only texels frame i - 1 saw count;
-- other pixels through the vector pass: each frame i - 1 pixel moves by its motion vector
-  and is splatted bilinearly into frame i; only background-to-background moves count, so
-  nothing is smeared across an occlusion border.
+- other pixels through the vector pass: each frame i pixel gathers bilinearly from where
+  it was in frame i - 1 (the forward motion inverted, checked forward-backward); only
+  background-to-background links count, so nothing is smeared across an occlusion border.
 
 :func:`carry` chains them: ``out_i = own_i + s c (L_i out_(i-1) / c - own_i)``: each frame
 takes share ``s`` of its predecessor where covered, so frame i holds a decaying (``s^k``)
@@ -22,7 +22,7 @@ and after decoding (image resolution).
 from __future__ import annotations
 
 import numpy as np
-from scipy import sparse
+from scipy import ndimage, sparse
 
 
 def _bilinear_corners(cols: np.ndarray, rows: np.ndarray):
@@ -36,30 +36,78 @@ def _bilinear_corners(cols: np.ndarray, rows: np.ndarray):
 
 
 def vector_links(motion: np.ndarray, source: np.ndarray, target: np.ndarray) -> sparse.csr_matrix:
-    """Link matrix ``(P, P)`` from a vector pass frame.
+    """Link matrix ``(P, P)`` from a vector pass frame, by gathering.
 
     ``motion (H, W, 2)``: each pixel's move to the next frame [col, row] in pixels (rows
-    down); ``source (H, W) bool`` pixels allowed to move (e.g. background of this frame);
-    ``target (H, W) bool`` pixels allowed to receive (background of the next frame). Row
-    q, column p: bilinear weight of pixel p landing on pixel q.
+    down); ``source (H, W) bool`` pixels allowed to give (e.g. background of this frame);
+    ``target (H, W) bool`` pixels allowed to receive (background of the next frame).
+
+    Every target pixel q looks up where it came from, p = q - m'(q), with m' the motion
+    field carried to the next frame (forward motion splatted there, holes filled from the
+    nearest pixel), and takes bilinear weights of the source pixels around p. Gathering
+    leaves no holes where the picture expands (a forward splat would, and a chain of
+    frames turns them into streaks). The link is kept only where p's own motion brings it
+    back to within a pixel of q: disoccluded pixels get nothing (new content). Row q,
+    column p: the bilinear weight, rows summing to 1 where linked.
     """
     height, width = source.shape
-    grid_rows, grid_cols = np.mgrid[0:height, 0:width]
-    with np.errstate(invalid="ignore"):
-        moved_cols = (grid_cols + motion[..., 0]).ravel()
-        moved_rows = (grid_rows + motion[..., 1]).ravel()
-    usable = np.flatnonzero(source.ravel() & np.isfinite(moved_cols) & np.isfinite(moved_rows))
-    rows_out, cols_out, values = [], [], []
-    for corner_cols, corner_rows, weight in _bilinear_corners(moved_cols[usable], moved_rows[usable]):
+    motion = np.nan_to_num(np.asarray(motion, dtype=np.float64))
+    arrived = _carried_motion(motion, height, width)  # (H, W, 2) motion of whatever lands on q
+    grid_rows, grid_cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    from_cols = grid_cols - arrived[..., 0]
+    from_rows = grid_rows - arrived[..., 1]
+    # Forward-backward check: p's own (interpolated) motion must lead back to q.
+    back = np.stack([_bilinear_sample(motion[..., axis], from_cols, from_rows) for axis in (0, 1)], axis=-1)
+    consistent = (np.abs(from_cols + back[..., 0] - grid_cols) < 1.0) & (np.abs(from_rows + back[..., 1] - grid_rows) < 1.0)
+    receivers = np.flatnonzero(target.ravel() & consistent.ravel())
+    cols, rows = from_cols.ravel()[receivers], from_rows.ravel()[receivers]
+    out_rows, out_cols, values = [], [], []
+    for corner_cols, corner_rows, weight in _bilinear_corners(cols, rows):
         inside = (corner_cols >= 0) & (corner_cols < width) & (corner_rows >= 0) & (corner_rows < height) & (weight > 0)
-        landing = corner_rows[inside] * width + corner_cols[inside]
-        keep = target.ravel()[landing]
-        rows_out.append(landing[keep])
-        cols_out.append(usable[inside][keep])
-        values.append(weight[inside][keep])
+        giver = np.zeros(len(receivers), np.int64)
+        giver[inside] = corner_rows[inside] * width + corner_cols[inside]
+        keep = inside & source.ravel()[giver]
+        out_rows.append(receivers[keep])
+        out_cols.append(giver[keep])
+        values.append(weight[keep])
     size = height * width
-    return sparse.csr_matrix((np.concatenate(values), (np.concatenate(rows_out), np.concatenate(cols_out))),
+    link = sparse.csr_matrix((np.concatenate(values), (np.concatenate(out_rows), np.concatenate(out_cols))),
                              shape=(size, size))
+    # Renormalise over the corners that may give: a row is an interpolation, or empty.
+    totals = np.asarray(link.sum(axis=1)).ravel()
+    return (sparse.diags(np.where(totals > 0.5, 1.0 / np.maximum(totals, 1e-12), 0.0)) @ link).tocsr()
+
+
+def _carried_motion(motion: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Forward motion ``(H, W, 2)`` splatted to where it lands (bilinear, normalised) ->
+    the motion of what arrives at each pixel; pixels nothing lands on take the value of the
+    nearest pixel something landed on (scipy.ndimage)."""
+    grid_rows, grid_cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    cols, rows = (grid_cols + motion[..., 0]).ravel(), (grid_rows + motion[..., 1]).ravel()
+    sums = np.zeros((height * width, 2))
+    weights = np.zeros(height * width)
+    flat_motion = motion.reshape(-1, 2)
+    for corner_cols, corner_rows, weight in _bilinear_corners(cols, rows):
+        inside = (corner_cols >= 0) & (corner_cols < width) & (corner_rows >= 0) & (corner_rows < height)
+        landing = corner_rows[inside] * width + corner_cols[inside]
+        weights += np.bincount(landing, weight[inside], minlength=height * width)
+        for axis in (0, 1):
+            sums[:, axis] += np.bincount(landing, weight[inside] * flat_motion[inside, axis], minlength=height * width)
+    reached = (weights > 1e-6).reshape(height, width)
+    carried = (sums / np.maximum(weights, 1e-12)[:, None]).reshape(height, width, 2)
+    if not reached.any():
+        return np.zeros((height, width, 2))
+    if not reached.all():
+        _, (near_rows, near_cols) = ndimage.distance_transform_edt(~reached, return_indices=True)
+        carried = carried[near_rows, near_cols]
+    return carried
+
+
+def _bilinear_sample(field: np.ndarray, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``field (H, W)`` at centre-based continuous coordinates (clamped to the image)."""
+    height, width = field.shape
+    return ndimage.map_coordinates(field, [np.clip(rows, 0, height - 1), np.clip(cols, 0, width - 1)],
+                                   order=1, mode="nearest")
 
 
 def _texel_weights(uv: np.ndarray, pixels: np.ndarray, size: int) -> sparse.csr_matrix:

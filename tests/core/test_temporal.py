@@ -42,6 +42,41 @@ def test_vector_links_split_a_half_pixel_move_and_respect_source_and_target():
     assert not temporal.vector_links(motion, source, target).toarray()[:, 0].any()
 
 
+def test_vector_links_leave_no_holes_where_the_picture_expands():
+    """A zoom in by 15%: every pixel of the next frame that came from inside the image is
+    linked (rows sum to 1), and carrying a linear ramp gives the ramp at the new places."""
+    height = width = 40
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    centre = (width - 1) / 2
+    motion = np.stack([(cols - centre) * 0.15, (rows - centre) * 0.15], axis=-1)
+    everywhere = np.ones((height, width), bool)
+    link = temporal.vector_links(motion, everywhere, everywhere)
+    covered = np.asarray(link.sum(axis=1)).reshape(height, width)
+    inner = slice(4, -4)
+    np.testing.assert_allclose(covered[inner, inner], 1.0)
+    ramp = cols.reshape(-1, 1)
+    carried = (link @ ramp).reshape(height, width)
+    expected = centre + (cols - centre) / 1.15  # where each next-frame pixel was
+    np.testing.assert_allclose(carried[inner, inner], expected[inner, inner], atol=0.02)
+
+
+def test_vector_links_give_disoccluded_pixels_nothing():
+    """The left half slides 3 px right over a still right half: the 3 columns it uncovers
+    are new content. Where both halves land (columns 8-10) the motion alone cannot tell
+    which is in front: a pixel is linked to one consistent source or left alone."""
+    height, width = 8, 16
+    motion = np.zeros((height, width, 2))
+    motion[:, :8, 0] = 3.0
+    everywhere = np.ones((height, width), bool)
+    link = temporal.vector_links(motion, everywhere, everywhere).toarray()
+    covered = link.sum(axis=1).reshape(height, width)
+    assert not covered[:, :3].any()  # uncovered: nothing came from there
+    assert np.allclose(covered[:, 3:8], 1.0) and np.allclose(covered[:, 11:], 1.0)
+    assert link[0 * width + 5, 0 * width + 2] == pytest.approx(1.0)  # column 2 moved to 5
+    assert link[0 * width + 12, 0 * width + 12] == pytest.approx(1.0)  # the still half stays
+    assert set(np.round(np.unique(covered[:, 8:11]), 6)) <= {0.0, 1.0}
+
+
 def test_uv_links_carry_a_texture_between_frames_of_a_moving_object():
     shot = scene.animated_scene(frames=2, width=96, height=96)
     size = 64
