@@ -84,6 +84,12 @@ def check_inputs(components: Components, request: Request, passes: Passes) -> No
         raise ProtocolError("uv", "surface noise needs the UV pass (F, H, W, 2) of every frame")
     if request.pixel_sync > 0 and passes.uv is None and passes.vector is None:
         raise ProtocolError("uv", "pixel_sync needs the UV pass or the vector pass of every frame")
+    if request.sync_strength > 0 and passes.uv is not None:
+        try:
+            geometry.footprint_texture_size(passes.uv, passes.mask)
+        except ValueError:
+            raise ProtocolError("mask", "the object never covers two neighbouring pixels in any frame: too small "
+                                        "for temporal UV sync; set sync_strength 0 or frame it larger") from None
     if request.sync_strength > 0 and passes.uv is None:
         raise ProtocolError("uv", "temporal UV sync needs the UV pass (F, H, W, 2) of every frame")
     if request.background_sync > 0 and passes.vector is None:
@@ -219,7 +225,7 @@ def pixel_synced(frames: np.ndarray, passes: Passes, strength: float) -> np.ndar
     differences into visible flicker, so the same correspondences are applied once more in
     pixels. Object through UV at about a texel per pixel; the rest along the vector pass."""
     count, height, width, channels = frames.shape
-    texels = geometry.footprint_texture_size(passes.uv, passes.mask, 1.0) if passes.uv is not None else 1
+    texels = _texels(passes, 1.0) if passes.uv is not None else 1
     links = temporal.frame_links(passes.uv, passes.mask, passes.vector, texels)
     carried = temporal.carry(frames.reshape(count, height * width, channels), links, strength)
     return np.clip(carried, 0.0, 1.0).astype(frames.dtype).reshape(frames.shape)
@@ -249,6 +255,19 @@ def _chunk_noise_pred(components: Components, scheduler, latents: torch.Tensor, 
 
 
 # ------------------------------------------------------------------------------ metrics
+
+
+FALLBACK_TEXELS = 64  # texture grain when the object never shows two neighbouring pixels
+
+
+def _texels(passes: Passes, pixels_per_texel: float) -> int:
+    """Texels per side for about ``pixels_per_texel`` pixels a texel (see
+    :func:`zs_core.geometry.footprint_texture_size`); :data:`FALLBACK_TEXELS` for an object
+    too small in every frame to measure."""
+    try:
+        return geometry.footprint_texture_size(passes.uv, passes.mask, pixels_per_texel)
+    except ValueError:
+        return FALLBACK_TEXELS
 
 
 def _trusted_vector(vector: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -295,8 +314,8 @@ def temporal_metrics(result: AnimationResult, passes: Passes, factor: int) -> di
     rgb_vector = None
     if passes.vector is not None:
         rgb_vector = _trusted_vector(passes.vector, ~passes.mask)
-    rgb_texels = geometry.footprint_texture_size(passes.uv, passes.mask, 1.0)
-    latent_texels = geometry.footprint_texture_size(passes.uv, passes.mask, float(factor))
+    rgb_texels = _texels(passes, 1.0)
+    latent_texels = _texels(passes, float(factor))
     latent_uv, latent_mask, latent_vector = _latent_correspondence(passes, factor)
     latent_frames = result.latents.permute(0, 2, 3, 1).numpy()
     return {
@@ -337,7 +356,7 @@ def contact_strip(result: AnimationResult, passes: Passes) -> np.ndarray:
     """A labelled strip of up to :data:`PREVIEW_FRAMES` frames: the depth the ControlNet
     sees, the generated frames, and |frame - previous frame| (flicker shows up bright)."""
     shown = preview_frames(passes.views)
-    control = sampler.control_images(passes.depth[shown]).numpy()
+    control = sampler.control_images(passes.depth)[shown].numpy()  # as the ControlNet saw it: whole-shot range
     rows = [("depth (ControlNet input)", [images.depth_to_gray(c) for c in control]),
             ("generated frames " + ", ".join(str(i) for i in shown), [result.images[i] for i in shown])]
     if passes.views > 1:

@@ -136,8 +136,8 @@ class VectorSync:
     moves in the next frame. Each step, frame by frame, the fused x0 of frame i - 1 is
     gathered bilinearly to where its background latents moved in frame i
     (:func:`zs_core.temporal.vector_links`), and frame i's x0 becomes
-    ``(1 - s c) x0_i + s c warped``, s = ``background_sync``, c the link coverage
-    (< 1 at disocclusions, where new content appears). Only latents wholly off the object
+    ``(1 - s c) x0_i + s c warped``, s = ``background_sync``, c = 1 where the latent was
+    linked and 0 where it is new (disocclusions, the image border). Only latents wholly off the object
     in both frames take part, so the object is left to UV sync and occlusion borders are
     not smeared. Frame 0 is the anchor; the chain makes each frame mostly a carried copy
     of the last few, decaying as s^k.

@@ -52,7 +52,7 @@ def vector_links(motion: np.ndarray, source: np.ndarray, target: np.ndarray) -> 
     """
     height, width = source.shape
     motion = np.nan_to_num(np.asarray(motion, dtype=np.float64))
-    arrived = _carried_motion(motion, height, width)  # (H, W, 2) motion of whatever lands on q
+    arrived = _carried_motion(motion, source)  # (H, W, 2) motion of whatever lands on q
     grid_rows, grid_cols = np.mgrid[0:height, 0:width].astype(np.float64)
     from_cols = grid_cols - arrived[..., 0]
     from_rows = grid_rows - arrived[..., 1]
@@ -78,17 +78,20 @@ def vector_links(motion: np.ndarray, source: np.ndarray, target: np.ndarray) -> 
     return (sparse.diags(np.where(totals > 0.5, 1.0 / np.maximum(totals, 1e-12), 0.0)) @ link).tocsr()
 
 
-def _carried_motion(motion: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Forward motion ``(H, W, 2)`` splatted to where it lands (bilinear, normalised) ->
-    the motion of what arrives at each pixel; pixels nothing lands on take the value of the
-    nearest pixel something landed on (scipy.ndimage)."""
+def _carried_motion(motion: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Forward motion ``(H, W, 2)`` of the ``source (H, W) bool`` pixels splatted to where
+    it lands (bilinear, normalised) -> the motion of what arrives at each pixel; pixels
+    nothing lands on take the value of the nearest pixel something landed on
+    (scipy.ndimage). Other pixels (e.g. a moving object) do not blur the field."""
+    height, width = source.shape
     grid_rows, grid_cols = np.mgrid[0:height, 0:width].astype(np.float64)
     cols, rows = (grid_cols + motion[..., 0]).ravel(), (grid_rows + motion[..., 1]).ravel()
     sums = np.zeros((height * width, 2))
     weights = np.zeros(height * width)
     flat_motion = motion.reshape(-1, 2)
     for corner_cols, corner_rows, weight in _bilinear_corners(cols, rows):
-        inside = (corner_cols >= 0) & (corner_cols < width) & (corner_rows >= 0) & (corner_rows < height)
+        inside = (corner_cols >= 0) & (corner_cols < width) & (corner_rows >= 0) & (corner_rows < height) \
+            & source.ravel()
         landing = corner_rows[inside] * width + corner_cols[inside]
         weights += np.bincount(landing, weight[inside], minlength=height * width)
         for axis in (0, 1):

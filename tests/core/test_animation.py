@@ -231,6 +231,22 @@ def test_bad_requests_name_the_field_before_sampling(tiny, shot, changes, field)
     assert raised.value.field == field
 
 
+def test_an_object_too_small_to_measure_still_samples_and_reports(tiny, shot, tmp_path):
+    """One object pixel per frame: UV sync is refused up front; without it the job runs to
+    the end (pixel sync and metrics fall back to a default texel grain)."""
+    passes = scene.animated_scene(frames=3, width=64, height=64)
+    dot = np.zeros_like(passes.mask)
+    for frame in range(3):
+        rows, cols = np.nonzero(passes.mask[frame])
+        dot[frame, rows[0], cols[0]] = True
+    passes.mask = dot
+    with pytest.raises(ProtocolError) as raised:
+        animation.sample_frames(tiny, animation_request(sync_strength=0.9), passes)
+    assert raised.value.field == "mask" and "too small" in str(raised.value)
+    metrics = animation.run_animation(tiny, animation_request(pixel_sync=0.5, background_sync=0.5), passes, tmp_path)
+    assert metrics["texels_rgb"] == animation.FALLBACK_TEXELS and (tmp_path / "contact_sheet.png").is_file()
+
+
 def test_warp_error_metric_sees_a_frozen_sequence_as_consistent(shot):
     """Frames that are exact warps of each other: near-zero error; shuffled noise: large."""
     result = animation.AnimationResult(images=np.zeros((shot.views, 64, 64, 3), np.float32),
