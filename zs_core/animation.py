@@ -33,7 +33,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from . import attention, geometry, images, metrics, noise, preview, sampler, sync, temporal
+from . import attention, geometry, images, metrics, noise, sampler, sync, temporal
 from .models import Components
 from .protocol import ANIMATION_ATTENTION, CONTACT_SHEET_PNG, FRAME_PNG, METRICS_JSON, Passes, ProtocolError, Request
 
@@ -144,7 +144,8 @@ def sample_frames(
     """Sample all frames of an animation job consistently.
 
     Each denoising step runs ControlNet and UNet chunk by chunk (``request.chunk`` frames
-    per call, both CFG halves together), then the step hooks (temporal UV sync first when
+    per call, both CFG halves together, :func:`zs_core.sampler.guided_noise_pred`), then
+    the step hooks (temporal UV sync first when
     ``sync_strength`` > 0) and the scheduler step see all frames at once. With one chunk,
     ``self`` attention and no hooks this is :func:`zs_core.sampler.sample` on the same
     latents. ``latents`` overrides the starting noise ``(F, 4, H/8, W/8)``; ``cancel`` is
@@ -156,11 +157,12 @@ def sample_frames(
     groups = 2 if guidance else 1
     device, dtype = components.device, components.dtype
     factor = components.vae_scale_factor
-    hooks = list(hooks)
-    if request.background_sync > 0:
-        hooks.insert(0, sync.VectorSync(passes, request, factor, device=device))
+    own_hooks = []  # temporal UV sync first, then the background
     if request.sync_strength > 0:
-        hooks.insert(0, sync.UVSync(passes, request, factor, device=device))
+        own_hooks.append(sync.UVSync(passes, request, factor, device=device))
+    if request.background_sync > 0:
+        own_hooks.append(sync.VectorSync(passes, request, factor, device=device))
+    hooks = own_hooks + list(hooks)
 
     # One embedding pair for all frames; expanded per chunk.
     embeds = sampler.encode_prompt(components, request.prompt, request.negative_prompt, 1, guidance)
@@ -178,8 +180,6 @@ def sample_frames(
     scheduler.set_timesteps(request.steps, device=device)
     timesteps = scheduler.timesteps
     current = start_noise.to(device, dtype) * scheduler.init_noise_sigma
-    if sampler.PREVIEW_KEY not in components.extras:
-        components.extras[sampler.PREVIEW_KEY] = preview.fit_latent_to_rgb(components.vae)
     shown = preview_frames(frames)
 
     processor, plan = attention_processor(request, frames)
@@ -194,20 +194,11 @@ def sample_frames(
                                             f"(frames {start}..{stop - 1})")
                 if isinstance(processor, attention.ChunkedFrameAttention):
                     processor.begin(index, chunk_index)
-                noise_pred[start:stop] = _chunk_noise_pred(components, scheduler, current[start:stop], timestep,
-                                                           embeds, control[start:stop], scale, groups,
-                                                           request.guidance_scale)
-            for hook in hooks:
-                replaced = hook(sampler.StepState(index, len(timesteps), timestep, current, noise_pred, scheduler))
-                if replaced is not None:
-                    noise_pred = replaced
-            if progress is not None:
-                x0 = sampler.predicted_x0(scheduler, current[shown], noise_pred[shown], timestep)
-                image = preview.latents_to_rgb(x0 / components.vae.config.scaling_factor,
-                                               components.extras[sampler.PREVIEW_KEY])
-            current = scheduler.step(noise_pred, timestep, current, return_dict=False)[0]
-            if progress is not None:
-                progress(sampler.StepProgress(step=index + 1, total=len(timesteps), preview=image))
+                count = stop - start
+                noise_pred[start:stop] = sampler.guided_noise_pred(
+                    components, scheduler, current[start:stop], timestep, embeds.repeat_interleave(count, dim=0),
+                    torch.cat([control[start:stop].to(device, dtype)] * groups), scale, request.guidance_scale)
+            current = sampler.finish_step(components, scheduler, hooks, index, current, noise_pred, progress, shown)
 
     if cancel is not None and cancel():
         raise sampler.Cancelled("cancelled before decoding")
@@ -229,29 +220,6 @@ def pixel_synced(frames: np.ndarray, passes: Passes, strength: float) -> np.ndar
     links = temporal.frame_links(passes.uv, passes.mask, passes.vector, texels)
     carried = temporal.carry(frames.reshape(count, height * width, channels), links, strength)
     return np.clip(carried, 0.0, 1.0).astype(frames.dtype).reshape(frames.shape)
-
-
-def _chunk_noise_pred(components: Components, scheduler, latents: torch.Tensor, timestep, embeds: torch.Tensor,
-                      control: torch.Tensor, scale: float, groups: int, guidance_scale: float) -> torch.Tensor:
-    """Guided noise prediction ``(c, 4, h, w)`` for one chunk of frames: ControlNet and UNet
-    on ``[uncond frames..., cond frames...]`` as in :func:`zs_core.sampler.sample`."""
-    count = latents.shape[0]
-    model_input = scheduler.scale_model_input(torch.cat([latents] * groups), timestep)
-    chunk_embeds = embeds.repeat_interleave(count, dim=0)
-    control_batch = torch.cat([control.to(components.device, components.dtype)] * groups)
-    down_residuals, mid_residual = components.controlnet(
-        model_input, timestep, encoder_hidden_states=chunk_embeds, controlnet_cond=control_batch,
-        conditioning_scale=scale, guess_mode=False, return_dict=False,
-    )
-    noise_pred = components.unet(
-        model_input, timestep, encoder_hidden_states=chunk_embeds,
-        down_block_additional_residuals=down_residuals, mid_block_additional_residual=mid_residual,
-        return_dict=False,
-    )[0]
-    if groups == 2:
-        uncond, cond = noise_pred.chunk(2)
-        noise_pred = uncond + guidance_scale * (cond - uncond)
-    return noise_pred
 
 
 # ------------------------------------------------------------------------------ metrics

@@ -15,7 +15,7 @@ cross-view modes are installed on UNet and ControlNet for the duration of the lo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -236,6 +236,55 @@ class GridLayout(ViewLayout):
 # ---------------------------------------------------------------- the loop
 
 
+def guided_noise_pred(components: Components, scheduler, latents: torch.Tensor, timestep, embeds: torch.Tensor,
+                      control: torch.Tensor, scale: float, guidance_scale: float,
+                      layout: ViewLayout | None = None) -> torch.Tensor:
+    """Guided noise prediction ``(V, 4, h, w)`` for ``latents (V, 4, h, w)``: ControlNet and
+    UNet on one batch [uncond views..., cond views...] (cond only when ``guidance_scale``
+    <= 1). ``embeds`` and ``control`` are that batch's text embeddings and control images,
+    already in the ``layout``'s model shape (the grid tiles views into one image)."""
+    layout = layout or ViewLayout()
+    groups = 2 if guidance_scale > 1.0 else 1
+    model_input = layout.to_model(scheduler.scale_model_input(torch.cat([latents] * groups), timestep))
+    down_residuals, mid_residual = components.controlnet(
+        model_input, timestep, encoder_hidden_states=embeds, controlnet_cond=control,
+        conditioning_scale=scale, guess_mode=False, return_dict=False,
+    )
+    noise_pred = components.unet(
+        model_input, timestep, encoder_hidden_states=embeds,
+        down_block_additional_residuals=down_residuals,
+        mid_block_additional_residual=mid_residual, return_dict=False,
+    )[0]
+    noise_pred = layout.to_views(noise_pred)
+    if groups == 2:
+        uncond, cond = noise_pred.chunk(2)
+        noise_pred = uncond + guidance_scale * (cond - uncond)
+    return noise_pred
+
+
+def finish_step(components: Components, scheduler, hooks: Sequence[StepHook], index: int, latents: torch.Tensor,
+                noise_pred: torch.Tensor, progress: Callable[[StepProgress], None] | None,
+                shown: Sequence[int] | slice = slice(None)) -> torch.Tensor:
+    """The rest of denoising step ``index``: the hooks (each may replace the noise
+    prediction), the scheduler step and the progress report with a preview of the views
+    ``shown`` -> the next latents ``(V, 4, h, w)``."""
+    timesteps = scheduler.timesteps
+    timestep = timesteps[index]
+    for hook in hooks:
+        replaced = hook(StepState(index, len(timesteps), timestep, latents, noise_pred, scheduler))
+        if replaced is not None:
+            noise_pred = replaced
+    if progress is not None:
+        if PREVIEW_KEY not in components.extras:  # fitted once per model
+            components.extras[PREVIEW_KEY] = preview.fit_latent_to_rgb(components.vae)
+        x0 = predicted_x0(scheduler, latents[shown], noise_pred[shown], timestep)
+        image = preview.latents_to_rgb(x0 / components.vae.config.scaling_factor, components.extras[PREVIEW_KEY])
+    latents = scheduler.step(noise_pred, timestep, latents, return_dict=False)[0]
+    if progress is not None:
+        progress(StepProgress(step=index + 1, total=len(timesteps), preview=image))
+    return latents
+
+
 def sample(
     components: Components,
     request: Request,
@@ -278,46 +327,20 @@ def sample(
     layout = GridLayout(views) if request.layout == "grid" else ViewLayout()
     groups = 2 if guidance else 1
     control_batch = layout.to_model(torch.cat([control] * groups))
-    if PREVIEW_KEY not in components.extras:
-        components.extras[PREVIEW_KEY] = preview.fit_latent_to_rgb(components.vae)
 
     model_views = layout.model_views or views
     params = attention_params(request, model_views)
     with torch.inference_mode(), attention.install([components.unet, components.controlnet],
                                                    request.attention, **params):
+        embeds = prompt_embeds if layout.model_views is None else prompt_embeds[::views]
         for index, timestep in enumerate(timesteps):
             if cancel is not None and cancel():
                 raise Cancelled(f"cancelled before step {index + 1} of {len(timesteps)}")
-            model_input = torch.cat([current] * groups)
-            model_input = scheduler.scale_model_input(model_input, timestep)
-            model_input = layout.to_model(model_input)
-            embeds = prompt_embeds if layout.model_views is None else prompt_embeds[::views]
             scale = request.controlnet_scale * controlnet_keep(index, len(timesteps), request.control_start,
                                                                 request.control_end)
-            down_residuals, mid_residual = components.controlnet(
-                model_input, timestep, encoder_hidden_states=embeds, controlnet_cond=control_batch,
-                conditioning_scale=scale, guess_mode=False, return_dict=False,
-            )
-            noise_pred = components.unet(
-                model_input, timestep, encoder_hidden_states=embeds,
-                down_block_additional_residuals=down_residuals,
-                mid_block_additional_residual=mid_residual, return_dict=False,
-            )[0]
-            noise_pred = layout.to_views(noise_pred)
-            if guidance:
-                uncond, cond = noise_pred.chunk(2)
-                noise_pred = uncond + request.guidance_scale * (cond - uncond)
-            for hook in hooks:
-                replaced = hook(StepState(index, len(timesteps), timestep, current, noise_pred, scheduler))
-                if replaced is not None:
-                    noise_pred = replaced
-            if progress is not None:
-                x0 = predicted_x0(scheduler, current, noise_pred, timestep)
-                image = preview.latents_to_rgb(x0 / components.vae.config.scaling_factor,
-                                               components.extras[PREVIEW_KEY])
-            current = scheduler.step(noise_pred, timestep, current, return_dict=False)[0]
-            if progress is not None:
-                progress(StepProgress(step=index + 1, total=len(timesteps), preview=image))
+            noise_pred = guided_noise_pred(components, scheduler, current, timestep, embeds, control_batch, scale,
+                                           request.guidance_scale, layout)
+            current = finish_step(components, scheduler, hooks, index, current, noise_pred, progress)
 
     if cancel is not None and cancel():
         raise Cancelled("cancelled before decoding")
