@@ -161,7 +161,7 @@ def sample_frames(
     if request.sync_strength > 0:
         own_hooks.append(sync.UVSync(passes, request, factor, device=device))
     if request.background_sync > 0:
-        own_hooks.append(sync.VectorSync(passes, request, factor, device=device))
+        own_hooks.append(sync.VectorSync(passes, request, factor))
     hooks = own_hooks + list(hooks)
 
     # One embedding pair for all frames; expanded per chunk.

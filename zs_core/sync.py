@@ -137,48 +137,35 @@ class VectorSync:
     gathered bilinearly to where its background latents moved in frame i
     (:func:`zs_core.temporal.vector_links`), and frame i's x0 becomes
     ``(1 - s c) x0_i + s c warped``, s = ``background_sync``, c = 1 where the latent was
-    linked and 0 where it is new (disocclusions, the image border). Only latents wholly off the object
-    in both frames take part, so the object is left to UV sync and occlusion borders are
+    linked and 0 where it is new (disocclusions, the image border). Only latents wholly off
+    the object in both frames take part, so the object is left to UV sync and occlusion borders are
     not smeared. Frame 0 is the anchor; the chain makes each frame mostly a carried copy
     of the last few, decaying as s^k.
     """
 
-    def __init__(self, passes: Passes, request: Request, factor: int = 8, device: torch.device | str = "cpu"):
+    def __init__(self, passes: Passes, request: Request, factor: int = 8):
         if passes.vector is None:
             raise ValueError("vector: background sync needs the vector pass (F, H, W, 2)")
         frames, height, width = passes.depth.shape
         self.request = request
         self.shape = (frames, height // factor, width // factor)
-        self.device = torch.device(device)
         _, rows, cols = self.shape
         blocks = passes.mask[:, :rows * factor, :cols * factor].reshape(frames, rows, factor, cols, factor)
         background = ~blocks.any(axis=(2, 4))  # (F, h, w) latents with no object pixel
         centre = factor // 2
         motion = passes.vector[:, centre::factor, centre::factor][:, :rows, :cols] / factor  # latent pixels
-        self.links = [self._links(motion[frame], background[frame], background[frame + 1])
+        self.links = [temporal.vector_links(motion[frame], background[frame], background[frame + 1])
                       for frame in range(frames - 1)]
 
-    def _links(self, motion: np.ndarray, source: np.ndarray, target: np.ndarray):
-        """One frame pair's links as (source index, target index, weight) tensors."""
-        link = temporal.vector_links(motion, source, target).tocoo()
-        as_tensor = lambda values, dtype: torch.from_numpy(values.astype(dtype)).to(self.device)
-        return as_tensor(link.col, np.int64), as_tensor(link.row, np.int64), as_tensor(link.data, np.float32)
-
     def fuse(self, x0: torch.Tensor) -> torch.Tensor:
-        """x0 ``(F, C, h, w)`` -> background-synchronised x0, same shape."""
+        """x0 ``(F, C, h, w)`` -> background-synchronised x0, same shape
+        (:func:`zs_core.temporal.carry` over the latent pixels; on the CPU, as the
+        arrays are latent-sized)."""
         frames, channels, rows, cols = x0.shape
-        strength = self.request.background_sync
-        fused = [x0[0].reshape(channels, -1).float()]
-        for frame, (sources, targets, weights) in enumerate(self.links, start=1):
-            previous = fused[-1]
-            carried = torch.zeros(channels, rows * cols, device=x0.device).index_add_(
-                1, targets, previous[:, sources] * weights)
-            coverage = torch.zeros(rows * cols, device=x0.device).index_add_(0, targets, weights)
-            warped = carried / coverage.clamp(min=1e-6)
-            share = strength * coverage.clamp(max=1.0)
-            own = x0[frame].reshape(channels, -1).float()
-            fused.append(own + share * (warped - own))
-        return torch.stack(fused).reshape(frames, channels, rows, cols).to(x0.dtype)
+        values = x0.detach().float().cpu().numpy().reshape(frames, channels, rows * cols).transpose(0, 2, 1)
+        fused = temporal.carry(values, self.links, self.request.background_sync)
+        fused = fused.transpose(0, 2, 1).reshape(frames, channels, rows, cols)
+        return torch.from_numpy(fused).to(device=x0.device, dtype=x0.dtype)
 
     def __call__(self, state) -> torch.Tensor | None:
         if self.request.background_sync <= 0 or not _active(self.request, state.timestep, state.scheduler):
