@@ -32,7 +32,6 @@ from .wire import protocol
 
 FRAMES_FOLDER = "zs_frames"  # next to the .blend: //zs_frames/<name>/frames/NNNN.png
 SIZE_RANGE = (64, 4096)  # frame width / height in pixels, multiples of 8
-ANIMATION_ATTENTION = protocol.ANIMATION_ATTENTION  # cross-frame attention an animation job takes
 MAX_CHANNEL = 128  # the Video Sequencer's channel count
 
 
@@ -153,16 +152,6 @@ def scene_meshes(scene: bpy.types.Scene) -> list[bpy.types.Object]:
     if not meshes:
         raise CaptureError(f"scene {scene.name!r} has no mesh object to animate")
     return meshes
-
-
-def check_request(request):
-    """What the wire format allows but an animation job refuses -> ``request``."""
-    if request.attention not in ANIMATION_ATTENTION:
-        raise protocol.ProtocolError("attention", f"{request.attention!r} is for texture jobs; an animation takes "
-                                                  f"{', '.join(ANIMATION_ATTENTION)}")
-    if request.layout != "views":
-        raise protocol.ProtocolError("layout", "an animation samples its frames as a batch; use layout 'views'")
-    return request
 
 
 def needs_uv(request) -> bool:

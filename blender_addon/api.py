@@ -144,7 +144,7 @@ class AnimationSettings(_SamplingSettings):
 
     def request(self) -> Request:
         """The validated wire request, kind "animation" (``ProtocolError`` names a bad field)."""
-        return animation.check_request(_request("animation", self, self._REQUEST_FIELDS))
+        return _request("animation", self, self._REQUEST_FIELDS)
 
     def check(self, scene=None) -> Request:
         """Check the capture settings too (frame size against ``scene``) -> the request."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from .animation import ANIMATION_ATTENTION
 from .wire import Request, protocol
 
 # One line per choice for the tooltips; a mode the protocol gains later still shows up.
@@ -60,7 +59,7 @@ SCHEDULER_ITEMS = [(value, _SCHEDULER_HELP.get(value, value), _SCHEDULER_HELP.ge
                    for value in protocol.SCHEDULERS]
 BACKGROUND_NOISE_ITEMS = _items(protocol.BACKGROUND_NOISE_MODES, _BACKGROUND_HELP)
 KEYFRAME_ITEMS = _items(protocol.KEYFRAME_POLICIES, _KEYFRAME_HELP)
-ANIMATION_ATTENTION_ITEMS = [item for item in ATTENTION_ITEMS if item[0] in ANIMATION_ATTENTION]
+ANIMATION_ATTENTION_ITEMS = [item for item in ATTENTION_ITEMS if item[0] in protocol.ANIMATION_ATTENTION]
 MODES = [
     ("TEXTURE", "Texture", "Generate a UV texture for the selected objects from several views"),
     ("ANIMATION", "Animation", "Re-style the camera's shot over a frame range into consistent frames"),

@@ -35,7 +35,7 @@ import torch
 
 from . import attention, geometry, images, metrics, noise, sampler, sync, temporal
 from .models import Components
-from .protocol import ANIMATION_ATTENTION, CONTACT_SHEET_PNG, FRAME_PNG, METRICS_JSON, Passes, ProtocolError, Request
+from .protocol import CONTACT_SHEET_PNG, FRAME_PNG, METRICS_JSON, Passes, ProtocolError, Request
 
 MP4_NAME = "animation.mp4"
 PREVIEW_FRAMES = 8  # frames shown in a step preview and in the contact strip (evenly spaced, at most)
@@ -75,23 +75,18 @@ def check_inputs(components: Components, request: Request, passes: Passes) -> No
     if passes.height % factor or passes.width % factor:
         raise ProtocolError("depth", f"height and width must be multiples of {factor}, got "
                                      f"{passes.height}x{passes.width}")
-    if request.attention not in ANIMATION_ATTENTION:
-        raise ProtocolError("attention", f"{request.attention!r} is for texture jobs; animation takes "
-                                         f"{', '.join(ANIMATION_ATTENTION)}")
-    if request.layout != "views":
-        raise ProtocolError("layout", "animation samples frames as a batch; use layout 'views'")
     if request.noise == "surface" and passes.uv is None:
         raise ProtocolError("uv", "surface noise needs the UV pass (F, H, W, 2) of every frame")
     if request.pixel_sync > 0 and passes.uv is None and passes.vector is None:
         raise ProtocolError("uv", "pixel_sync needs the UV pass or the vector pass of every frame")
-    if request.sync_strength > 0 and passes.uv is not None:
+    if request.sync_strength > 0:
+        if passes.uv is None:
+            raise ProtocolError("uv", "temporal UV sync needs the UV pass (F, H, W, 2) of every frame")
         try:
             geometry.footprint_texture_size(passes.uv, passes.mask)
         except ValueError:
             raise ProtocolError("mask", "the object never covers two neighbouring pixels in any frame: too small "
                                         "for temporal UV sync; set sync_strength 0 or frame it larger") from None
-    if request.sync_strength > 0 and passes.uv is None:
-        raise ProtocolError("uv", "temporal UV sync needs the UV pass (F, H, W, 2) of every frame")
     if request.background_sync > 0 and passes.vector is None:
         raise ProtocolError("vector", "background_sync needs the vector pass (F, H, W, 2): pixel motion to the "
                                       "next frame")

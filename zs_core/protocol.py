@@ -166,6 +166,10 @@ class Request:
         _check(self.control_start <= self.control_end, "control_end",
                "must not be smaller than control_start")
         _check(len(self.prompt) <= 4000, "prompt", "longer than 4000 characters")
+        if self.kind == "animation":
+            _check(self.attention in ANIMATION_ATTENTION, "attention",
+                   f"{self.attention!r} is for texture jobs; an animation takes {', '.join(ANIMATION_ATTENTION)}")
+            _check(self.layout == "views", "layout", "an animation samples its frames as a batch; use layout 'views'")
         return self
 
     def to_dict(self) -> dict[str, Any]:

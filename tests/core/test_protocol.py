@@ -42,6 +42,19 @@ def test_bad_request_fields_are_named(field_name, value, words):
     assert words in str(error.value)
 
 
+@pytest.mark.parametrize("changes, field_name", [
+    (dict(attention="extended"), "attention"),
+    (dict(attention="neighbors"), "attention"),
+    (dict(layout="grid"), "layout"),
+])
+def test_animation_requests_take_only_frame_attention_and_the_views_layout(changes, field_name):
+    Request(kind="animation", attention="tma").validate()
+    Request(kind="texture", **changes).validate()  # fine for texturing
+    with pytest.raises(ProtocolError) as raised:
+        Request(kind="animation", **changes).validate()
+    assert raised.value.field == field_name
+
+
 def test_unknown_request_field_and_bad_json_are_named():
     with pytest.raises(ProtocolError, match="^colour: unknown field"):
         Request.from_dict({"colour": "red"})
