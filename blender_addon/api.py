@@ -127,13 +127,13 @@ class AnimationSettings(_SamplingSettings):
     carries the decoded frames from frame to frame in pixels (0: off)."""
 
     background_noise: str = "auto"
-    attention: str = "tma"
+    attention: str = protocol.ANIMATION_DEFAULTS["attention"]
     keyframes: str = "first"
     momentum: float = 0.5
     chunk: int = 16
-    sync_strength: float = 0.9
-    background_sync: float = 0.9
-    pixel_sync: float = 0.3
+    sync_strength: float = protocol.ANIMATION_DEFAULTS["sync_strength"]
+    background_sync: float = protocol.ANIMATION_DEFAULTS["background_sync"]
+    pixel_sync: float = protocol.ANIMATION_DEFAULTS["pixel_sync"]
     width: int | None = None
     height: int | None = None
     uv_map: str | None = None  # None: each object's active render UV map

@@ -59,6 +59,7 @@ SCHEDULER_ITEMS = [(value, _SCHEDULER_HELP.get(value, value), _SCHEDULER_HELP.ge
                    for value in protocol.SCHEDULERS]
 BACKGROUND_NOISE_ITEMS = _items(protocol.BACKGROUND_NOISE_MODES, _BACKGROUND_HELP)
 KEYFRAME_ITEMS = _items(protocol.KEYFRAME_POLICIES, _KEYFRAME_HELP)
+_ANIMATION = protocol.ANIMATION_DEFAULTS
 ANIMATION_ATTENTION_ITEMS = [item for item in ATTENTION_ITEMS if item[0] in protocol.ANIMATION_ATTENTION]
 MODES = [
     ("TEXTURE", "Texture", "Generate a UV texture for the selected objects from several views"),
@@ -129,7 +130,8 @@ class ZS_Settings(bpy.types.PropertyGroup):
     anim_frame_end: IntProperty(name="End", default=48, min=0, description="Last frame to render")
     anim_camera: PointerProperty(name="Camera", type=bpy.types.Object, poll=_is_camera,
                                  description="Camera whose shot is re-styled (empty: the scene's camera)")
-    anim_attention: EnumProperty(name="Attention", items=ANIMATION_ATTENTION_ITEMS, default="tma",
+    anim_attention: EnumProperty(name="Attention", items=ANIMATION_ATTENTION_ITEMS,
+                                 default=_ANIMATION["attention"],
                                  description="Which frames each frame looks at while denoising")
     keyframes: EnumProperty(name="Anchor Frames", items=KEYFRAME_ITEMS, default="first",
                             description="The frames Keyframes attention attends to")
@@ -139,13 +141,15 @@ class ZS_Settings(bpy.types.PropertyGroup):
                        description="Frames per model batch (fewer: less memory; the result is the same)")
     background_noise: EnumProperty(name="Background Noise", items=BACKGROUND_NOISE_ITEMS, default="auto",
                                    description="How the noise off the target objects moves over the frames")
-    anim_sync_strength: FloatProperty(name="Sync Strength", default=0.9, min=0.0, max=1.0, subtype="FACTOR",
+    anim_sync_strength: FloatProperty(name="Sync Strength", default=_ANIMATION["sync_strength"], min=0.0, max=1.0,
+                                      subtype="FACTOR",
                                       description="Fuse the objects' frames through their UVs at every step "
                                                   "(below 1 lets lighting change; 0: off)")
-    background_sync: FloatProperty(name="Background Sync", default=0.9, min=0.0, max=1.0, subtype="FACTOR",
+    background_sync: FloatProperty(name="Background Sync", default=_ANIMATION["background_sync"], min=0.0, max=1.0,
+                                   subtype="FACTOR",
                                    description="Carry the background along the motion vectors into the next "
                                                "frame at every step (0: off)")
-    pixel_sync: FloatProperty(name="Pixel Sync", default=0.3, min=0.0, max=1.0, subtype="FACTOR",
+    pixel_sync: FloatProperty(name="Pixel Sync", default=_ANIMATION["pixel_sync"], min=0.0, max=1.0, subtype="FACTOR",
                               description="Carry the finished frames into the next one in pixels (0: off)")
     frames_folder: StringProperty(name="Frames", default="//zs_frames/", subtype="DIR_PATH",
                                   description="Folder for the generated frames (// is next to the .blend; an "

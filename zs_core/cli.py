@@ -8,8 +8,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from .protocol import (ANIMATION_ATTENTION, ATTENTION_MODES, BACKGROUND_NOISE_MODES, KEYFRAME_POLICIES, NOISE_MODES,
-                       SCHEDULERS, ProtocolError, Request, parse_frame_range)
+from .protocol import (ANIMATION_ATTENTION, ANIMATION_DEFAULTS, ATTENTION_MODES, BACKGROUND_NOISE_MODES,
+                       KEYFRAME_POLICIES, NOISE_MODES, SCHEDULERS, ProtocolError, Request, parse_frame_range)
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser, *, steps: int, noise: str, attention: str,
@@ -233,7 +233,6 @@ def _demo_animation(args: argparse.Namespace, out: Path) -> int:
     re-styled into consistent frames (the numpy animated scene without bpy)."""
     from . import models, scene
 
-    fields = dict(noise="surface", attention="tma", sync_strength=0.9, background_sync=0.9, pixel_sync=0.3)
     if _bpy_available():
         batch = _blender_batch()
         print(f"zs demo --animation: Suzanne in Blender, {args.frames} frames of {args.size}x{args.size}, model "
@@ -241,13 +240,13 @@ def _demo_animation(args: argparse.Namespace, out: Path) -> int:
         scene_path = batch.build_animated_demo_scene(out / "scene.blend", frames=args.frames, size=args.size)
         summary = batch.animate_blend(scene_path, out, prompt=args.prompt, sampler=_in_process_sampler(args),
                                       objects=[batch.DEMO_OBJECT], steps=args.steps, seed=args.seed,
-                                      guidance=args.guidance, scheduler=args.scheduler, **fields)
+                                      guidance=args.guidance, scheduler=args.scheduler, **ANIMATION_DEFAULTS)
         _print_animation_outputs(out, summary["metrics"])
         print(f"animated blend: {summary['animated_blend']}", file=sys.stderr)
         return 0
     print("zs demo --animation: Blender's Python module (bpy) is not installed: the numpy animated scene instead",
           file=sys.stderr)
-    request = _request_from_args(args, kind="animation", **fields)
+    request = _request_from_args(args, kind="animation", **ANIMATION_DEFAULTS)
     passes = scene.animated_scene(frames=args.frames, width=args.size, height=args.size)
     metrics = _run_with_bar(models.load(args.model, args.controlnet, device=args.device), request, passes,
                             out)
@@ -418,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     blend.add_argument("--server", default=None, help="sample on this ZS server instead of in this process")
     blend.add_argument("--token", default=None, help="the server's token (default: ZS_TOKEN or the local "
                                                      "server's token file)")
-    _add_sampling_options(animate, steps=20, noise="surface", attention="tma", sync_strength=0.9,
+    _add_sampling_options(animate, steps=20, noise=ANIMATION_DEFAULTS["noise"],
+                          attention=ANIMATION_DEFAULTS["attention"], sync_strength=ANIMATION_DEFAULTS["sync_strength"],
                           attention_choices=ANIMATION_ATTENTION, texture_size=False)
     method = animate.add_argument_group("animation")
     method.add_argument("--background-noise", choices=BACKGROUND_NOISE_MODES, default="auto",
@@ -427,9 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="anchor frames of keyframes attention")
     method.add_argument("--momentum", type=float, default=0.5, help="tma momentum mu (0: self, 1: first frame)")
     method.add_argument("--chunk", type=int, default=16, help="frames per model batch")
-    method.add_argument("--background-sync", type=float, default=0.9,
+    method.add_argument("--background-sync", type=float, default=ANIMATION_DEFAULTS["background_sync"],
                         help="background carried along the vector pass, 0 (off) to 1")
-    method.add_argument("--pixel-sync", type=float, default=0.3,
+    method.add_argument("--pixel-sync", type=float, default=ANIMATION_DEFAULTS["pixel_sync"],
                         help="decoded frames carried frame to frame in pixels, 0 (off) to 1")
     animate.set_defaults(func=cmd_animate)
 

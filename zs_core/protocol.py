@@ -28,6 +28,10 @@ NOISE_MODES = ("iid", "fixed", "mixed", "progressive", "dependency", "surface")
 BACKGROUND_NOISE_MODES = ("auto", "iid", "fixed", "mixed", "progressive", "dependency", "warped")
 ATTENTION_MODES = ("self", "extended", "neighbors", "keyframes", "tma")
 ANIMATION_ATTENTION = ("self", "keyframes", "tma")  # what an animation job takes
+# Where an animation starts unless told otherwise: the CLI, the Blender panel and the
+# script API all take these (the Request defaults stay neutral: no sync, self-attention).
+ANIMATION_DEFAULTS = {"noise": "surface", "attention": "tma", "sync_strength": 0.9, "background_sync": 0.9,
+                      "pixel_sync": 0.3}
 KEYFRAME_POLICIES = ("first", "first_previous", "middle")
 LAYOUTS = ("views", "grid")
 SCHEDULERS = ("ddim", "dpmpp", "unipc")
