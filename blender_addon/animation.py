@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import bpy
 
-from . import apply, capture
+from . import apply, capture, passes
 from .capture import CaptureError
 from .wire import protocol
 
@@ -197,6 +197,41 @@ def frame_size(scene: bpy.types.Scene, width: int | None = None, height: int | N
     return sizes[0], sizes[1]
 
 
+@dataclass
+class Shot:
+    """What an animation renders, every check passed: the scene frames, the camera, the
+    target meshes, the UV map they follow (None: each one's active render map), whether
+    the UV pass is captured, and the frame size."""
+
+    frames: list[int]
+    camera: Any
+    objects: list
+    uv_map: str | None
+    with_uv: bool
+    width: int
+    height: int
+
+    def render(self, scene: bpy.types.Scene):
+        """The passes of every frame (with the vector pass) -> the add-on's Passes."""
+        return passes.render_frame_passes(scene, self.camera, self.objects, self.frames, self.width, self.height,
+                                          uv_map=self.uv_map, with_vector=True, with_uv=self.with_uv)
+
+
+def check_shot(scene: bpy.types.Scene, request, camera=None, objects=None, frames=None, uv_map: str | None = None,
+               width: int | None = None, height: int | None = None) -> Shot:
+    """Every check an animation needs before anything renders -> the :class:`Shot`.
+
+    ``frames`` as :func:`frame_list`, ``camera`` as :func:`scene_camera`, ``objects``
+    (None: every mesh that renders) as :func:`check_targets` against ``request``'s needs,
+    ``width`` / ``height`` as :func:`frame_size`."""
+    numbers = frame_list(frames, scene)
+    camera = scene_camera(scene, camera, numbers)
+    objects = scene_meshes(scene) if objects is None else list(objects)
+    with_uv = check_targets(objects, uv_map, needs_uv(request))
+    width, height = frame_size(scene, width, height)
+    return Shot(numbers, camera, objects, uv_map, with_uv, width, height)
+
+
 def new_out_dir(base, name: str) -> Path:
     """A new folder for one animation's outputs: ``base/<name>`` (``<name>_001`` ... when
     taken; not created yet), or a new temporary folder when ``base`` is None."""
@@ -330,5 +365,6 @@ def _relative(path: Path) -> str:
 
 
 __all__ = ["parse_frames", "frame_list", "scene_camera", "scene_meshes", "needs_uv", "check_targets", "frame_size",
+           "Shot", "check_shot",
            "new_out_dir", "default_out_dir", "count_frames", "frame_files", "load_frames", "LoadedFrames",
            "FRAMES_FOLDER"]

@@ -269,22 +269,19 @@ def animate(camera=None, objects=None, frames=None, settings: AnimationSettings 
     scene = scene or bpy.context.scene
     if "fps" not in settings.extra:
         request.fps = scene.render.fps / scene.render.fps_base
-    numbers = animation.frame_list(frames, scene)
-    camera = animation.scene_camera(scene, camera, numbers)
-    objects = animation.scene_meshes(scene) if objects is None else _resolve_objects(objects, "animate")
-    with_uv = animation.check_targets(objects, settings.uv_map, animation.needs_uv(request))
-    width, height = animation.frame_size(scene, settings.width, settings.height)
+    targets = None if objects is None else _resolve_objects(objects, "animate")
+    shot = animation.check_shot(scene, request, camera, targets, frames, settings.uv_map, settings.width,
+                                settings.height)
     client = _client(sampler, server, token)
 
-    captured = passes.render_frame_passes(scene, camera, objects, numbers, width, height, uv_map=settings.uv_map,
-                                          with_vector=True, with_uv=with_uv)
+    captured = shot.render(scene)
     out_dir = Path(out_dir) if out_dir is not None else animation.default_out_dir(name)
     out_dir.mkdir(parents=True, exist_ok=True)
     job_id, metrics = _sample(request, captured, out_dir, sampler, client, progress, stop)
-    files = animation.frame_files(out_dir / Path(protocol.FRAME_PNG).parent, len(numbers))
-    loaded = animation.load_frames(scene, camera, files, numbers[0], name=name)
+    files = animation.frame_files(out_dir / Path(protocol.FRAME_PNG).parent, len(shot.frames))
+    loaded = animation.load_frames(scene, shot.camera, files, shot.frames[0], name=name)
     return AnimationResult(image=loaded.image, background=loaded.background, strip=loaded.strip, frame_paths=files,
-                           metrics=dict(metrics or {}), out_dir=out_dir, camera=camera, frames=numbers,
+                           metrics=dict(metrics or {}), out_dir=out_dir, camera=shot.camera, frames=shot.frames,
                            job_id=job_id)
 
 

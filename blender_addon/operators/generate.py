@@ -325,26 +325,20 @@ class AnimationSession(GenerateSession):
 
     def _plan(self, context, settings, request) -> dict:
         scene = self.scene
-        frames = animation.frame_list(animation_frames(settings, scene), scene)
-        camera = animation.scene_camera(scene, settings.anim_camera or None, frames)
         try:
             objects = capture.target_objects(context)
         except CaptureError:  # nothing selected: every mesh that renders is a target
-            objects = animation.scene_meshes(scene)
-        uv_map = settings.uv_map.strip() or None
-        with_uv = animation.check_targets(objects, uv_map, animation.needs_uv(request))
-        width, height = animation.frame_size(scene)
-        return {"frames": frames, "camera": camera, "objects": objects, "uv_map": uv_map, "with_uv": with_uv,
-                "size": (width, height), "status": f"Rendering {len(frames)} frames of {width}x{height}"}
+            objects = None
+        shot = animation.check_shot(scene, request, settings.anim_camera or None, objects,
+                                    animation_frames(settings, scene), settings.uv_map.strip() or None)
+        return {"shot": shot, "status": f"Rendering {len(shot.frames)} frames of {shot.width}x{shot.height}"}
 
     def _render(self, context, settings, request, plan):
-        width, height = plan["size"]
-        passes_ = passes.render_frame_passes(context.scene, plan["camera"], plan["objects"], plan["frames"],
-                                             width, height, uv_map=plan["uv_map"], with_vector=True,
-                                             with_uv=plan["with_uv"])
-        self.camera_name = plan["camera"].name
-        self.frames = plan["frames"]
-        self.objects = [obj.name for obj in plan["objects"]]
+        shot = plan["shot"]
+        passes_ = shot.render(context.scene)
+        self.camera_name = shot.camera.name
+        self.frames = shot.frames
+        self.objects = [obj.name for obj in shot.objects]
         self.out_dir = animation.new_out_dir(output_folder(settings.frames_folder), self.NAME)
         return passes_
 
