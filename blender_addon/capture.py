@@ -119,14 +119,17 @@ def object_fcurves(obj: bpy.types.Object) -> list:
 # ------------------------------------------------------------------------------ images
 
 
-def image_to_numpy(image: bpy.types.Image) -> np.ndarray:
-    """A Blender image -> (H, W, C) float32, rows top to bottom (C = image.channels)."""
+def image_to_numpy(image: bpy.types.Image, contiguous: bool = True) -> np.ndarray:
+    """A Blender image -> (H, W, C) float32, rows top to bottom (C = image.channels).
+    ``contiguous`` False returns a row-flipped view (no copy) for callers that copy anyway."""
     width, height = image.size
     channels = image.channels
     if width == 0 or height == 0:
         raise CaptureError(f"image {image.name!r} has no pixels (could not be read)")
     flat = np.empty(width * height * channels, np.float32)
     image.pixels.foreach_get(flat)
+    if not contiguous:
+        return flat.reshape(height, width, channels)[::-1]
     return pixels_to_array(flat, width, height, channels)
 
 

@@ -57,50 +57,82 @@ RENDER_PASSES: dict[str, tuple[str, str]] = {
 # ----------------------------------------------------------------------------- numpy core
 
 
-def wrap_uv(uv: np.ndarray, tolerance: float = 1e-4) -> np.ndarray:
+def wrap_uv(uv: np.ndarray, tolerance: float = 1e-4, out: np.ndarray | None = None) -> np.ndarray:
     """UV (..., 2) -> [0, 1] the way a repeating texture reads it (inside values unchanged).
 
     Values within ``tolerance`` outside the square are rounding noise of an island on
-    its border: clamped, not wrapped to the opposite side. Returns a new float32 array."""
-    uv = np.array(uv, dtype=np.float32)
-    uv[(uv < 0.0) & (uv > -tolerance)] = 0.0
-    uv[(uv > 1.0) & (uv < 1.0 + tolerance)] = 1.0
-    outside = (uv < 0.0) | (uv > 1.0)
+    its border: clamped, not wrapped to the opposite side. Writes into ``out`` (float32,
+    may be ``uv`` itself) or a new float32 array, and returns it."""
+    if out is None:
+        out = np.array(uv, dtype=np.float32)
+    elif out is not uv:
+        np.copyto(out, uv)
+    if out.min(initial=0.0) >= 0.0 and out.max(initial=1.0) <= 1.0:
+        return out  # the common case: every UV inside the square
+    out[(out < 0.0) & (out > -tolerance)] = 0.0
+    out[(out > 1.0) & (out < 1.0 + tolerance)] = 1.0
+    outside = (out < 0.0) | (out > 1.0)
     if outside.any():  # rare: only UV islands placed outside the unit square
-        uv[outside] -= np.floor(uv[outside])
-    return uv
+        out[outside] -= np.floor(out[outside])
+    return out
 
 
-def motion_to_next(vector: np.ndarray) -> np.ndarray:
+def motion_to_next(vector: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Cycles' Vector pass (H, W, 4) -> motion to the next frame (H, W, 2) float32 as
     [col, row] pixels with rows top to bottom (Blender's y points up)."""
-    return np.stack([-vector[..., 2], vector[..., 3]], axis=-1).astype(np.float32)
+    if out is None:
+        out = np.empty(vector.shape[:-1] + (2,), np.float32)
+    np.negative(vector[..., 2], out=out[..., 0])
+    out[..., 1] = vector[..., 3]
+    return out
+
+
+def allocate_views(count: int, height: int, width: int, with_vector: bool = False,
+                   with_uv: bool = True) -> dict[str, np.ndarray]:
+    """Zeroed wire arrays for ``count`` views, filled one view at a time by :func:`decode_view`:
+    depth (V, H, W) float32, mask (V, H, W) bool, normal / position (V, H, W, 3) float32
+    [, uv (V, H, W, 2)] [, vector (V, H, W, 2)]. Filling in place avoids a stacking copy."""
+    shape = (count, height, width)
+    arrays = {"depth": np.zeros(shape, np.float32), "mask": np.zeros(shape, bool)}
+    if with_uv:
+        arrays["uv"] = np.zeros(shape + (2,), np.float32)
+    arrays["normal"] = np.zeros(shape + (3,), np.float32)
+    arrays["position"] = np.zeros(shape + (3,), np.float32)
+    if with_vector:
+        arrays["vector"] = np.zeros(shape + (2,), np.float32)
+    return arrays
+
+
+def decode_view(raw: dict[str, np.ndarray], marker: int, arrays: dict[str, np.ndarray], index: int) -> None:
+    """One view's EXR pixels (name -> (H, W, C) float32, rows top to bottom) -> view ``index``
+    of ``arrays`` (from :func:`allocate_views`, still zero there).
+
+    depth planar, 1e10 where nothing is hit (every object counts: ControlNet sees the
+    whole scene); mask where the object index is ``marker``; normal, position and uv on
+    target pixels only (0 elsewhere); vector everywhere.
+    """
+    mask = arrays["mask"][index]
+    np.less(np.abs(raw["Object Index"][..., 0] - marker), 0.5, out=mask)
+    depth = arrays["depth"][index]
+    np.copyto(depth, raw["Depth"][..., 0])
+    depth[~(np.isfinite(depth) & (depth < BACKGROUND_DEPTH))] = BACKGROUND_DEPTH
+    on = mask[..., None]  # only target pixels carry surface data
+    for key, name, channels in (("normal", "Normal", 3), ("position", "Position", 3), ("uv", "UV", 2)):
+        if key in arrays:
+            np.copyto(arrays[key][index], raw[name][..., :channels], where=on)
+    if "uv" in arrays:
+        wrap_uv(arrays["uv"][index], out=arrays["uv"][index])
+    if "vector" in arrays:
+        motion_to_next(raw["Vector"], out=arrays["vector"][index])
 
 
 def view_arrays(raw: dict[str, np.ndarray], marker: int, with_vector: bool = False,
                 with_uv: bool = True) -> dict[str, np.ndarray]:
-    """One view's EXR pixels (name -> (H, W, C) float32, rows top to bottom) -> wire arrays.
-
-    depth (H, W) planar, 1e10 where nothing is hit (every object counts: ControlNet sees
-    the whole scene); mask (H, W) bool where the object index is ``marker``; normal,
-    position (H, W, 3) and uv (H, W, 2) on target pixels, 0 elsewhere (no uv without
-    ``with_uv``); vector (H, W, 2) everywhere when asked.
-    """
-    mask = np.abs(raw["Object Index"][..., 0] - marker) < 0.5
-    off = ~mask
-    depth = np.array(raw["Depth"][..., 0], dtype=np.float32)
-    depth[~(np.isfinite(depth) & (depth < BACKGROUND_DEPTH))] = BACKGROUND_DEPTH
-    arrays = {"depth": depth, "mask": mask}
-    if with_uv:
-        arrays["uv"] = wrap_uv(raw["UV"][..., :2])
-    for key, name in (("normal", "Normal"), ("position", "Position")):
-        arrays[key] = np.array(raw[name][..., :3], dtype=np.float32)
-    for key in ("normal", "uv", "position"):
-        if key in arrays:
-            arrays[key][off] = 0.0  # only target pixels carry surface data
-    if with_vector:
-        arrays["vector"] = motion_to_next(raw["Vector"])
-    return arrays
+    """One view's EXR pixels -> its wire arrays (H, W[, C]), as :func:`decode_view` fills them."""
+    height, width = raw["Depth"].shape[:2]
+    arrays = allocate_views(1, height, width, with_vector, with_uv)
+    decode_view(raw, marker, arrays, 0)
+    return {name: array[0] for name, array in arrays.items()}
 
 
 def decode_texels(position_rgba: np.ndarray, normal_rgba: np.ndarray, object_to_world: np.ndarray):
@@ -115,11 +147,6 @@ def decode_texels(position_rgba: np.ndarray, normal_rgba: np.ndarray, object_to_
     on = covered[..., None]
     return (np.where(on, position_rgba[..., :3], 0.0).astype(np.float32),
             np.where(on, normal, 0.0).astype(np.float32), covered)
-
-
-def stack_views(views: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per-view dicts of (H, W, ...) arrays -> one dict of (V, H, W, ...) arrays."""
-    return {name: np.stack([view[name] for view in views]) for name in views[0]}
 
 
 # ------------------------------------------------------------------------ public entry
@@ -215,7 +242,8 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
                if with_uv else {})
     marker = capture.unused_pass_index(scene, objects)
     names = [n for n in RENDER_PASSES if (with_vector or n != "Vector") and (with_uv or n != "UV")]
-    views, world_to_camera, projection = [], [], []
+    arrays = allocate_views(len(shots), height, width, with_vector, with_uv)
+    world_to_camera, projection = [], []
     with contextlib.ExitStack() as stack:
         stack.enter_context(capture.preserved_render_settings(scene))
         stack.enter_context(_context_for(scene, view_layer))
@@ -235,12 +263,11 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
                 scene.frame_set(frame)
             scene.camera = camera
             raw = _render_view(scene, view_layer, output, os.path.join(folder, f"{index:04d}"), names)
-            views.append(view_arrays(raw, marker, with_vector, with_uv))
+            decode_view(raw, marker, arrays, index)
             matrices = capture.camera_matrices(scene, camera, width, height,
                                                capture.evaluated_depsgraph(scene, view_layer))
             world_to_camera.append(matrices[0])
             projection.append(matrices[1])
-    arrays = stack_views(views)
     passes = Passes(**arrays, world_to_camera=np.stack(world_to_camera), projection=np.stack(projection))
     if texels is not None:
         passes.texel_position, passes.texel_normal, passes.texel_mask = texels
@@ -410,12 +437,13 @@ def _pass_file(folder: str, name: str) -> str:
 
 
 def _read_exr(path: str) -> np.ndarray:
-    """An EXR file -> (H, W, C) float32 rows top to bottom; the loaded image is removed."""
+    """An EXR file -> (H, W, C) float32 rows top to bottom (a view: decode_view copies it);
+    the loaded image is removed."""
     image = bpy.data.images.load(path, check_existing=False)
     try:
         image.colorspace_settings.is_data = True  # raw values, no colour conversion
         image.alpha_mode = "CHANNEL_PACKED"  # alpha is data too: never (un)premultiplied
-        return capture.image_to_numpy(image)
+        return capture.image_to_numpy(image, contiguous=False)
     finally:
         bpy.data.images.remove(image)
 

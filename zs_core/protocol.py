@@ -285,11 +285,12 @@ class Passes:
                 _check(array.dtype == np.float32, name, f"expected dtype float32, got {array.dtype}")
         _check(bool(self.mask.any()), "mask", "no view sees the target object (all masks are empty)")
         _check(not np.isnan(self.depth).any(), "depth", "contains NaN")
+        # Whole-array checks first (no gather); only a failure looks at the target pixels.
         for name in ("uv", "normal", "position", "vector"):
             array = getattr(self, name)
-            if array is not None:
+            if array is not None and not np.isfinite(array).all():
                 _check(bool(np.isfinite(array[self.mask]).all()), name, "contains NaN or inf on target pixels")
-        if self.uv is not None:
+        if self.uv is not None and not (self.uv.min(initial=0.0) >= 0.0 and self.uv.max(initial=1.0) <= 1.0):
             seen = self.uv[self.mask]
             _check(bool(((seen >= 0.0) & (seen <= 1.0)).all()), "uv", "values outside [0, 1] on target pixels")
         for name in _CAMERA_ARRAYS:

@@ -368,6 +368,20 @@ def test_view_arrays_decodes_raw_pass_pixels():
     np.testing.assert_allclose(arrays["vector"][0, 0], (1.5, 2.0))  # [col, row], rows down
 
 
+def test_decode_view_fills_one_view_of_the_capture_arrays_in_place():
+    rng = np.random.default_rng(1)
+    raw = {name: rng.uniform(-0.5, 1.5, (4, 5, 4)).astype(np.float32)[::-1] for name in passes.RENDER_PASSES}
+    raw["Object Index"][..., 0] = rng.integers(0, 3, (4, 5))
+    arrays = passes.allocate_views(3, 4, 5, with_vector=True)
+    passes.decode_view(raw, 2, arrays, 1)
+    alone = passes.view_arrays(raw, 2, with_vector=True)
+    assert arrays.keys() == alone.keys()
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(array[1], alone[name])
+        assert not array[0].any() and not array[2].any()  # the other views are untouched
+    assert alone["mask"].any() and (alone["uv"][alone["mask"]] != raw["UV"][..., :2][alone["mask"]]).any()
+
+
 def test_passes_share_files_in_pairs_and_unpack_to_their_channels():
     names = ["Depth", "Normal", "UV", "Position", "Object Index"]
     layout = passes.file_layout(names)

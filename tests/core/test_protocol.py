@@ -101,3 +101,12 @@ def test_background_uv_may_be_anything():
     passes = small_passes()
     passes.uv[~passes.mask] = -5.0
     passes.validate()
+
+
+def test_background_surface_data_may_be_nan_but_target_pixels_may_not():
+    passes = small_passes()
+    passes.uv[~passes.mask] = np.nan
+    passes.validate()
+    passes.uv[0, 5, 5, 1] = np.inf  # a target pixel
+    with pytest.raises(ProtocolError, match="^uv: contains NaN or inf on target pixels"):
+        passes.validate()
