@@ -211,10 +211,12 @@ class Shot:
     width: int
     height: int
 
-    def render(self, scene: bpy.types.Scene):
-        """The passes of every frame (with the vector pass) -> the add-on's Passes."""
+    def render(self, scene: bpy.types.Scene, on_view: passes.ViewCallback | None = None):
+        """The passes of every frame (with the vector pass) -> the add-on's Passes;
+        ``on_view(rendered, total)`` after each frame."""
         return passes.render_frame_passes(scene, self.camera, self.objects, self.frames, self.width, self.height,
-                                          uv_map=self.uv_map, with_vector=True, with_uv=self.with_uv)
+                                          uv_map=self.uv_map, with_vector=True, with_uv=self.with_uv,
+                                          on_view=on_view)
 
 
 def check_shot(scene: bpy.types.Scene, request, camera=None, objects=None, frames=None, uv_map: str | None = None,

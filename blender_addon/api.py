@@ -40,8 +40,17 @@ from .wire import Passes, Request, protocol
 # sampler(request dict, passes, out_dir) -> metrics dict; writes the result layout
 # (texture.png, views/NNNN.png or frames/NNNN.png, metrics.json ...) into out_dir.
 Sampler = Callable[[dict, Passes, Path], dict]
-# progress(event name, data): the server's events (queued, started, progress, done ...).
+# progress(event name, data): "rendering" {"done", "total", "unit": "view" | "frame"} after
+# each rendered view or frame, then the sampling job's events (queued, started, progress,
+# done ...; the server's, or none from an in-process sampler).
 Progress = Callable[[str, dict], None]
+
+
+def _rendering(progress: Progress | None, unit: str):
+    """A passes ``on_view`` callback reporting "rendering" events to ``progress``."""
+    if progress is None:
+        return None
+    return lambda done, total: progress("rendering", {"done": done, "total": total, "unit": unit})
 
 
 @dataclass
@@ -176,8 +185,8 @@ def texture(objects: Sequence, cameras: Sequence | None = None, settings: Textur
     orbit rig of ``settings.views`` cameras) -> :class:`TextureResult`.
 
     Sampling runs in ``sampler`` when given, else on the server at ``server`` (default
-    http://127.0.0.1:8765) with ``token``; ``progress(event, data)`` sees the server's
-    events. ``out_dir`` keeps the job's outputs (default: a new temporary folder);
+    http://127.0.0.1:8765) with ``token``; ``progress(event, data)`` sees each rendered
+    view, then the server's events. ``out_dir`` keeps the job's outputs (default: a new temporary folder);
     ``image_folder`` is where the texture PNG goes (see :func:`apply.apply_texture`).
     Every check (objects, UV maps, cameras, settings, server and token) runs before the
     scene is changed; errors are :class:`CaptureError`, ``ProtocolError`` or
@@ -208,7 +217,8 @@ def texture(objects: Sequence, cameras: Sequence | None = None, settings: Textur
         cameras = rig.build_orbit_rig(scene, objects, count=settings.views, elevation_deg=settings.elevation,
                                       width=settings.view_size, height=settings.view_size)
     captured = passes.render_passes(scene, cameras, objects, settings.view_size, settings.view_size,
-                                    uv_map=settings.uv_map, texture_size=settings.texture_size)
+                                    uv_map=settings.uv_map, texture_size=settings.texture_size,
+                                    on_view=_rendering(progress, "view"))
     out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="zs-texture-"))
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -274,7 +284,7 @@ def animate(camera=None, objects=None, frames=None, settings: AnimationSettings 
                                 settings.height)
     client = _client(sampler, server, token)
 
-    captured = shot.render(scene)
+    captured = shot.render(scene, on_view=_rendering(progress, "frame"))
     out_dir = Path(out_dir) if out_dir is not None else animation.default_out_dir(name)
     out_dir.mkdir(parents=True, exist_ok=True)
     job_id, metrics = _sample(request, captured, out_dir, sampler, client, progress, stop)

@@ -341,7 +341,9 @@ def _run(args, work, report) -> int:
 
 
 def _print_progress(name: str, data: dict) -> None:
-    if name == "progress":
+    if name == "rendering":
+        print(f"rendered {data['unit']} {data['done']}/{data['total']}", file=sys.stderr)
+    elif name == "progress":
         print(f"step {data['step']}/{data['total']}", file=sys.stderr)
     else:
         print(f"job {data.get('job', '')}: {name}", file=sys.stderr)

@@ -31,7 +31,7 @@ import contextlib
 import os
 import re
 import tempfile
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import bpy
 import numpy as np
@@ -39,6 +39,9 @@ import numpy as np
 from . import capture
 from .capture import CaptureError
 from .wire import Passes
+
+# on_view(rendered, total): called after each view (or frame) is rendered and read back.
+ViewCallback = Callable[[int, int], None]
 
 BACKGROUND_DEPTH = 1e10  # what Cycles writes where no geometry is hit
 FILTER_WIDTH = 0.01  # Cycles' smallest pixel filter: the one sample sits on the pixel centre
@@ -155,7 +158,7 @@ def decode_texels(position_rgba: np.ndarray, normal_rgba: np.ndarray, object_to_
 def render_passes(scene: bpy.types.Scene, cameras: Sequence[bpy.types.Object],
                   objects: Sequence[bpy.types.Object], width: int, height: int, uv_map: str | None = None,
                   with_vector: bool = False, texture_size: int | None = None, smart_uv: bool = False,
-                  view_layer=None) -> Passes:
+                  view_layer=None, on_view: ViewCallback | None = None) -> Passes:
     """Render every camera at the current frame -> validated :class:`Passes`.
 
     depth (V, H, W), normal / position (V, H, W, 3), uv (V, H, W, 2), mask (V, H, W) bool,
@@ -163,31 +166,34 @@ def render_passes(scene: bpy.types.Scene, cameras: Sequence[bpy.types.Object],
     texel_normal (T, T, 3), texel_mask (T, T) bool with ``texture_size`` T].
     ``uv_map`` None uses each object's active render UV map; ``smart_uv`` adds a new
     Smart UV Project map to objects without one (otherwise they are an error).
+    ``on_view(rendered, total)`` follows the progress (e.g. a progress bar).
     """
     cameras = list(cameras)
     if not cameras:
         raise CaptureError("no camera to render: add cameras (e.g. build a rig) first")
     frame = scene.frame_current
     return _capture(scene, [(camera, None) for camera in cameras], objects, width, height, uv_map,
-                    with_vector, texture_size, smart_uv, view_layer, bake_frame=frame)
+                    with_vector, texture_size, smart_uv, view_layer, bake_frame=frame, on_view=on_view)
 
 
 def render_frame_passes(scene: bpy.types.Scene, camera: bpy.types.Object, objects: Sequence[bpy.types.Object],
                         frames: Iterable[int], width: int, height: int, uv_map: str | None = None,
                         with_vector: bool = True, texture_size: int | None = None, smart_uv: bool = False,
-                        view_layer=None, with_uv: bool = True) -> Passes:
+                        view_layer=None, with_uv: bool = True, on_view: ViewCallback | None = None) -> Passes:
     """Render one camera at each of ``frames`` -> validated :class:`Passes` (frames first).
 
     Same arrays as :func:`render_passes`; ``vector`` (F, H, W, 2) is the motion of each
     pixel to the following frame (+1), [col, row] pixels, rows top to bottom. Texel maps,
     when asked, are baked at the first frame. ``with_uv`` False renders no UV pass (the
     objects then need no UV map; ``uv`` is None and texel maps cannot be asked for).
+    ``on_view(rendered, total)`` is called after each frame.
     """
     frames = [int(f) for f in frames]
     if not frames:
         raise CaptureError("no frame to render: the frame range is empty")
     return _capture(scene, [(camera, f) for f in frames], objects, width, height, uv_map,
-                    with_vector, texture_size, smart_uv, view_layer, bake_frame=frames[0], with_uv=with_uv)
+                    with_vector, texture_size, smart_uv, view_layer, bake_frame=frames[0], with_uv=with_uv,
+                    on_view=on_view)
 
 
 def bake_texel_maps(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], uv_maps: dict,
@@ -226,7 +232,7 @@ def bake_texel_maps(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object],
 
 
 def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_size, smart_uv,
-             view_layer, bake_frame, with_uv: bool = True) -> Passes:
+             view_layer, bake_frame, with_uv: bool = True, on_view: ViewCallback | None = None) -> Passes:
     """Render ``shots`` [(camera, frame or None)] -> validated Passes; state restored."""
     width = _checked_size("width", width, 8, 16384)
     height = _checked_size("height", height, 8, 16384)
@@ -268,6 +274,8 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
                                                capture.evaluated_depsgraph(scene, view_layer))
             world_to_camera.append(matrices[0])
             projection.append(matrices[1])
+            if on_view is not None:
+                on_view(index + 1, len(shots))
     passes = Passes(**arrays, world_to_camera=np.stack(world_to_camera), projection=np.stack(projection))
     if texels is not None:
         passes.texel_position, passes.texel_normal, passes.texel_mask = texels

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from .protocol import (ANIMATION_ATTENTION, ANIMATION_DEFAULTS, ATTENTION_MODES, BACKGROUND_NOISE_MODES,
@@ -126,6 +130,46 @@ def _blender_batch():
                          "pip install -e '.[blender]' (bpy 5.0.1, Python 3.11)") from None
 
 
+BLENDER_LOG = "blender.log"
+
+
+@contextlib.contextmanager
+def _blender_log(out: Path):
+    """Blender's console lines go to ``out/blender.log`` instead of the terminal meanwhile.
+
+    Blender writes them from C to the process's stdout (fd 1): a "Saved:" line for every
+    temporary pass file (three per view or frame), bake notes, file reads. Every line of
+    ours, and the progress bars, go to stderr, so they stay. The log is written to a
+    temporary file and moved into ``out`` at the end when ``out`` exists (a run stopped
+    by bad input creates no output folder); its path is named on stderr either way."""
+    handle, temporary = tempfile.mkstemp(prefix="zs-blender-", suffix=".log")
+    _flush_stdout()
+    saved = os.dup(1)
+    os.dup2(handle, 1)
+    os.close(handle)
+    try:
+        yield
+    finally:
+        _flush_stdout()
+        os.dup2(saved, 1)
+        os.close(saved)
+        path = Path(temporary)
+        if out.is_dir():
+            path = Path(shutil.move(temporary, out / BLENDER_LOG))
+        print(f"Blender's log: {path}", file=sys.stderr)
+
+
+def _flush_stdout() -> None:
+    """Python's and C's stdout buffers out, so no line lands on the wrong side of a switch."""
+    sys.stdout.flush()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):  # no C library to ask (Windows): Python's flush only
+        pass
+
+
 def _in_process_sampler(args: argparse.Namespace):
     """sampler(request dict, passes, out_dir) -> metrics for blender_addon.api: zs_core in
     this process, with a progress bar. The model is loaded on the first call."""
@@ -145,16 +189,26 @@ def _in_process_sampler(args: argparse.Namespace):
 
 
 class _EventBar:
-    """tqdm bar driven by a server job's events (progress(event name, data))."""
+    """tqdm bars driven by blender_addon.api's progress(event name, data): the pass
+    render ("rendering"), then a server job's events."""
 
     def __init__(self, command: str = "texture"):
         self.command = command
         self.bar = None
+        self.render_bar = None
 
     def __call__(self, name: str, data: dict) -> None:
         from tqdm import tqdm
 
-        if name == "queued":
+        if name == "rendering":
+            if self.render_bar is None:
+                self.render_bar = tqdm(total=data["total"], desc="rendering passes", unit=data.get("unit", "view"),
+                                       file=sys.stderr)
+            self.render_bar.update(data["done"] - self.render_bar.n)
+            if data["done"] >= data["total"]:
+                self.render_bar.close()
+                self.render_bar = None
+        elif name == "queued":
             print(f"zs {self.command}: job {data.get('job')} queued (position {data.get('position')})",
                   file=sys.stderr)
         elif name == "started" and self.bar is None:
@@ -165,9 +219,10 @@ class _EventBar:
             self.close()
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        for bar in (self.bar, self.render_bar):
+            if bar is not None:
+                bar.close()
+        self.bar = self.render_bar = None
 
 
 def _local_token() -> str | None:
@@ -183,11 +238,12 @@ def _local_token() -> str | None:
 
 
 def _sampling_backend(args: argparse.Namespace, command: str) -> dict:
-    """blender_addon.api keywords: the server of ``--server`` (with a progress bar on its
-    events), else the in-process sampler."""
-    if args.server:
+    """blender_addon.api keywords: the server of ``--server``, else the in-process sampler;
+    progress bars for the pass render and the server's steps (the in-process sampler has
+    its own)."""
+    if getattr(args, "server", None):  # zs demo has no --server
         return dict(server=args.server, token=args.token or _local_token(), progress=_EventBar(command))
-    return dict(sampler=_in_process_sampler(args))
+    return dict(sampler=_in_process_sampler(args), progress=_EventBar(command))
 
 
 def _blend_settings(args: argparse.Namespace, **overrides) -> dict:
@@ -208,9 +264,10 @@ def _texture_blend(args: argparse.Namespace, source: Path) -> int:
     if not args.objects:
         raise ValueError("--object: name the object to texture (repeat --object for several)")
     batch = _blender_batch()
-    summary = batch.texture_blend(source, args.objects, args.prompt, args.out, cameras=args.cameras,
-                                  use_scene_cameras=args.use_scene_cameras, **_sampling_backend(args, "texture"),
-                                  **_blend_settings(args))
+    with _blender_log(Path(args.out)):
+        summary = batch.texture_blend(source, args.objects, args.prompt, args.out, cameras=args.cameras,
+                                      use_scene_cameras=args.use_scene_cameras, **_sampling_backend(args, "texture"),
+                                      **_blend_settings(args))
     _print_blend_outputs(summary)
     return 0
 
@@ -220,10 +277,12 @@ def _demo_blender(args: argparse.Namespace, out: Path) -> int:
     batch = _blender_batch()
     print(f"zs demo: Suzanne in Blender, {args.views} cameras of {args.size}x{args.size}, model {args.model}",
           file=sys.stderr)
-    scene_path = batch.build_demo_scene(out / "scene.blend")
-    summary = batch.texture_blend(scene_path, [batch.DEMO_OBJECT], args.prompt, out, cameras=args.views,
-                                  sampler=_in_process_sampler(args),
-                                  **_blend_settings(args, view_size=args.size, texture_size=args.texture_size or 512))
+    with _blender_log(out):
+        scene_path = batch.build_demo_scene(out / "scene.blend")
+        summary = batch.texture_blend(scene_path, [batch.DEMO_OBJECT], args.prompt, out, cameras=args.views,
+                                      **_sampling_backend(args, "demo"),
+                                      **_blend_settings(args, view_size=args.size,
+                                                        texture_size=args.texture_size or 512))
     _print_blend_outputs(summary)
     return 0
 
@@ -237,10 +296,12 @@ def _demo_animation(args: argparse.Namespace, out: Path) -> int:
         batch = _blender_batch()
         print(f"zs demo --animation: Suzanne in Blender, {args.frames} frames of {args.size}x{args.size}, model "
               f"{args.model}", file=sys.stderr)
-        scene_path = batch.build_animated_demo_scene(out / "scene.blend", frames=args.frames, size=args.size)
-        summary = batch.animate_blend(scene_path, out, prompt=args.prompt, sampler=_in_process_sampler(args),
-                                      objects=[batch.DEMO_OBJECT], steps=args.steps, seed=args.seed,
-                                      guidance=args.guidance, scheduler=args.scheduler, **ANIMATION_DEFAULTS)
+        with _blender_log(out):
+            scene_path = batch.build_animated_demo_scene(out / "scene.blend", frames=args.frames, size=args.size)
+            summary = batch.animate_blend(scene_path, out, prompt=args.prompt, objects=[batch.DEMO_OBJECT],
+                                          steps=args.steps, seed=args.seed, guidance=args.guidance,
+                                          scheduler=args.scheduler, **_sampling_backend(args, "demo"),
+                                          **ANIMATION_DEFAULTS)
         _print_animation_outputs(out, summary["metrics"])
         print(f"animated blend: {summary['animated_blend']}", file=sys.stderr)
         return 0
@@ -308,9 +369,10 @@ def _animate_blend(args: argparse.Namespace, source: Path) -> int:
     settings = dict(negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
                     scheduler=args.scheduler, noise=args.noise, attention=args.attention, width=args.width,
                     height=args.height, uv_map=args.uv_map, **_animation_fields(args))
-    summary = batch.animate_blend(source, args.out, camera=args.camera, frames=args.frames, prompt=args.prompt,
-                                  objects=args.objects, **_sampling_backend(args, "animate"),
-                                  **{key: value for key, value in settings.items() if value is not None})
+    with _blender_log(Path(args.out)):
+        summary = batch.animate_blend(source, args.out, camera=args.camera, frames=args.frames, prompt=args.prompt,
+                                      objects=args.objects, **_sampling_backend(args, "animate"),
+                                      **{key: value for key, value in settings.items() if value is not None})
     _print_animation_outputs(Path(args.out), summary["metrics"])
     first, last = summary["frames"]
     print(f"animated blend: {summary['animated_blend']} (camera {summary['camera']} shows the frames as its "

@@ -214,7 +214,7 @@ class GenerateSession:
         uv_map = names.pop() if len(names) == 1 else None
         if cameras is not None:
             return passes.render_passes(scene, cameras, objects, size, size, uv_map=uv_map,
-                                        texture_size=texture_size)
+                                        texture_size=texture_size, on_view=self._rendered)
         settings = self.settings
         scene_camera = scene.camera
         try:
@@ -223,7 +223,7 @@ class GenerateSession:
                                           top_views=int(settings.rig_top_view), width=size, height=size,
                                           collection_name=TEMPORARY_RIG)
             return passes.render_passes(scene, cameras, objects, size, size, uv_map=uv_map,
-                                        texture_size=texture_size)
+                                        texture_size=texture_size, on_view=self._rendered)
         finally:
             rig.clear_rig(scene, TEMPORARY_RIG)
             collection = bpy.data.collections.get(TEMPORARY_RIG)
@@ -231,6 +231,16 @@ class GenerateSession:
                 bpy.data.collections.remove(collection)
             if scene.camera != scene_camera:
                 scene.camera = scene_camera
+
+    UNIT = "views"
+
+    def _rendered(self, done: int, total: int) -> None:
+        """After each rendered view: the status, and the cursor's progress (Blender shows it
+        while the capture blocks the window; the operator began it before the capture)."""
+        self._set_status(f"Rendered {done}/{total} {self.UNIT}")
+        window_manager = bpy.context.window_manager
+        if window_manager is not None and not bpy.app.background:
+            window_manager.progress_update(int(100 * done / max(total, 1)))
 
     # ------------------------------------------------------------------ poll
 
@@ -316,6 +326,7 @@ class AnimationSession(GenerateSession):
 
     RESULT = None  # the whole result: frames/, metrics.json, contact_sheet.png ...
     NAME = "ZS Animation"
+    UNIT = "frames"
 
     def __init__(self, scene: bpy.types.Scene, client: Client):
         super().__init__(scene, client)
@@ -335,7 +346,7 @@ class AnimationSession(GenerateSession):
 
     def _render(self, context, settings, request, plan):
         shot = plan["shot"]
-        passes_ = shot.render(context.scene)
+        passes_ = shot.render(context.scene, on_view=self._rendered)
         self.camera_name = shot.camera.name
         self.frames = shot.frames
         self.objects = [obj.name for obj in shot.objects]
@@ -419,12 +430,13 @@ class ZS_OT_generate(bpy.types.Operator):
     def invoke(self, context, event):
         if bpy.app.background or context.window is None:
             return self.execute(context)  # no event loop to drive a modal operator
-        if not self._start(context):
-            return {"CANCELLED"}
         wm = context.window_manager
+        wm.progress_begin(0, 100)  # the capture's views, then the job's steps
+        if not self._start(context):
+            wm.progress_end()
+            return {"CANCELLED"}
         self._timer = wm.event_timer_add(0.2, window=context.window)
         wm.modal_handler_add(self)
-        wm.progress_begin(0, 100)
         return {"RUNNING_MODAL"}
 
     def modal(self, context, event):

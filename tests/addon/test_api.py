@@ -83,7 +83,8 @@ def test_server_path_reports_progress_and_builds_a_rig(scene, server, tmp_path):
                          token=server.token, progress=lambda name, data: events.append((name, data)),
                          out_dir=tmp_path / "job")
     names = [name for name, _ in events]
-    assert names[0] == "queued" and names[-1] == "done"
+    assert names[:3] == ["rendering"] * 3 and names[3] == "queued" and names[-1] == "done"
+    assert [data for name, data in events[:3]] == [{"done": i, "total": 3, "unit": "view"} for i in (1, 2, 3)]
     assert [data["step"] for name, data in events if name == "progress"] == [1, 2]
     assert len(result.cameras) == 3 and rig.rig_cameras() == result.cameras
     assert Client(server.base_url, server.token).status(result.job_id)["state"] == "done"

@@ -215,7 +215,8 @@ def test_server_path_saved_file_and_relative_paths(shot, server, tmp_path):
                          server=server.base_url, token=server.token,
                          progress=lambda name, data: events.append((name, data)))
     names = [name for name, _ in events]
-    assert names[0] == "queued" and names[-1] == "done"
+    assert names[:3] == ["rendering"] * 3 and names[3] == "queued" and names[-1] == "done"
+    assert [data for name, data in events[:3]] == [{"done": i, "total": 3, "unit": "frame"} for i in (1, 2, 3)]
     assert [data["step"] for name, data in events if name == "progress"] == [1, 2]
     assert Client(server.base_url, server.token).status(result.job_id)["state"] == "done"
 

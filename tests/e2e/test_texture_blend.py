@@ -156,13 +156,18 @@ def test_errors_change_nothing(source_blend, tmp_path, capsys):
     assert digest(source_blend) == before
 
 
-def test_demo_is_the_blender_flow(tmp_path, capsys):
+def test_demo_is_the_blender_flow(tmp_path, capfd):
     out = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(out), "--views", "3", "--size", "64", "--steps", "2",
                      "--texture-size", "64"]) == 0
-    err = capsys.readouterr().err
-    for name in ("textured.blend", "texture.png", "contact_sheet.png", "metrics.json"):
+    printed = capfd.readouterr()  # the process's own stdout and stderr, as a terminal sees them
+    err = printed.err
+    for name in ("textured.blend", "texture.png", "contact_sheet.png", "metrics.json", "blender.log"):
         assert (out / name).is_file() and str(out / name) in err, name
+    assert "rendering passes" in err and "3/3" in err  # a bar over the rendered views
+    # Blender's console lines (a "Saved:" per temporary pass file) went to the log, not the terminal.
+    assert "Saved:" not in printed.out and "Saved:" not in err
+    assert (out / "blender.log").read_text().count("Saved:") == 3 * 3
     bpy.ops.wm.open_mainfile(filepath=str(out / "textured.blend"))
     node, _ = texture_node(bpy.data.objects["Suzanne"].material_slots[0].material)
     assert capture.image_to_numpy(node.image).std() > 0.02
