@@ -408,11 +408,9 @@ def _pass_compositor(scene, view_layer, names: Sequence[str]) -> Iterator[bpy.ty
                 output.file_output_items.new(RENDER_PASSES[held[0]][0], file_name)
                 tree.links.new(layers.outputs[held[0]], output.inputs[file_name])
                 continue
-            split = tree.nodes.new("CompositorNodeSeparateColor")
-            join = tree.nodes.new("CompositorNodeCombineColor")
-            tree.links.new(layers.outputs[held[0]], split.inputs["Image"])
-            for channel in ("Red", "Green", "Blue"):
-                tree.links.new(split.outputs[channel], join.inputs[channel])
+            join = tree.nodes.new("CompositorNodeSetAlpha")
+            join.inputs["Type"].default_value = "Replace Alpha"
+            tree.links.new(layers.outputs[held[0]], join.inputs["Image"])
             tree.links.new(layers.outputs[held[1]], join.inputs["Alpha"])
             output.file_output_items.new("RGBA", file_name)
             tree.links.new(join.outputs["Image"], output.inputs[file_name])
