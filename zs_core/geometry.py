@@ -255,13 +255,19 @@ def project(points, world_to_camera, projection, width: int, height: int):
     points = np.asarray(points, dtype=np.float64) if _is_numeric(points) else None
     if points is None or points.ndim < 1 or points.shape[-1] != 3:
         raise ValueError(f"points: expected shape (..., 3), got {getattr(points, 'shape', None)}")
-    camera = points @ world_to_camera[:3, :3].T + world_to_camera[:3, 3]
-    depth = -camera[..., 2]
-    clip = camera @ projection[:, :3].T + projection[:, 3]
-    w = clip[..., 3]
-    usable = w > 0
+    # World -> clip in one matrix, and only the rows used (clip x, y, w; camera z for the
+    # planar depth), each as x * m0 + y * m1 + z * m2 + m3: cheaper than (N, 3) @ (3, 4).
+    world_to_clip = projection @ world_to_camera
+    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+
+    def row(matrix, index):
+        return matrix[index, 0] * x + matrix[index, 1] * y + matrix[index, 2] * z + matrix[index, 3]
+
+    depth = -row(world_to_camera, 2)
+    w = row(world_to_clip, 3)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ndc = clip[..., :2] / np.where(usable, w, np.nan)[..., None]
+        w = np.where(w > 0, w, np.nan)
+        ndc = np.stack([row(world_to_clip, 0) / w, row(world_to_clip, 1) / w], axis=-1)
     return ndc_to_pixels(ndc, width, height), depth, depth > 0
 
 
