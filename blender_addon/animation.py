@@ -229,7 +229,10 @@ def check_shot(scene: bpy.types.Scene, request, camera=None, objects=None, frame
     numbers = frame_list(frames, scene)
     camera = scene_camera(scene, camera, numbers)
     objects = scene_meshes(scene) if objects is None else list(objects)
-    with_uv = check_targets(objects, uv_map, needs_uv(request))
+    with_uv = check_targets(objects, uv_map, needs_uv(request) or request.background_uv)
+    if request.background_uv and not capture.background_surfaces(scene, objects):
+        raise CaptureError("background_uv: no mesh besides the targets has a UV map and renders; add UV maps "
+                           "to the set (floor, walls), or turn Background Through UV off")
     width, height = frame_size(scene, width, height)
     return Shot(numbers, camera, objects, uv_map, with_uv, width, height)
 

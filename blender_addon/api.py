@@ -132,8 +132,9 @@ class AnimationSettings(_SamplingSettings):
     ``keyframes``: first, first_previous, middle) or "tma" (temporal momentum
     ``momentum``); ``chunk`` frames per model batch; ``sync_strength`` fuses the object's
     frames through its UVs every step (< 1 leaves room for lighting changes);
-    ``background_sync`` carries the background along the vector pass; ``pixel_sync``
-    carries the decoded frames from frame to frame in pixels (0: off)."""
+    ``background_sync`` carries the background along the vector pass (``background_uv``:
+    the other UV-mapped meshes through their UVs instead); ``pixel_sync`` carries the
+    decoded frames from frame to frame in pixels (0: off)."""
 
     background_noise: str = "auto"
     attention: str = protocol.ANIMATION_DEFAULTS["attention"]
@@ -143,13 +144,14 @@ class AnimationSettings(_SamplingSettings):
     sync_strength: float = protocol.ANIMATION_DEFAULTS["sync_strength"]
     background_sync: float = protocol.ANIMATION_DEFAULTS["background_sync"]
     pixel_sync: float = protocol.ANIMATION_DEFAULTS["pixel_sync"]
+    background_uv: bool = False
     width: int | None = None
     height: int | None = None
     uv_map: str | None = None  # None: each object's active render UV map
 
     _REQUEST_FIELDS = _SamplingSettings._SAMPLING_FIELDS + (
         "background_noise", "attention", "keyframes", "momentum", "chunk", "sync_strength", "background_sync",
-        "pixel_sync")
+        "pixel_sync", "background_uv")
 
     def request(self) -> Request:
         """The validated wire request, kind "animation" (``ProtocolError`` names a bad field)."""

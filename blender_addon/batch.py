@@ -301,6 +301,8 @@ def build_animate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sync-strength", type=float, default=None)
     parser.add_argument("--background-sync", type=float, default=None)
     parser.add_argument("--pixel-sync", type=float, default=None)
+    parser.add_argument("--background-uv", action="store_true", default=None,
+                        help="sync the other UV-mapped meshes through their UVs instead of the vector pass")
     return parser
 
 
@@ -320,7 +322,8 @@ def animate_main(argv: Sequence[str] | None = None) -> int:
     args = build_animate_parser().parse_args(argv)
     settings = {name: getattr(args, name) for name in (
         "negative_prompt", "steps", "seed", "guidance", "uv_map", "width", "height", "noise", "background_noise",
-        "attention", "keyframes", "momentum", "chunk", "sync_strength", "background_sync", "pixel_sync")}
+        "attention", "keyframes", "momentum", "chunk", "sync_strength", "background_sync", "pixel_sync",
+        "background_uv")}
     return _run(args, lambda blend: animate_blend(
         blend, args.out, camera=args.camera, frames=args.frames, prompt=args.prompt, objects=args.objects,
         server=args.server, token=args.token, progress=_print_progress, **settings), print_animation_summary)

@@ -385,27 +385,50 @@ def preserved_selection(view_layer: bpy.types.ViewLayer) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def temporary_pass_index(objects: Sequence[bpy.types.Object], index: int) -> Iterator[None]:
-    """Give ``objects`` the pass index ``index`` (object index pass) and restore theirs."""
+def temporary_pass_index(objects: Sequence[bpy.types.Object], index: int | Sequence[int]) -> Iterator[None]:
+    """Give ``objects`` the pass index ``index`` (one for all, or one each) for the object
+    index pass, and restore theirs."""
+    indices = [index] * len(objects) if isinstance(index, int) else list(index)
     saved = [(obj, obj.pass_index) for obj in objects]
     try:
-        for obj in objects:
-            obj.pass_index = index
+        for obj, value in zip(objects, indices):
+            obj.pass_index = value
         yield
     finally:
         for obj, value in saved:
             _restore(obj, "pass_index", value)
 
 
+MAX_PASS_INDEX = 32767  # Blender's limit for Object.pass_index
+
+
+def background_surfaces(scene: bpy.types.Scene, targets: Sequence[bpy.types.Object]) -> list[bpy.types.Object]:
+    """The scene's other mesh objects that render and have a UV map, by name: the surfaces
+    an animation capture tells apart (``background_id``) so their UV can tie frames together."""
+    skip = {obj.as_pointer() for obj in targets}
+    surfaces = [obj for obj in scene.objects if obj.type == "MESH" and not obj.hide_render
+                and obj.library is None and obj.as_pointer() not in skip and has_uv(obj)]
+    return sorted(surfaces, key=lambda obj: obj.name)[:MAX_PASS_INDEX // 2]
+
+
 def unused_pass_index(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object]) -> int:
     """A pass index no object of the scene outside ``objects`` uses (so the object index
     pass singles out ``objects`` without touching anyone else's index)."""
-    targets = {obj.as_pointer() for obj in objects}
-    taken = {obj.pass_index for obj in scene.objects if obj.as_pointer() not in targets}
-    index = 1
-    while index in taken:
+    return unused_pass_indices(scene, objects, 1)[0]
+
+
+def unused_pass_indices(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], count: int) -> list[int]:
+    """``count`` distinct pass indices >= 1 no object of the scene outside ``objects`` uses."""
+    mine = {obj.as_pointer() for obj in objects}
+    taken = {obj.pass_index for obj in scene.objects if obj.as_pointer() not in mine}
+    indices, index = [], 1
+    while len(indices) < count:
+        if index not in taken:
+            indices.append(index)
         index += 1
-    return index
+    if indices[-1] > MAX_PASS_INDEX:
+        raise CaptureError(f"the scene's objects use too many pass indices to tell {count} objects apart")
+    return indices
 
 
 @contextlib.contextmanager

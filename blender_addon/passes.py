@@ -91,14 +91,17 @@ def motion_to_next(vector: np.ndarray, out: np.ndarray | None = None) -> np.ndar
 
 
 def allocate_views(count: int, height: int, width: int, with_vector: bool = False,
-                   with_uv: bool = True) -> dict[str, np.ndarray]:
+                   with_uv: bool = True, background_ids: bool = False) -> dict[str, np.ndarray]:
     """Zeroed wire arrays for ``count`` views, filled one view at a time by :func:`decode_view`:
     depth (V, H, W) float32, mask (V, H, W) bool, normal / position (V, H, W, 3) float32
-    [, uv (V, H, W, 2)] [, vector (V, H, W, 2)]. Filling in place avoids a stacking copy."""
+    [, uv (V, H, W, 2)] [, vector (V, H, W, 2)] [, background_id (V, H, W) int32, with uv].
+    Filling in place avoids a stacking copy."""
     shape = (count, height, width)
     arrays = {"depth": np.zeros(shape, np.float32), "mask": np.zeros(shape, bool)}
     if with_uv:
         arrays["uv"] = np.zeros(shape + (2,), np.float32)
+        if background_ids:
+            arrays["background_id"] = np.zeros(shape, np.int32)
     arrays["normal"] = np.zeros(shape + (3,), np.float32)
     arrays["position"] = np.zeros(shape + (3,), np.float32)
     if with_vector:
@@ -106,23 +109,36 @@ def allocate_views(count: int, height: int, width: int, with_vector: bool = Fals
     return arrays
 
 
-def decode_view(raw: dict[str, np.ndarray], marker: int, arrays: dict[str, np.ndarray], index: int) -> None:
+def decode_view(raw: dict[str, np.ndarray], marker: int, arrays: dict[str, np.ndarray], index: int,
+                surface_ids: np.ndarray | None = None) -> None:
     """One view's EXR pixels (name -> (H, W, C) float32, rows top to bottom) -> view ``index``
     of ``arrays`` (from :func:`allocate_views`, still zero there).
 
     depth planar, 1e10 where nothing is hit (every object counts: ControlNet sees the
     whole scene); mask where the object index is ``marker``; normal, position and uv on
-    target pixels only (0 elsewhere); vector everywhere.
+    target pixels only (0 elsewhere); vector everywhere. A ``background_id`` array is
+    filled through ``surface_ids`` (pass index -> background id, 0 for none; indices past
+    its end are 0), and uv is kept on those pixels too.
     """
     mask = arrays["mask"][index]
-    np.less(np.abs(raw["Object Index"][..., 0] - marker), 0.5, out=mask)
+    object_index = raw["Object Index"][..., 0]
+    np.less(np.abs(object_index - marker), 0.5, out=mask)
     depth = arrays["depth"][index]
     np.copyto(depth, raw["Depth"][..., 0])
     depth[~(np.isfinite(depth) & (depth < BACKGROUND_DEPTH))] = BACKGROUND_DEPTH
     on = mask[..., None]  # only target pixels carry surface data
-    for key, name, channels in (("normal", "Normal", 3), ("position", "Position", 3), ("uv", "UV", 2)):
-        if key in arrays:
-            np.copyto(arrays[key][index], raw[name][..., :channels], where=on)
+    for key, name in (("normal", "Normal"), ("position", "Position")):
+        np.copyto(arrays[key][index], raw[name][..., :3], where=on)
+    if "background_id" in arrays:
+        ids = arrays["background_id"][index]
+        lookup = np.zeros(1, np.int32) if surface_ids is None else np.asarray(surface_ids, np.int32)
+        pass_index = np.rint(object_index).astype(np.int64)
+        pass_index[(pass_index < 0) | (pass_index >= len(lookup))] = 0
+        np.take(lookup, pass_index, out=ids)
+        ids[mask] = 0
+        on = on | (ids > 0)[..., None]
+    if "uv" in arrays:
+        np.copyto(arrays["uv"][index], raw["UV"][..., :2], where=on)
     if "uv" in arrays:
         wrap_uv(arrays["uv"][index], out=arrays["uv"][index])
     if "vector" in arrays:
@@ -130,11 +146,12 @@ def decode_view(raw: dict[str, np.ndarray], marker: int, arrays: dict[str, np.nd
 
 
 def view_arrays(raw: dict[str, np.ndarray], marker: int, with_vector: bool = False,
-                with_uv: bool = True) -> dict[str, np.ndarray]:
-    """One view's EXR pixels -> its wire arrays (H, W[, C]), as :func:`decode_view` fills them."""
+                with_uv: bool = True, surface_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One view's EXR pixels -> its wire arrays (H, W[, C]), as :func:`decode_view` fills
+    them (``background_id`` too when ``surface_ids`` is given)."""
     height, width = raw["Depth"].shape[:2]
-    arrays = allocate_views(1, height, width, with_vector, with_uv)
-    decode_view(raw, marker, arrays, 0)
+    arrays = allocate_views(1, height, width, with_vector, with_uv, surface_ids is not None)
+    decode_view(raw, marker, arrays, 0, surface_ids)
     return {name: array[0] for name, array in arrays.items()}
 
 
@@ -179,21 +196,25 @@ def render_passes(scene: bpy.types.Scene, cameras: Sequence[bpy.types.Object],
 def render_frame_passes(scene: bpy.types.Scene, camera: bpy.types.Object, objects: Sequence[bpy.types.Object],
                         frames: Iterable[int], width: int, height: int, uv_map: str | None = None,
                         with_vector: bool = True, texture_size: int | None = None, smart_uv: bool = False,
-                        view_layer=None, with_uv: bool = True, on_view: ViewCallback | None = None) -> Passes:
+                        view_layer=None, with_uv: bool = True, on_view: ViewCallback | None = None,
+                        background_ids: bool = True) -> Passes:
     """Render one camera at each of ``frames`` -> validated :class:`Passes` (frames first).
 
     Same arrays as :func:`render_passes`; ``vector`` (F, H, W, 2) is the motion of each
     pixel to the following frame (+1), [col, row] pixels, rows top to bottom. Texel maps,
     when asked, are baked at the first frame. ``with_uv`` False renders no UV pass (the
     objects then need no UV map; ``uv`` is None and texel maps cannot be asked for).
-    ``on_view(rendered, total)`` is called after each frame.
+    ``on_view(rendered, total)`` is called after each frame. ``background_ids`` (with
+    the UV pass) tells the scene's other UV-mapped meshes apart: ``background_id``
+    (F, H, W) int32 numbers them 1.. by name (see :func:`capture.background_surfaces`),
+    and ``uv`` holds their UV on their pixels.
     """
     frames = [int(f) for f in frames]
     if not frames:
         raise CaptureError("no frame to render: the frame range is empty")
     return _capture(scene, [(camera, f) for f in frames], objects, width, height, uv_map,
                     with_vector, texture_size, smart_uv, view_layer, bake_frame=frames[0], with_uv=with_uv,
-                    on_view=on_view)
+                    on_view=on_view, background_ids=background_ids and with_uv)
 
 
 def bake_texel_maps(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], uv_maps: dict,
@@ -232,7 +253,8 @@ def bake_texel_maps(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object],
 
 
 def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_size, smart_uv,
-             view_layer, bake_frame, with_uv: bool = True, on_view: ViewCallback | None = None) -> Passes:
+             view_layer, bake_frame, with_uv: bool = True, on_view: ViewCallback | None = None,
+             background_ids: bool = False) -> Passes:
     """Render ``shots`` [(camera, frame or None)] -> validated Passes; state restored."""
     width = _checked_size("width", width, 8, 16384)
     height = _checked_size("height", height, 8, 16384)
@@ -246,9 +268,16 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
         raise CaptureError("texel maps are baked on a UV map: a capture without UV cannot bake them")
     uv_maps = ({obj: capture.ensure_uv_map(obj, uv_map, smart_project=smart_uv) for obj in objects}
                if with_uv else {})
-    marker = capture.unused_pass_index(scene, objects)
+    # Pass indices no other object uses: one for the targets (the mask), one per surface.
+    surfaces = capture.background_surfaces(scene, objects) if background_ids else []
+    indices = capture.unused_pass_indices(scene, objects + surfaces, 1 + len(surfaces))
+    marker = indices[0]
+    surface_ids = None
+    if background_ids:
+        surface_ids = np.zeros(indices[-1] + 1, np.int32)
+        surface_ids[indices[1:]] = np.arange(1, len(surfaces) + 1)
     names = [n for n in RENDER_PASSES if (with_vector or n != "Vector") and (with_uv or n != "UV")]
-    arrays = allocate_views(len(shots), height, width, with_vector, with_uv)
+    arrays = allocate_views(len(shots), height, width, with_vector, with_uv, background_ids)
     world_to_camera, projection = [], []
     with contextlib.ExitStack() as stack:
         stack.enter_context(capture.preserved_render_settings(scene))
@@ -259,7 +288,8 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
         if texture_size is not None:
             scene.frame_set(bake_frame)
             texels = bake_texel_maps(scene, objects, uv_maps, texture_size, view_layer)
-        stack.enter_context(capture.temporary_pass_index(objects, marker))
+        stack.enter_context(capture.temporary_pass_index(objects + surfaces,
+                                                         [marker] * len(objects) + indices[1:]))
         stack.enter_context(capture.temporary_render_uv(uv_maps))
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="zs-passes-"))
         _configure_render(scene, view_layer, width, height, names)
@@ -269,7 +299,7 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
                 scene.frame_set(frame)
             scene.camera = camera
             raw = _render_view(scene, view_layer, output, os.path.join(folder, f"{index:04d}"), names)
-            decode_view(raw, marker, arrays, index)
+            decode_view(raw, marker, arrays, index, surface_ids)
             matrices = capture.camera_matrices(scene, camera, width, height,
                                                capture.evaluated_depsgraph(scene, view_layer))
             world_to_camera.append(matrices[0])

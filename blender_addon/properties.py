@@ -149,6 +149,9 @@ class ZS_Settings(bpy.types.PropertyGroup):
                                    subtype="FACTOR",
                                    description="Carry the background along the motion vectors into the next "
                                                "frame at every step (0: off)")
+    background_uv: BoolProperty(name="Background Through UV", default=False,
+                                description="Sync the other UV-mapped meshes (floor, walls, props) through "
+                                            "their UV maps instead of along the motion vectors")
     pixel_sync: FloatProperty(name="Pixel Sync", default=_ANIMATION["pixel_sync"], min=0.0, max=1.0, subtype="FACTOR",
                               description="Carry the finished frames into the next one in pixels (0: off)")
     frames_folder: StringProperty(name="Frames", default="//zs_frames/", subtype="DIR_PATH",
@@ -205,6 +208,7 @@ def build_animation_request(settings) -> Request:
         sync_strength=float(settings.anim_sync_strength),
         background_sync=float(settings.background_sync),
         pixel_sync=float(settings.pixel_sync),
+        background_uv=bool(settings.background_uv),
     ).validate()
 
 

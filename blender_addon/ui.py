@@ -122,6 +122,9 @@ class ZS_PT_method(_SidebarPanel, bpy.types.Panel):
             layout.prop(settings, "scheduler")
             layout.prop(settings, "anim_sync_strength")
             layout.prop(settings, "background_sync")
+            row = layout.row()
+            row.active = settings.background_sync > 0
+            row.prop(settings, "background_uv")
             layout.prop(settings, "pixel_sync")
             return
         layout.prop(settings, "noise")

@@ -13,9 +13,12 @@ An animation job is a :class:`~zs_core.protocol.Request` with ``kind="animation"
   stays bounded for any length and the result equals the unchunked computation;
 - optional temporal UV sync (``sync_strength`` < 1): every step, all frames' predicted x0 is
   fused in one UV latent texture (:class:`zs_core.sync.UVSync`) and blended back; and for
-  the background, which has no UV, x0 carried frame to frame along the vector pass
-  (``background_sync``, :class:`zs_core.sync.VectorSync`); after decoding, optionally the
-  same carried once more in pixels (``pixel_sync``, :func:`pixel_synced`).
+  the background (``background_sync``), x0 carried frame to frame along the vector pass
+  (:class:`zs_core.sync.VectorSync`), or with ``background_uv`` background surfaces with a
+  UV map of their own (``background_id``) fused like the object, each in its own UV space
+  at a texel size that follows its footprint, and only the rest carried; after decoding,
+  optionally the same carried once more in pixels (``pixel_sync``, :func:`pixel_synced`;
+  the background along the vector pass in either case).
 
 :func:`sample_frames` is the loop; :func:`run_animation` writes ``frames/NNNN.png``, an MP4
 when ``imageio-ffmpeg`` is installed, ``metrics.json`` and a contact strip. Both are the
@@ -38,6 +41,10 @@ from .models import Components
 from .protocol import CONTACT_SHEET_PNG, FRAME_PNG, METRICS_JSON, Passes, ProtocolError, Request
 
 MP4_NAME = "animation.mp4"
+# Background surface texels per latent pixel width (a texel = 2 image pixels). Finer keeps
+# more of each frame's own detail, coarser matches more frames; on the demo shot's passes
+# with consistent latents plus per-frame noise, 4 came out best of 1, 2, 4 and 8 overall.
+BACKGROUND_TEXELS_PER_LATENT = 4.0
 PREVIEW_FRAMES = 8  # frames shown in a step preview and in the contact strip (evenly spaced, at most)
 
 
@@ -87,6 +94,10 @@ def check_inputs(components: Components, request: Request, passes: Passes) -> No
         except ValueError:
             raise ProtocolError("mask", "the object never covers two neighbouring pixels in any frame: too small "
                                         "for temporal UV sync; set sync_strength 0 or frame it larger") from None
+    if request.background_uv and (request.background_sync <= 0 or background_surfaces(passes) is None):
+        raise ProtocolError("background_uv", "needs background_sync > 0 and passes whose background_id names "
+                                             "background surfaces (a Blender capture of a scene with UV-mapped "
+                                             "meshes besides the targets)")
     if request.background_sync > 0 and passes.vector is None:
         raise ProtocolError("vector", "background_sync needs the vector pass (F, H, W, 2): pixel motion to the "
                                       "next frame")
@@ -96,6 +107,15 @@ def check_inputs(components: Components, request: Request, passes: Passes) -> No
 
 
 # -------------------------------------------------------------------------------- noise
+
+
+def background_surfaces(passes: Passes) -> np.ndarray | None:
+    """``(F, H, W)`` bool: pixels of background surfaces with UV (``background_id`` > 0),
+    or None when the passes tell none apart."""
+    if passes.background_id is None or passes.uv is None:
+        return None
+    surfaces = passes.background_id > 0
+    return surfaces if surfaces.any() else None
 
 
 def initial_noise(request: Request, passes: Passes, channels: int = 4, factor: int = 8) -> torch.Tensor:
@@ -155,8 +175,14 @@ def sample_frames(
     own_hooks = []  # temporal UV sync first, then the background
     if request.sync_strength > 0:
         own_hooks.append(sync.UVSync(passes, request, factor, device=device))
+    surfaces = background_surfaces(passes) if request.background_uv else None
+    if request.background_sync > 0 and surfaces is not None:
+        # Background surfaces with UV: fused through their own UV spaces, like the object.
+        own_hooks.append(sync.UVSync(passes, request, factor, device=device, mask=surfaces,
+                                     layers=passes.background_id, strength=request.background_sync,
+                                     texels_per_latent=BACKGROUND_TEXELS_PER_LATENT))
     if request.background_sync > 0:
-        own_hooks.append(sync.VectorSync(passes, request, factor))
+        own_hooks.append(sync.VectorSync(passes, request, factor, exclude=surfaces))
     hooks = own_hooks + list(hooks)
 
     # One embedding pair for all frames; expanded per chunk.

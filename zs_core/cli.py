@@ -334,7 +334,7 @@ def _animation_fields(args: argparse.Namespace) -> dict:
     """The animation-only request fields of ``zs animate``'s options."""
     return dict(background_noise=args.background_noise, keyframes=args.keyframes, momentum=args.momentum,
                 chunk=args.chunk, sync_strength=args.sync_strength, background_sync=args.background_sync,
-                pixel_sync=args.pixel_sync)
+                pixel_sync=args.pixel_sync, background_uv=args.background_uv)
 
 
 def cmd_animate(args: argparse.Namespace) -> int:
@@ -491,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--chunk", type=int, default=16, help="frames per model batch")
     method.add_argument("--background-sync", type=float, default=ANIMATION_DEFAULTS["background_sync"],
                         help="background carried along the vector pass, 0 (off) to 1")
+    method.add_argument("--background-uv", action="store_true",
+                        help="sync the other UV-mapped meshes of a .blend through their UVs instead of along the "
+                             "vector pass")
     method.add_argument("--pixel-sync", type=float, default=ANIMATION_DEFAULTS["pixel_sync"],
                         help="decoded frames carried frame to frame in pixels, 0 (off) to 1")
     animate.set_defaults(func=cmd_animate)

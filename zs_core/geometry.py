@@ -352,3 +352,28 @@ def footprint_texture_size(uv: np.ndarray, mask: np.ndarray, pixels_per_texel: f
         raise ValueError("mask: no two neighbouring target pixels; cannot measure the UV footprint")
     footprint = float(np.median(np.concatenate(steps))) * pixels_per_texel
     return int(np.clip(np.ceil(1.0 / max(footprint, 1e-9)), lowest, highest))
+
+
+def uv_footprint(uv: np.ndarray, surface: np.ndarray) -> np.ndarray:
+    """UV distance one pixel spans, per pixel ``(V, H, W)`` float32 (NaN where unknown).
+
+    ``uv (V, H, W, 2)``, ``surface (V, H, W)`` int: pixels are compared only with
+    neighbours of the same surface (> 0). Along each image axis the smaller of the steps
+    to the two neighbours is used, so a UV seam on one side does not count; the footprint
+    is the larger of the two axes (the long side of the pixel's footprint in UV).
+    """
+    uv = uv.astype(np.float32)
+    axes = []
+    for axis in (1, 2):
+        step = np.abs(np.diff(uv, axis=axis)).max(-1)
+        same = (np.diff(surface, axis=axis) == 0) & (np.take(surface, range(1, surface.shape[axis]), axis=axis) > 0)
+        step = np.where(same, step, np.inf)
+        pad = [(0, 0)] * 3
+        pad[axis] = (1, 0)
+        before = np.pad(step, pad, constant_values=np.inf)
+        pad[axis] = (0, 1)
+        after = np.pad(step, pad, constant_values=np.inf)
+        axes.append(np.minimum(before, after))
+    footprint = np.maximum(axes[0], axes[1])
+    footprint[~np.isfinite(footprint) | (surface <= 0)] = np.nan
+    return footprint.astype(np.float32)

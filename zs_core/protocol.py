@@ -109,6 +109,9 @@ class Request:
     sync_exponent_end: float = 6.0
     # Animation: background x0 carried along the vector pass into the next frame (0: off).
     background_sync: float = 0.0
+    # Animation: background surfaces with UV (passes.background_id) synced through their UV
+    # at background_sync instead of along the vector pass.
+    background_uv: bool = False
     # Animation: decoded frames carried frame to frame in pixels (object through UV, the rest
     # along the vector pass), the share each frame takes from the previous (0: off).
     pixel_sync: float = 0.0
@@ -150,12 +153,12 @@ class Request:
     def validate(self) -> "Request":
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            expected = int if f.type in ("int",) else float if f.type == "float" else str
+            expected = {"int": int, "float": float, "bool": bool}.get(f.type, str)
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
                 setattr(self, f.name, value)
             _check(
-                isinstance(value, expected) and not isinstance(value, bool),
+                isinstance(value, expected) and (expected is bool or not isinstance(value, bool)),
                 f.name,
                 f"expected {expected.__name__}, got {type(value).__name__}",
             )
@@ -213,8 +216,10 @@ _VIEW_ARRAYS: dict[str, tuple[tuple[int | None, ...], str]] = {
     "position": ((3,), "f"),
     "mask": ((), "b"),
     "vector": ((2,), "f"),
+    "background_id": ((), "i"),
 }
 _CAMERA_ARRAYS = ("world_to_camera", "projection")
+_DTYPES = {"f": np.dtype(np.float32), "b": np.dtype(np.bool_), "i": np.dtype(np.int32)}
 _TEXEL_ARRAYS: dict[str, tuple[tuple[int, ...], str]] = {
     "texel_position": ((3,), "f"),
     "texel_normal": ((3,), "f"),
@@ -229,7 +234,9 @@ class Passes:
     depth (V, H, W) float32 camera-space distance, background >= 1e9;
     normal (V, H, W, 3) world space; uv (V, H, W, 2) in [0, 1]; position (V, H, W, 3)
     world space; mask (V, H, W) bool target pixels; vector (V, H, W, 2) optional, pixels
-    to the next frame; world_to_camera, projection (V, 4, 4); texel_position,
+    to the next frame; background_id (V, H, W) int32 optional: k >= 1 where the pixel sees
+    the k-th background surface (a non-target object with a UV map, whose UV is then in
+    ``uv`` there), 0 elsewhere (targets, the world, objects without UV); world_to_camera, projection (V, 4, 4); texel_position,
     texel_normal (T, T, 3) and texel_mask (T, T) bool, optional (texturing only).
     """
 
@@ -239,6 +246,7 @@ class Passes:
     normal: np.ndarray | None = None
     position: np.ndarray | None = None
     vector: np.ndarray | None = None
+    background_id: np.ndarray | None = None
     world_to_camera: np.ndarray | None = None
     projection: np.ndarray | None = None
     texel_position: np.ndarray | None = None
@@ -279,11 +287,16 @@ class Passes:
             expected = (v, h, w, *trailing)
             _check(isinstance(array, np.ndarray) and array.shape == expected, name,
                    f"expected shape {_shape_text(expected)}, got {getattr(array, 'shape', None)}")
-            if kind == "b":
-                _check(array.dtype == np.bool_, name, f"expected dtype bool, got {array.dtype}")
-            else:
-                _check(array.dtype == np.float32, name, f"expected dtype float32, got {array.dtype}")
+            _check(array.dtype == _DTYPES[kind], name, f"expected dtype {_DTYPES[kind].name}, got {array.dtype}")
         _check(bool(self.mask.any()), "mask", "no view sees the target object (all masks are empty)")
+        if self.background_id is not None:
+            _check(self.uv is not None, "background_id", "needs the uv pass (background surfaces are in its UV)")
+            _check(bool((self.background_id >= 0).all()), "background_id", "negative ids")
+            _check(not bool((self.mask & (self.background_id > 0)).any()), "background_id",
+                   "target pixels must have id 0")
+            seen = self.uv[self.background_id > 0]
+            _check(bool(np.isfinite(seen).all() and ((seen >= 0.0) & (seen <= 1.0)).all()), "uv",
+                   "values outside [0, 1] or not finite on background surface pixels")
         _check(not np.isnan(self.depth).any(), "depth", "contains NaN")
         # Whole-array checks first (no gather); only a failure looks at the target pixels.
         for name in ("uv", "normal", "position", "vector"):
@@ -311,10 +324,7 @@ class Passes:
             _check(isinstance(array, np.ndarray) and array.shape == expected, name,
                    f"expected shape {_shape_text(('T', 'T', *trailing))} with T={texel_size}, "
                    f"got {getattr(array, 'shape', None)}")
-            if kind == "b":
-                _check(array.dtype == np.bool_, name, f"expected dtype bool, got {array.dtype}")
-            else:
-                _check(array.dtype == np.float32, name, f"expected dtype float32, got {array.dtype}")
+            _check(array.dtype == _DTYPES[kind], name, f"expected dtype {_DTYPES[kind].name}, got {array.dtype}")
         return self
 
     def to_npz_bytes(self) -> bytes:

@@ -44,30 +44,49 @@ class UVSync:
     """Step hook: fuse all views' x0 in a UV latent texture while ``t / T > sync_end``.
 
     Built once per job from the passes; per step the work is two scatter-adds and two
-    gathers over the sampled target pixels.
+    gathers over the sampled pixels. By default the pixels are the target's (``mask``) at
+    ``sync_strength``; an animation's background surfaces use the same hook with their
+    own ``mask``, ``layers`` (the surface id: each surface has a UV space of its own),
+    ``strength`` and ``texels_per_latent`` (a texture size per sample that follows the
+    surface's footprint, :func:`_sizes_of_detail`; otherwise one ``texture_size`` for all).
+    Only texels some pixel lands on are stored.
     """
 
     def __init__(self, passes: Passes, request: Request, factor: int = 8, samples_per_side: int = 4,
-                 texture_size: int | None = None, device: torch.device | str = "cpu"):
+                 texture_size: int | None = None, device: torch.device | str = "cpu", *,
+                 mask: np.ndarray | None = None, layers: np.ndarray | None = None, strength: float | None = None,
+                 texels_per_latent: float | None = None):
         if passes.uv is None:
             raise ValueError("uv: UV synchronisation needs the UV pass (V, H, W, 2)")
         views, height, width = passes.depth.shape
         self.request = request
+        self.strength = request.sync_strength if strength is None else float(strength)
         self.shape = (views, height // factor, width // factor)
-        self.size = texture_size or geometry.footprint_texture_size(passes.uv, passes.mask, factor, 8, 2048)
+        full_mask = passes.mask if mask is None else mask
+        self.size = texture_size or geometry.footprint_texture_size(passes.uv, full_mask, factor, 8, 2048)
         # Sample a regular sub-grid of each factor x factor block: enough to follow the
         # footprint, a fraction of the cost of every pixel.
         stride = max(1, factor // samples_per_side)
         offset = stride // 2
         uv = passes.uv[:, offset::stride, offset::stride]
-        mask = passes.mask[:, offset::stride, offset::stride]
+        mask = full_mask[:, offset::stride, offset::stride]
         cosine = facing_cosines(passes)[:, offset::stride, offset::stride]
         view_index, rows, cols = np.nonzero(mask)
         latent_rows = (rows * stride + offset) // factor
         latent_cols = (cols * stride + offset) // factor
         latent_index = (view_index * self.shape[1] + latent_rows) * self.shape[2] + latent_cols
-        texel = np.clip((uv[mask] * self.size).astype(np.int64), 0, self.size - 1)
-        texel_index = texel[:, 1] * self.size + texel[:, 0]
+        layer = (np.zeros(len(view_index), np.int64) if layers is None
+                 else layers[:, offset::stride, offset::stride][mask].astype(np.int64))
+        size = np.full(len(view_index), self.size, np.int64)
+        if texels_per_latent is not None:
+            size = _sizes_of_detail(passes.uv, full_mask if layers is None else np.where(full_mask, layers, 0),
+                                    factor, texels_per_latent)[:, offset::stride, offset::stride][mask]
+            layer = layer * 16 + np.log2(size).astype(np.int64)  # one texture per size
+        texel = np.clip((uv[mask] * size[:, None]).astype(np.int64), 0, size[:, None] - 1)
+        span = int(size.max(initial=1))
+        texel_index = (layer * span + texel[:, 1]) * span + texel[:, 0]
+        texel_index = np.unique(texel_index, return_inverse=True)[1].reshape(-1)  # touched texels only
+        self.texels = int(texel_index.max()) + 1 if texel_index.size else 0
         samples_per_block = (factor // stride) ** 2
 
         self.device = torch.device(device)
@@ -85,7 +104,7 @@ class UVSync:
         return start + (end - start) * progress
 
     def active(self, timestep, scheduler) -> bool:
-        return self.request.sync_strength > 0 and _active(self.request, timestep, scheduler)
+        return self.strength > 0 and self.texels > 0 and _active(self.request, timestep, scheduler)
 
     def fuse(self, x0: torch.Tensor, exponent: float) -> torch.Tensor:
         """Synchronised x0 ``(V, C, h, w)``: texture splat of all views, read back per view."""
@@ -93,7 +112,7 @@ class UVSync:
         flat = x0.permute(0, 2, 3, 1).reshape(-1, channels).float()
         samples = flat[self.latent_index]  # (P, C)
         weight = self.cosine.pow(exponent)  # (P,)
-        texels = self.size * self.size
+        texels = self.texels
         texture = torch.zeros(texels, channels, device=flat.device).index_add_(0, self.texel_index,
                                                                               samples * weight[:, None])
         total = torch.zeros(texels, device=flat.device).index_add_(0, self.texel_index, weight)
@@ -112,8 +131,24 @@ class UVSync:
 
         x0 = predicted_x0(state.scheduler, state.latents, state.noise_pred, state.timestep)
         synced = self.fuse(x0, self.exponent(state.index, state.total))
-        strength = self.request.sync_strength
-        return epsilon_for(state, strength * synced + (1 - strength) * x0)
+        return epsilon_for(state, self.strength * synced + (1 - self.strength) * x0)
+
+
+def _sizes_of_detail(uv: np.ndarray, surface: np.ndarray, factor: int, texels_per_latent: float) -> np.ndarray:
+    """Texture size per pixel ``(V, H, W)`` int64, a power of two in [8, 2048], so that a
+    texel is about 1 / ``texels_per_latent`` of the latent pixel there wide.
+
+    A surface seen from near and far (a floor under a dolly) keeps its detail everywhere,
+    where one size for all would either merge the near latents or never match the far
+    ones; neighbouring frames see a point at about the same size and share its texel.
+    Pixels whose footprint is unknown take the median size."""
+    footprint = geometry.uv_footprint(uv, surface.astype(np.int64)) * factor / texels_per_latent
+    known = np.isfinite(footprint) & (footprint > 0)
+    exponent = np.full(footprint.shape, np.nan)
+    exponent[known] = np.rint(-np.log2(footprint[known]))
+    fallback = np.nanmedian(exponent) if known.any() else 8.0
+    exponent = np.where(known, exponent, fallback)
+    return (2 ** np.clip(exponent, 3, 11)).astype(np.int64)
 
 
 def epsilon_for(state, x0: torch.Tensor) -> torch.Tensor:
@@ -143,14 +178,16 @@ class VectorSync:
     of the last few, decaying as s^k.
     """
 
-    def __init__(self, passes: Passes, request: Request, factor: int = 8):
+    def __init__(self, passes: Passes, request: Request, factor: int = 8, exclude: np.ndarray | None = None):
         if passes.vector is None:
             raise ValueError("vector: background sync needs the vector pass (F, H, W, 2)")
         frames, height, width = passes.depth.shape
         self.request = request
         self.shape = (frames, height // factor, width // factor)
         _, rows, cols = self.shape
-        blocks = passes.mask[:, :rows * factor, :cols * factor].reshape(frames, rows, factor, cols, factor)
+        # Pixels synced another way (the object; background surfaces with UV) stay out.
+        taken = passes.mask if exclude is None else passes.mask | exclude
+        blocks = taken[:, :rows * factor, :cols * factor].reshape(frames, rows, factor, cols, factor)
         background = ~blocks.any(axis=(2, 4))  # (F, h, w) latents with no object pixel
         centre = factor // 2
         motion = passes.vector[:, centre::factor, centre::factor][:, :rows, :cols] / factor  # latent pixels

@@ -349,6 +349,39 @@ def test_frame_passes_motion_vectors_point_to_the_next_frame(scene):
     np.testing.assert_allclose(result.vector[~result.mask], 0.0, atol=1e-6)  # static background
 
 
+def test_frame_passes_tell_background_surfaces_apart_by_their_uv(scene):
+    monkey = add_monkey()
+    floor = add_plane(size=10.0, location=(0.5, 1.0, -1.0))
+    floor.name = "Floor"
+    wall = add_plane(size=10.0, location=(0.0, 4.0, 2.0), rotation=(np.pi / 2, 0.0, 0.0))
+    wall.name = "Wall"
+    bpy.ops.mesh.primitive_cube_add(size=1.0, location=(-1.8, 0.0, -0.5))
+    box = bpy.context.active_object
+    box.data.uv_layers.remove(box.data.uv_layers[0])  # no UV: not a surface
+    box.pass_index = 2  # a user's index, in the range the capture hands out
+    camera = add_camera(scene, "Cam", eye=(0.0, -6.0, 1.5), target=(0.0, 0.0, -0.5))
+    result = passes.render_frame_passes(scene, camera, [monkey], [1, 2], 64, 48)
+
+    ids = result.background_id
+    assert ids.dtype == np.int32 and set(np.unique(ids)) == {0, 1, 2}  # Floor 1, Wall 2 (by name)
+    assert not ids[result.mask].any()
+    hit = result.depth < 1e9
+    box_pixels = hit & ~result.mask & (ids == 0)
+    assert box_pixels.sum() > 20 and np.all(result.uv[box_pixels] == 0)
+    # The floor's UV is its own: the point it names projects onto the pixel's centre.
+    view, rows, cols = np.nonzero(ids == 1)
+    u, v = result.uv[view, rows, cols].T.astype(np.float64)
+    points = np.stack([0.5 + (u - 0.5) * 10.0, 1.0 + (v - 0.5) * 10.0, np.full_like(u, -1.0)], -1)
+    for frame in (0, 1):
+        here = view == frame
+        projected, _ = project_numpy(points[here], result.world_to_camera[frame].astype(np.float64),
+                                     result.projection[frame].astype(np.float64), 64, 48)
+        centres = np.stack([cols[here] + 0.5, rows[here] + 0.5], -1)
+        np.testing.assert_allclose(projected, centres, atol=0.05)
+    assert (box.pass_index, floor.pass_index, wall.pass_index, monkey.pass_index) == (2, 0, 0, 0)
+    assert passes.render_passes(scene, [camera], [monkey], 32, 32).background_id is None  # textures: none
+
+
 def test_view_arrays_decodes_raw_pass_pixels():
     """The numpy core alone: mask from the object index, background, UV wrapping, motion."""
     height, width = 2, 3

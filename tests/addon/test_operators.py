@@ -611,7 +611,7 @@ def test_panels_in_animation_mode_draw_the_shot_and_the_animation_method(addon):
         assert "No scene camera: add one or pick one" in main.labels  # the empty scene has none
         assert "zs.generate" in main.operators
         expected = ["noise", "background_noise", "anim_attention", "momentum" if attention == "tma" else "keyframes",
-                    "chunk", "scheduler", "anim_sync_strength", "background_sync", "pixel_sync"]
+                    "chunk", "scheduler", "anim_sync_strength", "background_sync", "background_uv", "pixel_sync"]
         assert method.props == expected
         assert output.props == ["uv_map", "frames_folder"]
 

@@ -110,3 +110,23 @@ def test_background_surface_data_may_be_nan_but_target_pixels_may_not():
     passes.uv[0, 5, 5, 1] = np.inf  # a target pixel
     with pytest.raises(ProtocolError, match="^uv: contains NaN or inf on target pixels"):
         passes.validate()
+
+
+def test_background_ids_round_trip_and_bad_ones_are_named():
+    passes = small_passes()
+    ids = np.zeros(passes.mask.shape, np.int32)
+    ids[:, :3, :] = 2  # a background surface above the target
+    passes.background_id = ids
+    loaded = Passes.load(passes.validate().to_npz_bytes()).validate()
+    np.testing.assert_array_equal(loaded.background_id, ids)
+    for mutate, words in [
+        (lambda p: setattr(p, "background_id", ids.astype(np.float32)), "dtype int32"),
+        (lambda p: p.background_id.__setitem__((0, 5, 5), 1), "target pixels must have id 0"),
+        (lambda p: p.uv.__setitem__((0, 1, 1, 0), 1.5), r"outside \[0, 1\] or not finite on background"),
+        (lambda p: setattr(p, "uv", None), "needs the uv pass"),
+    ]:
+        broken = small_passes()
+        broken.background_id = ids.copy()
+        mutate(broken)
+        with pytest.raises(ProtocolError, match=words):
+            broken.validate()

@@ -181,3 +181,24 @@ def test_animation_demo_without_bpy_runs_the_numpy_shot(tmp_path, capsys, monkey
     assert "numpy animated scene" in capsys.readouterr().err
     assert len(list((out / "frames").glob("*.png"))) == 3 and not (out / "animated.blend").exists()
     assert json.loads((out / "metrics.json").read_text())["frames"] == 3
+
+
+def test_animate_blend_syncs_the_floor_through_its_uv(tmp_path, capsys):
+    """The demo shot (Suzanne over a UV-mapped floor) with --background-uv: the capture tells
+    the floor apart and the job fuses it through its UV; a scene without such meshes says so."""
+    from blender_addon import batch
+
+    source = batch.build_animated_demo_scene(tmp_path / "demo.blend", frames=3, size=64)
+    out = tmp_path / "out"
+    assert cli.main(["animate", str(source), "--object", batch.DEMO_OBJECT, "--background-uv", "--out", str(out),
+                     "--steps", "2", "--chunk", "3"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["request"]["background_uv"] is True and metrics["frames"] == 3
+
+    moving_cube_shot(frames=3, size=64)  # a cube alone: no other UV-mapped mesh
+    alone = tmp_path / "alone.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(alone))
+    assert cli.main(["animate", str(alone), "--background-uv", "--out", str(tmp_path / "alone"),
+                     "--steps", "1"]) == 2
+    assert "background_uv: no mesh besides the targets has a UV map" in capsys.readouterr().err
+    assert not (tmp_path / "alone").exists()  # refused before anything rendered
