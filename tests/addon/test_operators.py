@@ -578,7 +578,9 @@ def test_animation_settings_become_a_valid_request(addon):
     settings.prompt, settings.seed, settings.noise, settings.background_noise = "ink", 4, "fixed", "dependency"
     settings.anim_attention, settings.keyframes, settings.momentum, settings.chunk = "keyframes", "middle", 0.2, 5
     settings.anim_sync_strength, settings.background_sync, settings.pixel_sync = 0.8, 0.6, 0.3
+    settings.background_uv = True
     request = properties.build_request(settings)
+    assert request.background_uv is True
     assert (request.kind, request.prompt, request.seed, request.noise) == ("animation", "ink", 4, "fixed")
     assert (request.background_noise, request.attention, request.keyframes, request.chunk) == \
         ("dependency", "keyframes", "middle", 5)
@@ -697,6 +699,10 @@ def test_animation_mode_checks_frames_camera_and_uv_before_rendering(addon, monk
     with pytest.raises(RuntimeError, match="object 'Cube' has no UV map; surface noise"):
         bpy.ops.zs.generate()
     cube.data.uv_layers.new(name=uv)
+    settings.background_uv = True  # the cube is the only mesh: no background surface to sync through UV
+    with pytest.raises(RuntimeError, match="background_uv: no mesh besides the targets has a UV map"):
+        bpy.ops.zs.generate()
+    settings.background_uv = False
     with pytest.raises(RuntimeError, match="cannot reach the ZS server"):  # all checks passed: the server next
         bpy.ops.zs.generate()
     assert renders == []
