@@ -201,7 +201,8 @@ def frame_size(scene: bpy.types.Scene, width: int | None = None, height: int | N
 class Shot:
     """What an animation renders, every check passed: the scene frames, the camera, the
     target meshes, the UV map they follow (None: each one's active render map), whether
-    the UV pass is captured, and the frame size."""
+    the UV pass is captured, the frame size, and whether the other UV-mapped meshes are
+    told apart (``background_id``, for ``background_uv``)."""
 
     frames: list[int]
     camera: Any
@@ -210,13 +211,14 @@ class Shot:
     with_uv: bool
     width: int
     height: int
+    background_ids: bool = False
 
     def render(self, scene: bpy.types.Scene, on_view: passes.ViewCallback | None = None):
         """The passes of every frame (with the vector pass) -> the add-on's Passes;
         ``on_view(rendered, total)`` after each frame."""
         return passes.render_frame_passes(scene, self.camera, self.objects, self.frames, self.width, self.height,
                                           uv_map=self.uv_map, with_vector=True, with_uv=self.with_uv,
-                                          on_view=on_view)
+                                          on_view=on_view, background_ids=self.background_ids)
 
 
 def check_shot(scene: bpy.types.Scene, request, camera=None, objects=None, frames=None, uv_map: str | None = None,
@@ -234,7 +236,7 @@ def check_shot(scene: bpy.types.Scene, request, camera=None, objects=None, frame
         raise CaptureError("background_uv: no mesh besides the targets has a UV map and renders; add UV maps "
                            "to the set (floor, walls), or turn Background Through UV off")
     width, height = frame_size(scene, width, height)
-    return Shot(numbers, camera, objects, uv_map, with_uv, width, height)
+    return Shot(numbers, camera, objects, uv_map, with_uv, width, height, background_ids=request.background_uv)
 
 
 def new_out_dir(base, name: str) -> Path:

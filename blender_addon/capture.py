@@ -387,16 +387,31 @@ def preserved_selection(view_layer: bpy.types.ViewLayer) -> Iterator[None]:
 @contextlib.contextmanager
 def temporary_pass_index(objects: Sequence[bpy.types.Object], index: int | Sequence[int]) -> Iterator[None]:
     """Give ``objects`` the pass index ``index`` (one for all, or one each) for the object
-    index pass, and restore theirs."""
+    index pass, and restore theirs. F-curves and drivers on their pass index are muted
+    meanwhile (a frame change would put the animated value back)."""
     indices = [index] * len(objects) if isinstance(index, int) else list(index)
     saved = [(obj, obj.pass_index) for obj in objects]
+    curves = [curve for obj in objects for curve in _pass_index_curves(obj)]
+    muted = [(curve, curve.mute) for curve in curves]
     try:
+        for curve in curves:
+            curve.mute = True
         for obj, value in zip(objects, indices):
             obj.pass_index = value
         yield
     finally:
         for obj, value in saved:
             _restore(obj, "pass_index", value)
+        for curve, state in muted:
+            _restore(curve, "mute", state)
+
+
+def _pass_index_curves(obj: bpy.types.Object) -> list:
+    """The F-curves and drivers that animate ``obj.pass_index``."""
+    curves = [curve for curve in object_fcurves(obj) if curve.data_path == "pass_index"]
+    if obj.animation_data is not None:
+        curves += [driver for driver in obj.animation_data.drivers if driver.data_path == "pass_index"]
+    return curves
 
 
 MAX_PASS_INDEX = 32767  # Blender's limit for Object.pass_index
@@ -411,16 +426,24 @@ def background_surfaces(scene: bpy.types.Scene, targets: Sequence[bpy.types.Obje
     return sorted(surfaces, key=lambda obj: obj.name)[:MAX_PASS_INDEX // 2]
 
 
-def unused_pass_index(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object]) -> int:
+def unused_pass_index(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], depsgraph=None) -> int:
     """A pass index no object of the scene outside ``objects`` uses (so the object index
     pass singles out ``objects`` without touching anyone else's index)."""
-    return unused_pass_indices(scene, objects, 1)[0]
+    return unused_pass_indices(scene, objects, 1, depsgraph)[0]
 
 
-def unused_pass_indices(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], count: int) -> list[int]:
-    """``count`` distinct pass indices >= 1 no object of the scene outside ``objects`` uses."""
+def unused_pass_indices(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], count: int,
+                        depsgraph=None) -> list[int]:
+    """``count`` distinct pass indices >= 1 no object outside ``objects`` renders with: the
+    scene's objects, and with ``depsgraph`` also every instance it renders (collection,
+    particle and geometry-node instances carry their source object's index, and the
+    source need not be in the scene)."""
     mine = {obj.as_pointer() for obj in objects}
     taken = {obj.pass_index for obj in scene.objects if obj.as_pointer() not in mine}
+    if depsgraph is not None:
+        for instance in depsgraph.object_instances:
+            if instance.object.original.as_pointer() not in mine:
+                taken.add(instance.object.pass_index)
     indices, index = [], 1
     while len(indices) < count:
         if index not in taken:

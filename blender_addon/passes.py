@@ -132,7 +132,7 @@ def decode_view(raw: dict[str, np.ndarray], marker: int, arrays: dict[str, np.nd
     if "background_id" in arrays:
         ids = arrays["background_id"][index]
         lookup = np.zeros(1, np.int32) if surface_ids is None else np.asarray(surface_ids, np.int32)
-        pass_index = np.rint(object_index).astype(np.int64)
+        pass_index = np.rint(np.nan_to_num(object_index, nan=0.0, posinf=0.0, neginf=0.0)).astype(np.int64)
         pass_index[(pass_index < 0) | (pass_index >= len(lookup))] = 0
         np.take(lookup, pass_index, out=ids)
         ids[mask] = 0
@@ -197,7 +197,7 @@ def render_frame_passes(scene: bpy.types.Scene, camera: bpy.types.Object, object
                         frames: Iterable[int], width: int, height: int, uv_map: str | None = None,
                         with_vector: bool = True, texture_size: int | None = None, smart_uv: bool = False,
                         view_layer=None, with_uv: bool = True, on_view: ViewCallback | None = None,
-                        background_ids: bool = True) -> Passes:
+                        background_ids: bool = False) -> Passes:
     """Render one camera at each of ``frames`` -> validated :class:`Passes` (frames first).
 
     Same arrays as :func:`render_passes`; ``vector`` (F, H, W, 2) is the motion of each
@@ -270,7 +270,8 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
                if with_uv else {})
     # Pass indices no other object uses: one for the targets (the mask), one per surface.
     surfaces = capture.background_surfaces(scene, objects) if background_ids else []
-    indices = capture.unused_pass_indices(scene, objects + surfaces, 1 + len(surfaces))
+    indices = capture.unused_pass_indices(scene, objects + surfaces, 1 + len(surfaces),
+                                          capture.evaluated_depsgraph(scene, view_layer))
     marker = indices[0]
     surface_ids = None
     if background_ids:

@@ -142,9 +142,13 @@ def _blender_log(out: Path):
     ours, and the progress bars, go to stderr, so they stay. The log is written to a
     temporary file and moved into ``out`` at the end when ``out`` exists (a run stopped
     by bad input creates no output folder); its path is named on stderr either way."""
-    handle, temporary = tempfile.mkstemp(prefix="zs-blender-", suffix=".log")
     _flush_stdout()
-    saved = os.dup(1)
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout to redirect (closed): Blender's lines go nowhere anyway
+        yield
+        return
+    handle, temporary = tempfile.mkstemp(prefix="zs-blender-", suffix=".log")
     os.dup2(handle, 1)
     os.close(handle)
     try:
@@ -155,13 +159,17 @@ def _blender_log(out: Path):
         os.close(saved)
         path = Path(temporary)
         if out.is_dir():
-            path = Path(shutil.move(temporary, out / BLENDER_LOG))
+            try:
+                path = Path(shutil.move(temporary, out / BLENDER_LOG))
+            except OSError:
+                pass  # kept where it is; named below
         print(f"Blender's log: {path}", file=sys.stderr)
 
 
 def _flush_stdout() -> None:
     """Python's and C's stdout buffers out, so no line lands on the wrong side of a switch."""
-    sys.stdout.flush()
+    if sys.stdout is not None:
+        sys.stdout.flush()
     try:
         import ctypes
 

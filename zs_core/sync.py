@@ -63,7 +63,10 @@ class UVSync:
         self.strength = request.sync_strength if strength is None else float(strength)
         self.shape = (views, height // factor, width // factor)
         full_mask = passes.mask if mask is None else mask
-        self.size = texture_size or geometry.footprint_texture_size(passes.uv, full_mask, factor, 8, 2048)
+        if texels_per_latent is not None:
+            self.size = 2048  # sizes per sample below; this is only their upper bound
+        else:
+            self.size = texture_size or geometry.footprint_texture_size(passes.uv, full_mask, factor, 8, 2048)
         # Sample a regular sub-grid of each factor x factor block: enough to follow the
         # footprint, a fraction of the cost of every pixel.
         stride = max(1, factor // samples_per_side)

@@ -432,7 +432,12 @@ class ZS_OT_generate(bpy.types.Operator):
             return self.execute(context)  # no event loop to drive a modal operator
         wm = context.window_manager
         wm.progress_begin(0, 100)  # the capture's views, then the job's steps
-        if not self._start(context):
+        try:
+            started = self._start(context)
+        except BaseException:
+            wm.progress_end()
+            raise
+        if not started:
             wm.progress_end()
             return {"CANCELLED"}
         self._timer = wm.event_timer_add(0.2, window=context.window)

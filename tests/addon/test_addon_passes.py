@@ -359,15 +359,34 @@ def test_frame_passes_tell_background_surfaces_apart_by_their_uv(scene):
     box = bpy.context.active_object
     box.data.uv_layers.remove(box.data.uv_layers[0])  # no UV: not a surface
     box.pass_index = 2  # a user's index, in the range the capture hands out
+    floor.pass_index = 1  # keyframed: a frame change must not put it back during the capture
+    floor.keyframe_insert("pass_index", frame=1)
+    floor.keyframe_insert("pass_index", frame=2)
+    # An instanced collection (not in the scene itself) whose cube renders with index 3.
+    props = bpy.data.collections.new("Props")
+    bpy.ops.mesh.primitive_cube_add(size=0.6, location=(1.8, 0.0, -0.6))
+    prop = bpy.context.active_object
+    for collection in list(prop.users_collection):
+        collection.objects.unlink(prop)
+    props.objects.link(prop)
+    prop.pass_index = 3
+    instancer = bpy.data.objects.new("Props Instance", None)
+    instancer.instance_type, instancer.instance_collection = "COLLECTION", props
+    scene.collection.objects.link(instancer)
     camera = add_camera(scene, "Cam", eye=(0.0, -6.0, 1.5), target=(0.0, 0.0, -0.5))
-    result = passes.render_frame_passes(scene, camera, [monkey], [1, 2], 64, 48)
+    assert passes.render_frame_passes(scene, camera, [monkey], [1], 32, 32).background_id is None  # opt-in
+    result = passes.render_frame_passes(scene, camera, [monkey], [1, 2], 64, 48, background_ids=True)
 
     ids = result.background_id
     assert ids.dtype == np.int32 and set(np.unique(ids)) == {0, 1, 2}  # Floor 1, Wall 2 (by name)
     assert not ids[result.mask].any()
     hit = result.depth < 1e9
-    box_pixels = hit & ~result.mask & (ids == 0)
-    assert box_pixels.sum() > 20 and np.all(result.uv[box_pixels] == 0)
+    others = hit & ~result.mask & (ids == 0)  # the box without UV and the instanced prop
+    assert others[:, :, 40:].sum() > 20 and others[:, :, :24].sum() > 20
+    assert np.all(result.uv[others] == 0)
+    # The mask is Suzanne alone: nothing else took the targets' index.
+    alone = passes.render_frame_passes(scene, camera, [monkey], [1, 2], 64, 48)
+    np.testing.assert_array_equal(result.mask, alone.mask)
     # The floor's UV is its own: the point it names projects onto the pixel's centre.
     view, rows, cols = np.nonzero(ids == 1)
     u, v = result.uv[view, rows, cols].T.astype(np.float64)
@@ -378,7 +397,9 @@ def test_frame_passes_tell_background_surfaces_apart_by_their_uv(scene):
                                      result.projection[frame].astype(np.float64), 64, 48)
         centres = np.stack([cols[here] + 0.5, rows[here] + 0.5], -1)
         np.testing.assert_allclose(projected, centres, atol=0.05)
-    assert (box.pass_index, floor.pass_index, wall.pass_index, monkey.pass_index) == (2, 0, 0, 0)
+    scene.frame_set(1)
+    assert (box.pass_index, floor.pass_index, wall.pass_index, monkey.pass_index, prop.pass_index) == (2, 1, 0, 0, 3)
+    assert not any(curve.mute for curve in capture.object_fcurves(floor))
     assert passes.render_passes(scene, [camera], [monkey], 32, 32).background_id is None  # textures: none
 
 

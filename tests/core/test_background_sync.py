@@ -106,3 +106,14 @@ def test_background_uv_samples_and_needs_background_ids(tiny):
     passes.background_id = None
     with pytest.raises(ProtocolError, match="^background_uv: needs background_sync > 0 and passes whose"):
         animation.sample_frames(tiny, request, passes)
+
+
+def test_scattered_surface_pixels_still_sync():
+    """Pixels with no neighbour on their surface have no footprint: they take the median size."""
+    passes = dolly_passes()
+    scattered = np.zeros_like(passes.background_id)
+    scattered[:, 20::9, 20::9] = 1  # isolated pixels
+    passes.background_id = scattered
+    hook = sync.UVSync(passes, Request(kind="animation", **ANIMATION_DEFAULTS), FACTOR, mask=scattered > 0,
+                       layers=scattered, strength=0.9, texels_per_latent=4.0)
+    assert hook.texels > 0 and bool(hook.covered.any())
