@@ -131,6 +131,7 @@ def _blender_batch():
 
 
 BLENDER_LOG = "blender.log"
+SHORT_LOG = 4096  # bytes of Blender's log shown on stderr instead of kept, for a run that made no output
 
 
 @contextlib.contextmanager
@@ -141,7 +142,8 @@ def _blender_log(out: Path):
     temporary pass file (three per view or frame), bake notes, file reads. Every line of
     ours, and the progress bars, go to stderr, so they stay. The log is written to a
     temporary file and moved into ``out`` at the end when ``out`` exists (a run stopped
-    by bad input creates no output folder); its path is named on stderr either way."""
+    by bad input creates no output folder); its path is named on stderr. A short log of a
+    run that stopped before creating ``out`` is written to stderr instead of kept."""
     _flush_stdout()
     try:
         saved = os.dup(1)
@@ -163,7 +165,12 @@ def _blender_log(out: Path):
                 path = Path(shutil.move(temporary, out / BLENDER_LOG))
             except OSError:
                 pass  # kept where it is; named below
-        print(f"Blender's log: {path}", file=sys.stderr)
+        elif path.stat().st_size <= SHORT_LOG:  # a run stopped early: show its few lines, keep no file
+            sys.stderr.write(path.read_text(errors="replace"))
+            path.unlink()
+            path = None
+        if path is not None:
+            print(f"Blender's log: {path}", file=sys.stderr)
 
 
 def _flush_stdout() -> None:
