@@ -50,7 +50,7 @@ def main() -> None:
     capture = lambda: passes.render_passes(scene, cameras, objects, SIZE, SIZE)  # noqa: E731
     capture()  # warm-up: kernels, first EXR writer
     plain_render(scene, cameras)
-    times = interleaved({"passes": capture, "plain": lambda: plain_render(scene, cameras)}, repeats=2)
+    times = interleaved({"passes": capture, "plain": lambda: plain_render(scene, cameras)}, repeats=3)
     per_view = times["passes"] / CAMERAS
     print(f"passes: {times['passes']:.2f} s for {CAMERAS} cameras at {SIZE}^2 ({per_view:.3f} s per view); "
           f"plain 1-sample Cycles render: {times['plain']:.2f} s")
