@@ -1,4 +1,4 @@
-"""Render the exact per-view passes of the wire format with Cycles, and bake texel maps.
+"""Render the exact per-view passes of the wire format with Cycles, and the texel maps.
 
 One Cycles render per view (or frame) at 1 sample with a ~0 pixel filter, so every pixel
 holds the surface hit by the ray through its centre: planar depth, world normal, UV of
@@ -7,21 +7,17 @@ motion vectors. A temporary compositor writes them as 32-bit EXRs to a temporary
 (a 3-component pass and a 1-component pass share an RGBA file: fewer files to write and
 load); they are read back with ``bpy.data.images.load`` and the loaded images removed.
 
-Texel maps (world position / normal per texel of the target UV map) come from Cycles
-bakes of a temporary frozen copy of each object, so the user's objects, meshes and
-materials are never modified.
+Texel maps (world position / normal per texel of the target UV map) are rasterised in
+UV space from each object's evaluated mesh (:mod:`.texels`), read with ``foreach_get``
+from a temporary ``to_mesh`` copy: nothing in the file is created or changed.
 
 Conventions found on Blender 5.0 (checked by tests/addon):
 - the Depth pass is planar camera depth (-z_cam), not ray length; background 1e10;
 - the Position and Normal passes are world space;
-- the POSITION bake is world space; the NORMAL bake in OBJECT space is
-  ``normalize(inverse(M) @ n_world)`` colour-encoded ``(n + 1) / 2``, so
-  ``n_world = normalize(M @ (2c - 1))`` with M the object's 3x3 world matrix;
-- baked texels get alpha 1 (unbaked keep the alpha 0 they were filled with): coverage;
 - the Vector pass holds (previous - current, current - next) in pixels, x right / y up.
 
 Everything capture changes (render settings, camera, frame, pass indices, render UV
-maps, selection) is restored afterwards, also on error. Arrays on the wire are float32
+maps, mode) is restored afterwards, also on error. Arrays on the wire are float32
 (bool masks), rows top to bottom. Imports: bpy, the standard library and numpy only.
 """
 
@@ -36,7 +32,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import bpy
 import numpy as np
 
-from . import capture
+from . import capture, texels
 from .capture import CaptureError
 from .wire import Passes
 
@@ -155,20 +151,6 @@ def view_arrays(raw: dict[str, np.ndarray], marker: int, with_vector: bool = Fal
     return {name: array[0] for name, array in arrays.items()}
 
 
-def decode_texels(position_rgba: np.ndarray, normal_rgba: np.ndarray, object_to_world: np.ndarray):
-    """Baked images (T, T, 4), rows top to bottom -> (position (T, T, 3) world,
-    normal (T, T, 3) world unit, covered (T, T) bool); 0 where nothing was baked."""
-    covered = position_rgba[..., 3] > 0.5
-    rotation = np.asarray(object_to_world, dtype=np.float64)[:3, :3]
-    # Undo Blender's object-space conversion n_obj = normalize(inverse(M) @ n_world).
-    normal = (2.0 * normal_rgba[..., :3].astype(np.float64) - 1.0) @ rotation.T
-    length = np.linalg.norm(normal, axis=-1, keepdims=True)
-    normal = np.where(length > 0, normal / np.where(length > 0, length, 1.0), 0.0)
-    on = covered[..., None]
-    return (np.where(on, position_rgba[..., :3], 0.0).astype(np.float32),
-            np.where(on, normal, 0.0).astype(np.float32), covered)
-
-
 # ------------------------------------------------------------------------ public entry
 
 
@@ -219,34 +201,67 @@ def render_frame_passes(scene: bpy.types.Scene, camera: bpy.types.Object, object
 
 def bake_texel_maps(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], uv_maps: dict,
                     texture_size: int, view_layer=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """World position and normal of every texel of the objects' UV maps, by Cycles bakes.
+    """World position and normal of every texel of the objects' UV maps, rasterised from
+    their evaluated meshes (modifiers applied) by :func:`texels.rasterize`.
 
     ``uv_maps``: object -> UV map name. -> (texel_position (T, T, 3) float32,
     texel_normal (T, T, 3) float32, texel_mask (T, T) bool); texel row 0 is v = 1.
-    Texels no face covers stay 0 and out of the mask; where UV islands of several
-    objects overlap, the later object wins.
+    Normals are the shading normals (smooth, flat or custom, as rendered). Texels no face
+    covers stay 0 and out of the mask; where UV islands of several objects overlap, the
+    later object wins. Nothing in the file is created or changed.
     """
     size = _checked_size("texture_size", texture_size, 16, 8192)
-    view_layer = view_layer or capture.capture_view_layer(scene)
-    position = np.zeros((size, size, 3), np.float32)
-    normal = np.zeros((size, size, 3), np.float32)
-    covered = np.zeros((size, size), bool)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(capture.preserved_render_settings(scene))
-        stack.enter_context(capture.preserved_selection(view_layer))
-        stack.enter_context(_context_for(scene, view_layer))
-        _configure_cycles(scene)
-        material, node, images = stack.enter_context(_bake_material(size))
-        depsgraph = capture.evaluated_depsgraph(scene, view_layer)
-        for obj in objects:
-            with _frozen_copy(scene, obj, depsgraph, material) as (proxy, matrix):
-                _select_only(view_layer, proxy)
-                baked_position = _bake(node, images[0], "POSITION", uv_maps[obj])
-                baked_normal = _bake(node, images[1], "NORMAL", uv_maps[obj])
-            p, n, c = decode_texels(baked_position, baked_normal, matrix)
-            position[c], normal[c] = p[c], n[c]
-            covered |= c
+    depsgraph = capture.evaluated_depsgraph(scene, view_layer or capture.capture_view_layer(scene))
+    position = normal = covered = None
+    for obj in objects:
+        tri_uv, tri_position, tri_normal = _mesh_triangles(obj, depsgraph, uv_maps[obj])
+        position, normal, covered = texels.rasterize(tri_uv, tri_position, tri_normal, size, position, normal,
+                                                     covered)
     return position, normal, covered
+
+
+def _mesh_triangles(obj, depsgraph, uv_map: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``obj``'s evaluated mesh as triangles -> (uv (M, 3, 2) float32, world position
+    (M, 3, 3) float64, world shading normal (M, 3, 3) float64) per corner."""
+    evaluated = obj.evaluated_get(depsgraph)
+    mesh = evaluated.to_mesh(preserve_all_data_layers=True, depsgraph=depsgraph)
+    try:
+        if not len(mesh.polygons):
+            raise CaptureError(f"object {obj.name!r} has no faces to bake")
+        layer = mesh.uv_layers.get(uv_map)
+        if layer is None:
+            raise CaptureError(f"object {obj.name!r} has no UV map {uv_map!r} after its modifiers")
+        mesh.calc_loop_triangles()
+        count = len(mesh.loop_triangles)
+        corner_loops = np.empty(count * 3, np.int32)
+        mesh.loop_triangles.foreach_get("loops", corner_loops)
+        corner_vertices = np.empty(count * 3, np.int32)
+        mesh.loop_triangles.foreach_get("vertices", corner_vertices)
+        vertices = np.empty(len(mesh.vertices) * 3, np.float32)
+        mesh.vertices.foreach_get("co", vertices)
+        uv = np.empty(len(mesh.loops) * 2, np.float32)
+        layer.data.foreach_get("uv", uv)
+        normals = np.empty(len(mesh.loops) * 3, np.float32)
+        mesh.corner_normals.foreach_get("vector", normals)
+        smooth = np.empty(count, bool)
+        mesh.loop_triangles.foreach_get("use_smooth", smooth)
+        matrix = np.array(evaluated.matrix_world, dtype=np.float64)
+    finally:
+        evaluated.to_mesh_clear()
+    rotation = matrix[:3, :3]
+    position = (vertices.reshape(-1, 3).astype(np.float64) @ rotation.T + matrix[:3, 3])[corner_vertices]
+    position = position.reshape(count, 3, 3)
+    # Smooth faces: corner normals (custom ones included), which transform with the inverse
+    # transpose; rasterize normalises. Flat faces: each triangle's own normal, as Cycles
+    # shades them (a non-planar quad is two planes).
+    normal = (normals.reshape(-1, 3).astype(np.float64) @ np.linalg.inv(rotation))[corner_loops]
+    normal = normal.reshape(count, 3, 3)
+    flat = ~smooth
+    facet = np.cross(position[flat, 1] - position[flat, 0], position[flat, 2] - position[flat, 0])
+    if np.linalg.det(rotation) < 0:  # a mirrored object turns its triangles inside out
+        facet = -facet
+    normal[flat] = facet[:, None, :]
+    return uv.reshape(-1, 2)[corner_loops].reshape(count, 3, 2), position, normal
 
 
 # ------------------------------------------------------------------------- the capture
@@ -283,7 +298,7 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
     with contextlib.ExitStack() as stack:
         stack.enter_context(capture.preserved_render_settings(scene))
         stack.enter_context(_context_for(scene, view_layer))
-        stack.enter_context(capture.object_mode())  # bakes need Object Mode; edits are synced
+        stack.enter_context(capture.object_mode())  # edit-mode changes reach the evaluated mesh
         stack.enter_context(_no_new_render_result())
         texels = None
         if texture_size is not None:
@@ -332,7 +347,7 @@ def _checked_objects(objects) -> list:
 
 
 def _configure_cycles(scene) -> None:
-    """Cycles at 1 sample, no denoising, a ~0 box filter: exact data passes and bakes.
+    """Cycles at 1 sample, no denoising, a ~0 box filter: exact data passes.
 
     Data passes need only the first hit: no light bounces. Persistent data keeps the
     scene's BVH between the views of one capture (the largest saving per extra view)."""
@@ -483,77 +498,3 @@ def _read_exr(path: str) -> np.ndarray:
         return capture.image_to_numpy(image, contiguous=False)
     finally:
         bpy.data.images.remove(image)
-
-
-# --------------------------------------------------------------------------- texel bake
-
-
-@contextlib.contextmanager
-def _bake_material(size: int) -> Iterator[tuple]:
-    """A temporary material whose active image node is the bake target, and two float
-    images (position, normal). Yields (material, node, (position_image, normal_image));
-    all removed on exit."""
-    material = bpy.data.materials.new(capture.unique_name(bpy.data.materials, "ZS Bake"))
-    images = []
-    try:
-        if material.node_tree is None:  # Blender < 5 creates the tree on demand
-            material.use_nodes = True
-        node = material.node_tree.nodes.new("ShaderNodeTexImage")
-        material.node_tree.nodes.active = node
-        for label in ("Position", "Normal"):
-            image = bpy.data.images.new(capture.unique_name(bpy.data.images, f"ZS Bake {label}"),
-                                        size, size, alpha=True, float_buffer=True)
-            image.colorspace_settings.is_data = True
-            images.append(image)
-        yield material, node, tuple(images)
-    finally:
-        for image in images:
-            bpy.data.images.remove(image)
-        bpy.data.materials.remove(material)
-
-
-@contextlib.contextmanager
-def _frozen_copy(scene, obj, depsgraph, material) -> Iterator[tuple]:
-    """A temporary object holding ``obj``'s evaluated mesh (modifiers applied) at its world
-    matrix, with only ``material``: bakes never touch the user's object or materials.
-    Yields (proxy, object_to_world (4, 4) float64); proxy and mesh removed on exit."""
-    evaluated = obj.evaluated_get(depsgraph)
-    mesh = bpy.data.meshes.new_from_object(evaluated, preserve_all_data_layers=True, depsgraph=depsgraph)
-    proxy = None
-    try:
-        if not len(mesh.polygons):
-            raise CaptureError(f"object {obj.name!r} has no faces to bake")
-        mesh.materials.clear()
-        mesh.materials.append(material)
-        mesh.polygons.foreach_set("material_index", np.zeros(len(mesh.polygons), np.int32))
-        proxy = bpy.data.objects.new(capture.unique_name(bpy.data.objects, "ZS Bake Proxy"), mesh)
-        matrix = evaluated.matrix_world.copy()
-        proxy.matrix_world = matrix
-        scene.collection.objects.link(proxy)
-        yield proxy, np.array(matrix, dtype=np.float64)
-    finally:
-        if proxy is not None:
-            bpy.data.objects.remove(proxy, do_unlink=True)
-        bpy.data.meshes.remove(mesh)
-
-
-def _select_only(view_layer, obj) -> None:
-    for other in view_layer.objects:
-        if other is not None and other.select_get(view_layer=view_layer):
-            other.select_set(False, view_layer=view_layer)
-    obj.select_set(True, view_layer=view_layer)
-    view_layer.objects.active = obj
-
-
-def _bake(node, image, kind: str, uv_map: str) -> np.ndarray:
-    """Bake ``kind`` of the selected object into ``image`` -> (T, T, 4) float32, rows top
-    to bottom. The image starts all 0 (alpha 0), so unbaked texels keep alpha 0."""
-    image.pixels.foreach_set(np.zeros(len(image.pixels), np.float32))
-    node.image = image
-    result = bpy.ops.object.bake(type=kind, normal_space="OBJECT", normal_r="POS_X", normal_g="POS_Y",
-                                 normal_b="POS_Z", margin=0, use_clear=False, uv_layer=uv_map,
-                                 use_selected_to_active=False, use_cage=False, target="IMAGE_TEXTURES",
-                                 save_mode="INTERNAL", use_split_materials=False, use_automatic_name=False)
-    if "FINISHED" not in result:
-        raise CaptureError(f"the {kind.lower()} bake did not finish ({result})")
-    return capture.image_to_numpy(image)

@@ -255,7 +255,7 @@ def test_capture_restores_the_scene_and_leaves_nothing_behind(scene):
     assert not [image.name for image in bpy.data.images]
 
 
-@pytest.mark.parametrize("failing, at_call", [("_read_exr", 3), ("_bake", 2)])
+@pytest.mark.parametrize("failing, at_call", [("_read_exr", 3), ("_mesh_triangles", 1)])
 def test_capture_restores_the_scene_when_it_fails_midway(scene, monkeypatch, failing, at_call):
     monkey = add_monkey()
     monkey.pass_index = 9
