@@ -3,7 +3,9 @@
 Timed: ``blender_addon.passes.render_passes`` (five data passes written as three EXRs, read
 back into numpy, camera matrices; no texel maps) against ``bpy.ops.render.render`` of the same
 8 cameras at the same size with Cycles at 1 sample and no extra passes, measured in the
-same run, interleaved. Target: ratio < 1.5. Needs the ``bpy`` module (the test extra).
+same run, interleaved. Target: ratio < 1.5. Also reported, without a target: the texel maps
+at 1024^2 (the default texture size), rasterised from the evaluated mesh. Needs the ``bpy``
+module (the test extra).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import tempfile
 os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="zs-bench-blender-"))
 
 import bpy  # noqa: E402
-from _common import interleaved, report  # noqa: E402
+from _common import best_of, interleaved, report  # noqa: E402
 
-from blender_addon import passes, rig  # noqa: E402
+from blender_addon import capture, passes, rig  # noqa: E402
 
-CAMERAS, SIZE = 8, 512
+CAMERAS, SIZE, TEXTURE = 8, 512, 1024
 
 
 def build_scene() -> tuple[bpy.types.Scene, list, list]:
@@ -47,15 +49,18 @@ def plain_render(scene: bpy.types.Scene, cameras: list) -> None:
 
 def main() -> None:
     scene, objects, cameras = build_scene()
-    capture = lambda: passes.render_passes(scene, cameras, objects, SIZE, SIZE)  # noqa: E731
-    capture()  # warm-up: kernels, first EXR writer
+    capture_passes = lambda: passes.render_passes(scene, cameras, objects, SIZE, SIZE)  # noqa: E731
+    capture_passes()  # warm-up: kernels, first EXR writer
     plain_render(scene, cameras)
-    times = interleaved({"passes": capture, "plain": lambda: plain_render(scene, cameras)}, repeats=3)
+    times = interleaved({"passes": capture_passes, "plain": lambda: plain_render(scene, cameras)}, repeats=3)
+    uv_maps = {obj: capture.ensure_uv_map(obj, None) for obj in objects}
+    texel_seconds = best_of(lambda: passes.bake_texel_maps(scene, objects, uv_maps, TEXTURE), repeats=3)
+    print(f"texel maps at {TEXTURE}^2: {texel_seconds:.2f} s")
     per_view = times["passes"] / CAMERAS
     print(f"passes: {times['passes']:.2f} s for {CAMERAS} cameras at {SIZE}^2 ({per_view:.3f} s per view); "
           f"plain 1-sample Cycles render: {times['plain']:.2f} s")
     report("passes", times["passes"], times["plain"], target=1.5, seconds_per_view=round(per_view, 4),
-           cameras=CAMERAS, size=SIZE)
+           cameras=CAMERAS, size=SIZE, texel_maps_seconds=round(texel_seconds, 3), texture_size=TEXTURE)
 
 
 if __name__ == "__main__":
