@@ -75,6 +75,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from . import models, scene
 
     out = Path(args.out)
+    if args.background_uv and not args.animation:
+        raise ValueError("--background-uv: only for the animation demo (--animation)")
     if args.animation:
         return _demo_animation(args, out)
     if _bpy_available():
@@ -315,11 +317,14 @@ def _demo_animation(args: argparse.Namespace, out: Path) -> int:
             scene_path = batch.build_animated_demo_scene(out / "scene.blend", frames=args.frames, size=args.size)
             summary = batch.animate_blend(scene_path, out, prompt=args.prompt, objects=[batch.DEMO_OBJECT],
                                           steps=args.steps, seed=args.seed, guidance=args.guidance,
-                                          scheduler=args.scheduler, **_sampling_backend(args, "demo"),
-                                          **ANIMATION_DEFAULTS)
+                                          scheduler=args.scheduler, background_uv=args.background_uv,
+                                          **_sampling_backend(args, "demo"), **ANIMATION_DEFAULTS)
         _print_animation_outputs(out, summary["metrics"])
         print(f"animated blend: {summary['animated_blend']}", file=sys.stderr)
         return 0
+    if args.background_uv:
+        raise ValueError("--background-uv: the numpy scene has no UV-mapped floor; the Blender shot needs "
+                         "Blender's Python module: pip install -e '.[blender]'")
     print("zs demo --animation: Blender's Python module (bpy) is not installed: the numpy animated scene instead",
           file=sys.stderr)
     request = _request_from_args(args, kind="animation", **ANIMATION_DEFAULTS)
@@ -454,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--animation", action="store_true",
                       help="the animation demo: an animated shot re-styled into consistent frames")
     demo.add_argument("--frames", type=int, default=16, help="frames of the animation demo")
+    demo.add_argument("--background-uv", action="store_true",
+                      help="animation demo in Blender: sync the floor through its UV instead of the vector pass")
     _add_sampling_options(demo, steps=12, noise="surface", attention="self", sync_strength=1.0)
     demo.set_defaults(func=cmd_demo)
 

@@ -181,19 +181,20 @@ def test_animation_demo_without_bpy_runs_the_numpy_shot(tmp_path, capsys, monkey
     assert "numpy animated scene" in capsys.readouterr().err
     assert len(list((out / "frames").glob("*.png"))) == 3 and not (out / "animated.blend").exists()
     assert json.loads((out / "metrics.json").read_text())["frames"] == 3
+    assert cli.main(["demo", "--animation", "--background-uv", "--out", str(tmp_path / "uv")]) == 2
+    assert "the numpy scene has no UV-mapped floor" in capsys.readouterr().err
 
 
 def test_animate_blend_syncs_the_floor_through_its_uv(tmp_path, capsys):
     """The demo shot (Suzanne over a UV-mapped floor) with --background-uv: the capture tells
     the floor apart and the job fuses it through its UV; a scene without such meshes says so."""
-    from blender_addon import batch
-
-    source = batch.build_animated_demo_scene(tmp_path / "demo.blend", frames=3, size=64)
     out = tmp_path / "out"
-    assert cli.main(["animate", str(source), "--object", batch.DEMO_OBJECT, "--background-uv", "--out", str(out),
-                     "--steps", "2", "--chunk", "3"]) == 0
+    assert cli.main(["demo", "--animation", "--background-uv", "--out", str(out), "--frames", "3", "--size", "64",
+                     "--steps", "2"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["request"]["background_uv"] is True and metrics["frames"] == 3
+    assert cli.main(["demo", "--background-uv", "--out", str(tmp_path / "texture")]) == 2  # animation only
+    assert "--background-uv: only for the animation demo" in capsys.readouterr().err
 
     moving_cube_shot(frames=3, size=64)  # a cube alone: no other UV-mapped mesh
     alone = tmp_path / "alone.blend"
