@@ -85,7 +85,7 @@ class UVSync:
             size = _sizes_of_detail(passes.uv, full_mask if layers is None else np.where(full_mask, layers, 0),
                                     factor, texels_per_latent)[:, offset::stride, offset::stride][mask]
             layer = layer * 16 + np.log2(size).astype(np.int64)  # one texture per size
-        texel = np.clip((uv[mask] * size[:, None]).astype(np.int64), 0, size[:, None] - 1)
+        texel = np.clip((uv[mask] * size[:, None].astype(uv.dtype)).astype(np.int64), 0, size[:, None] - 1)
         span = int(size.max(initial=1))
         texel_index = (layer * span + texel[:, 1]) * span + texel[:, 0]
         texel_index = np.unique(texel_index, return_inverse=True)[1].reshape(-1)  # touched texels only
