@@ -254,13 +254,19 @@ def _local_token() -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-def _sampling_backend(args: argparse.Namespace, command: str) -> dict:
-    """blender_addon.api keywords: the server of ``--server``, else the in-process sampler;
-    progress bars for the pass render and the server's steps (the in-process sampler has
-    its own)."""
-    if getattr(args, "server", None):  # zs demo has no --server
-        return dict(server=args.server, token=args.token or _local_token(), progress=_EventBar(command))
-    return dict(sampler=_in_process_sampler(args), progress=_EventBar(command))
+@contextlib.contextmanager
+def _sampling_backend(args: argparse.Namespace, command: str):
+    """Yields blender_addon.api keywords: the server of ``--server``, else the in-process
+    sampler; progress bars for the pass render and the server's steps (the in-process
+    sampler has its own), closed at the end also when the run fails."""
+    bar = _EventBar(command)
+    try:
+        if getattr(args, "server", None):  # zs demo has no --server
+            yield dict(server=args.server, token=args.token or _local_token(), progress=bar)
+        else:
+            yield dict(sampler=_in_process_sampler(args), progress=bar)
+    finally:
+        bar.close()
 
 
 def _blend_settings(args: argparse.Namespace, **overrides) -> dict:
@@ -281,10 +287,9 @@ def _texture_blend(args: argparse.Namespace, source: Path) -> int:
     if not args.objects:
         raise ValueError("--object: name the object to texture (repeat --object for several)")
     batch = _blender_batch()
-    with _blender_log(Path(args.out)):
+    with _blender_log(Path(args.out)), _sampling_backend(args, "texture") as backend:
         summary = batch.texture_blend(source, args.objects, args.prompt, args.out, cameras=args.cameras,
-                                      use_scene_cameras=args.use_scene_cameras, **_sampling_backend(args, "texture"),
-                                      **_blend_settings(args))
+                                      use_scene_cameras=args.use_scene_cameras, **backend, **_blend_settings(args))
     _print_blend_outputs(summary)
     return 0
 
@@ -294,10 +299,10 @@ def _demo_blender(args: argparse.Namespace, out: Path) -> int:
     batch = _blender_batch()
     print(f"zs demo: Suzanne in Blender, {args.views} cameras of {args.size}x{args.size}, model {args.model}",
           file=sys.stderr)
-    with _blender_log(out):
+    with _blender_log(out), _sampling_backend(args, "demo") as backend:
         scene_path = batch.build_demo_scene(out / "scene.blend")
         summary = batch.texture_blend(scene_path, [batch.DEMO_OBJECT], args.prompt, out, cameras=args.views,
-                                      **_sampling_backend(args, "demo"),
+                                      **backend,
                                       **_blend_settings(args, view_size=args.size,
                                                         texture_size=args.texture_size or 512))
     _print_blend_outputs(summary)
@@ -313,12 +318,12 @@ def _demo_animation(args: argparse.Namespace, out: Path) -> int:
         batch = _blender_batch()
         print(f"zs demo --animation: Suzanne in Blender, {args.frames} frames of {args.size}x{args.size}, model "
               f"{args.model}", file=sys.stderr)
-        with _blender_log(out):
+        with _blender_log(out), _sampling_backend(args, "demo") as backend:
             scene_path = batch.build_animated_demo_scene(out / "scene.blend", frames=args.frames, size=args.size)
             summary = batch.animate_blend(scene_path, out, prompt=args.prompt, objects=[batch.DEMO_OBJECT],
                                           steps=args.steps, seed=args.seed, guidance=args.guidance,
                                           scheduler=args.scheduler, background_uv=args.background_uv,
-                                          **_sampling_backend(args, "demo"), **ANIMATION_DEFAULTS)
+                                          **backend, **ANIMATION_DEFAULTS)
         _print_animation_outputs(out, summary["metrics"])
         print(f"animated blend: {summary['animated_blend']}", file=sys.stderr)
         return 0
@@ -389,9 +394,9 @@ def _animate_blend(args: argparse.Namespace, source: Path) -> int:
     settings = dict(negative_prompt=args.negative_prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
                     scheduler=args.scheduler, noise=args.noise, attention=args.attention, width=args.width,
                     height=args.height, uv_map=args.uv_map, **_animation_fields(args))
-    with _blender_log(Path(args.out)):
+    with _blender_log(Path(args.out)), _sampling_backend(args, "animate") as backend:
         summary = batch.animate_blend(source, args.out, camera=args.camera, frames=args.frames, prompt=args.prompt,
-                                      objects=args.objects, **_sampling_backend(args, "animate"),
+                                      objects=args.objects, **backend,
                                       **{key: value for key, value in settings.items() if value is not None})
     _print_animation_outputs(Path(args.out), summary["metrics"])
     first, last = summary["frames"]
