@@ -11,6 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import zs_core  # noqa: E402,F401  before any diffusers import: it hides a transformers warning ZS has no use for
 
 
 def best_of(function, repeats: int = 3) -> float:
