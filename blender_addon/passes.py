@@ -252,10 +252,12 @@ def _mesh_triangles(obj, depsgraph, uv_map: str) -> tuple[np.ndarray, np.ndarray
     position = (vertices.reshape(-1, 3).astype(np.float64) @ rotation.T + matrix[:3, 3])[corner_vertices]
     position = position.reshape(count, 3, 3)
     # Smooth faces: corner normals (custom ones included), which transform with the inverse
-    # transpose; rasterize normalises. Flat faces: each triangle's own normal, as Cycles
-    # shades them (a non-planar quad is two planes).
-    normal = (normals.reshape(-1, 3).astype(np.float64) @ np.linalg.inv(rotation))[corner_loops]
-    normal = normal.reshape(count, 3, 3)
+    # transpose and are made unit length before interpolation, as Cycles does (a corner
+    # stretched by non-uniform scale must not outweigh the others). Flat faces: each
+    # triangle's own normal, as Cycles shades them (a non-planar quad is two planes).
+    normal = normals.reshape(-1, 3).astype(np.float64) @ np.linalg.inv(rotation)
+    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
+    normal = normal[corner_loops].reshape(count, 3, 3)
     flat = ~smooth
     facet = np.cross(position[flat, 1] - position[flat, 0], position[flat, 2] - position[flat, 0])
     if np.linalg.det(rotation) < 0:  # a mirrored object turns its triangles inside out

@@ -13,6 +13,7 @@ import numpy as np
 
 CANDIDATES_PER_CHUNK = 1 << 21  # texel candidates tested at once (bounds the temporaries)
 EDGE_TOLERANCE = 1e-7  # barycentric slack, so centres on a shared edge are not lost to rounding
+SLIVER = 1e-6  # triangles with 2 x area below this share of their longest edge squared are skipped
 
 
 def rasterize(tri_uv: np.ndarray, tri_position: np.ndarray, tri_normal: np.ndarray, size: int,
@@ -34,21 +35,28 @@ def rasterize(tri_uv: np.ndarray, tri_position: np.ndarray, tri_normal: np.ndarr
     corners = np.empty(tri_uv.shape, np.float64)
     corners[..., 0] = tri_uv[..., 0] * size
     corners[..., 1] = (1.0 - tri_uv[..., 1]) * size
+    finite = np.isfinite(corners).all(axis=(1, 2))
+    corners[~finite] = 0.0  # skipped below; zeroed so the bounds stay integers
     low = np.clip(np.ceil(corners.min(axis=1) - 0.5), 0, size - 1).astype(np.int64)  # (M, 2) first centre
     high = np.clip(np.floor(corners.max(axis=1) - 0.5), 0, size - 1).astype(np.int64)  # last centre
     (x0, y0), (x1, y1), (x2, y2) = (corners[:, i].T for i in range(3))
     area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-    usable = (np.abs(area) > 1e-12) & np.all(high >= low, axis=1)
+    # Slivers (three UVs on a line, up to float32 rounding) cover nothing: skip them rather
+    # than let their arbitrary weights overwrite a neighbour.
+    longest = np.max([(x1 - x0) ** 2 + (y1 - y0) ** 2, (x2 - x1) ** 2 + (y2 - y1) ** 2,
+                      (x0 - x2) ** 2 + (y0 - y2) ** 2], axis=0)
+    usable = finite & (np.abs(area) > SLIVER * longest) & np.all(high >= low, axis=1)
     usable &= (corners.max(axis=1) >= 0).all(axis=1) & (corners.min(axis=1) <= size).all(axis=1)
     triangles = np.flatnonzero(usable)
     # Barycentric weights are affine in the texel centre: w1 = a1 x + b1 y + c1, w2 likewise.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inverse = 1.0 / area
+    (x0, y0), (x1, y1), (x2, y2) = (corners[triangles, i].T for i in range(3))
+    inverse = 1.0 / area[triangles]
     a1, b1 = (y2 - y0) * inverse, -(x2 - x0) * inverse
     a2, b2 = -(y1 - y0) * inverse, (x1 - x0) * inverse
     c1, c2 = -(a1 * x0 + b1 * y0), -(a2 * x0 + b2 * y0)
-    coefficients = np.stack([a1, b1, c1, a2, b2, c2], axis=1)[triangles]  # (K, 6)
-    spans = high[triangles] - low[triangles] + 1  # (K, 2) columns, rows
+    coefficients = np.stack([a1, b1, c1, a2, b2, c2], axis=1)  # (K, 6)
+    triangles, coefficients, box_low, spans = _bands(triangles, coefficients, low[triangles],
+                                                     high[triangles] - low[triangles] + 1)
     counts = spans[:, 0] * spans[:, 1]
     ends = np.cumsum(counts)
     start = 0
@@ -56,12 +64,28 @@ def rasterize(tri_uv: np.ndarray, tri_position: np.ndarray, tri_normal: np.ndarr
         stop = int(np.searchsorted(ends, ends[start] - counts[start] + CANDIDATES_PER_CHUNK, side="right"))
         stop = max(stop, start + 1)
         part = slice(start, stop)
-        _draw(triangles[part], coefficients[part], spans[part], counts[part], low[triangles[part]], tri_position,
+        _draw(triangles[part], coefficients[part], spans[part], counts[part], box_low[part], tri_position,
               tri_normal, size, flat_position, flat_normal, flat_covered)
         start = stop
     length = np.linalg.norm(normal, axis=-1, keepdims=True)
     np.divide(normal, np.where(length > 0, length, 1.0), out=normal)
     return position, normal, covered
+
+
+def _bands(triangles, coefficients, low, spans):
+    """Split boxes of more than :data:`CANDIDATES_PER_CHUNK` texels into bands of rows, so a
+    chunk (at least one box) stays within the budget; order kept (later still wins).
+    -> (triangles, coefficients, low (B, 2), spans (B, 2)) per band."""
+    rows_per_band = np.maximum(1, CANDIDATES_PER_CHUNK // spans[:, 0])
+    bands = -(-spans[:, 1] // rows_per_band)
+    if (bands == 1).all():
+        return triangles, coefficients, low, spans
+    owner = np.repeat(np.arange(len(triangles)), bands)
+    band = np.arange(owner.size) - np.repeat(np.cumsum(bands) - bands, bands)
+    first_row = band * rows_per_band[owner]
+    band_low = np.stack([low[owner, 0], low[owner, 1] + first_row], axis=1)
+    band_spans = np.stack([spans[owner, 0], np.minimum(rows_per_band[owner], spans[owner, 1] - first_row)], axis=1)
+    return triangles[owner], coefficients[owner], band_low, band_spans
 
 
 def _draw(triangles, coefficients, spans, counts, low, tri_position, tri_normal, size,

@@ -61,3 +61,22 @@ def test_many_small_triangles_span_several_chunks(monkeypatch):
     assert covered.all()  # the islands tile the whole square
     uv = geometry.texel_uv(64)
     np.testing.assert_allclose(position[..., 0], 2 * uv[..., 0], atol=1e-5)
+
+
+def test_a_triangle_larger_than_a_chunk_is_drawn_in_bands_with_the_same_result(monkeypatch):
+    tri_uv, tri_position, tri_normal = square((0.0, 0.0), (1.0, 1.0))
+    whole = texels.rasterize(tri_uv, tri_position, tri_normal, 48)
+    monkeypatch.setattr(texels, "CANDIDATES_PER_CHUNK", 100)  # each box spans 2304 candidates
+    banded = texels.rasterize(tri_uv, tri_position, tri_normal, 48)
+    for a, b in zip(whole, banded):
+        np.testing.assert_array_equal(a, b)
+    assert banded[2].all()
+
+
+def test_slivers_and_non_finite_uvs_draw_nothing():
+    line = np.array([[[0.1, 0.1], [0.5, 0.5], [0.9, 0.9000001]]], np.float32)  # collinear up to rounding
+    broken = np.array([[[np.nan, 0.1], [0.5, 0.5], [0.9, 0.2]]], np.float32)
+    corners = np.zeros((1, 3, 3))
+    for uv in (line, broken):
+        _, _, covered = texels.rasterize(uv, corners, corners, 64)
+        assert not covered.any()
