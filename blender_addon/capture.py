@@ -385,6 +385,26 @@ def preserved_selection(view_layer: bpy.types.ViewLayer) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def render_resolution_modifiers(objects: Sequence[bpy.types.Object]) -> Iterator[None]:
+    """Evaluate ``objects`` as a render sees them: each modifier shown in the viewport iff
+    it is shown in renders, and Subdivision / Multires at their render levels; restored on
+    exit. (The evaluated depsgraph is the viewport's; renders use the render settings.)"""
+    saved = []
+    try:
+        for obj in objects:
+            for modifier in obj.modifiers:
+                saved.append((modifier, "show_viewport", modifier.show_viewport))
+                modifier.show_viewport = modifier.show_render
+                if hasattr(modifier, "render_levels") and hasattr(modifier, "levels"):
+                    saved.append((modifier, "levels", modifier.levels))
+                    modifier.levels = modifier.render_levels
+        yield
+    finally:
+        for modifier, attribute, value in reversed(saved):
+            _restore(modifier, attribute, value)
+
+
+@contextlib.contextmanager
 def temporary_pass_index(objects: Sequence[bpy.types.Object], index: int | Sequence[int]) -> Iterator[None]:
     """Give ``objects`` the pass index ``index`` (one for all, or one each) for the object
     index pass, and restore theirs. F-curves and drivers on their pass index are muted

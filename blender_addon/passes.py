@@ -202,7 +202,8 @@ def render_frame_passes(scene: bpy.types.Scene, camera: bpy.types.Object, object
 def bake_texel_maps(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], uv_maps: dict,
                     texture_size: int, view_layer=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """World position and normal of every texel of the objects' UV maps, rasterised from
-    their evaluated meshes (modifiers applied) by :func:`texels.rasterize`.
+    their evaluated meshes by :func:`texels.rasterize`, with the modifiers as renders use
+    them (render levels, render visibility: the surface the passes see).
 
     ``uv_maps``: object -> UV map name. -> (texel_position (T, T, 3) float32,
     texel_normal (T, T, 3) float32, texel_mask (T, T) bool); texel row 0 is v = 1.
@@ -211,12 +212,14 @@ def bake_texel_maps(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object],
     later object wins. Nothing in the file is created or changed.
     """
     size = _checked_size("texture_size", texture_size, 16, 8192)
-    depsgraph = capture.evaluated_depsgraph(scene, view_layer or capture.capture_view_layer(scene))
     position = normal = covered = None
-    for obj in objects:
-        tri_uv, tri_position, tri_normal = _mesh_triangles(obj, depsgraph, uv_maps[obj])
-        position, normal, covered = texels.rasterize(tri_uv, tri_position, tri_normal, size, position, normal,
-                                                     covered)
+    with capture.render_resolution_modifiers(objects):  # the surface the passes render
+        depsgraph = capture.evaluated_depsgraph(scene, view_layer or capture.capture_view_layer(scene))
+        for obj in objects:
+            tri_uv, tri_position, tri_normal = _mesh_triangles(obj, depsgraph, uv_maps[obj])
+            position, normal, covered = texels.rasterize(tri_uv, tri_position, tri_normal, size, position, normal,
+                                                         covered)
+    capture.evaluated_depsgraph(scene, view_layer or capture.capture_view_layer(scene))  # viewport state back
     return position, normal, covered
 
 
