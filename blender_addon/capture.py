@@ -446,18 +446,13 @@ def background_surfaces(scene: bpy.types.Scene, targets: Sequence[bpy.types.Obje
     return sorted(surfaces, key=lambda obj: obj.name)[:MAX_PASS_INDEX // 2]
 
 
-def unused_pass_index(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], depsgraph=None) -> int:
-    """A pass index no object of the scene outside ``objects`` uses (so the object index
-    pass singles out ``objects`` without touching anyone else's index)."""
-    return unused_pass_indices(scene, objects, 1, depsgraph)[0]
-
-
 def unused_pass_indices(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], count: int,
                         depsgraph=None) -> list[int]:
-    """``count`` distinct pass indices >= 1 no object outside ``objects`` renders with: the
-    scene's objects, and with ``depsgraph`` also every instance it renders (collection,
-    particle and geometry-node instances carry their source object's index, and the
-    source need not be in the scene)."""
+    """``count`` distinct pass indices >= 1 no object outside ``objects`` renders with (so
+    the object index pass singles out ``objects`` without touching anyone else's index):
+    the scene's objects, and with ``depsgraph`` also every instance it renders
+    (collection, particle and geometry-node instances carry their source object's index,
+    and the source need not be in the scene)."""
     mine = {obj.as_pointer() for obj in objects}
     taken = {obj.pass_index for obj in scene.objects if obj.as_pointer() not in mine}
     if depsgraph is not None:

@@ -56,34 +56,24 @@ RENDER_PASSES: dict[str, tuple[str, str]] = {
 # ----------------------------------------------------------------------------- numpy core
 
 
-def wrap_uv(uv: np.ndarray, tolerance: float = 1e-4, out: np.ndarray | None = None) -> np.ndarray:
-    """UV (..., 2) -> [0, 1] the way a repeating texture reads it (inside values unchanged).
-
-    Values within ``tolerance`` outside the square are rounding noise of an island on
-    its border: clamped, not wrapped to the opposite side. Writes into ``out`` (float32,
-    may be ``uv`` itself) or a new float32 array, and returns it."""
-    if out is None:
-        out = np.array(uv, dtype=np.float32)
-    elif out is not uv:
-        np.copyto(out, uv)
-    if out.min(initial=0.0) >= 0.0 and out.max(initial=1.0) <= 1.0:
-        return out  # the common case: every UV inside the square
-    out[(out < 0.0) & (out > -tolerance)] = 0.0
-    out[(out > 1.0) & (out < 1.0 + tolerance)] = 1.0
-    outside = (out < 0.0) | (out > 1.0)
+def wrap_uv(uv: np.ndarray, tolerance: float = 1e-4) -> None:
+    """UV (..., 2) float32 -> [0, 1] in place, the way a repeating texture reads it (inside
+    values unchanged). Values within ``tolerance`` outside the square are rounding noise of
+    an island on its border: clamped, not wrapped to the opposite side."""
+    if uv.min(initial=0.0) >= 0.0 and uv.max(initial=1.0) <= 1.0:
+        return  # the common case: every UV inside the square
+    uv[(uv < 0.0) & (uv > -tolerance)] = 0.0
+    uv[(uv > 1.0) & (uv < 1.0 + tolerance)] = 1.0
+    outside = (uv < 0.0) | (uv > 1.0)
     if outside.any():  # rare: only UV islands placed outside the unit square
-        out[outside] -= np.floor(out[outside])
-    return out
+        uv[outside] -= np.floor(uv[outside])
 
 
-def motion_to_next(vector: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Cycles' Vector pass (H, W, 4) -> motion to the next frame (H, W, 2) float32 as
-    [col, row] pixels with rows top to bottom (Blender's y points up)."""
-    if out is None:
-        out = np.empty(vector.shape[:-1] + (2,), np.float32)
+def motion_to_next(vector: np.ndarray, out: np.ndarray) -> None:
+    """Cycles' Vector pass (H, W, 4) -> ``out`` (H, W, 2) float32: motion to the next frame
+    as [col, row] pixels with rows top to bottom (Blender's y points up)."""
     np.negative(vector[..., 2], out=out[..., 0])
     out[..., 1] = vector[..., 3]
-    return out
 
 
 def allocate_views(count: int, height: int, width: int, with_vector: bool = False,
@@ -114,7 +104,7 @@ def decode_view(raw: dict[str, np.ndarray], marker: int, arrays: dict[str, np.nd
     whole scene); mask where the object index is ``marker``; normal, position and uv on
     target pixels only (0 elsewhere); vector everywhere. A ``background_id`` array is
     filled through ``surface_ids`` (pass index -> background id, 0 for none; indices past
-    its end are 0), and uv is kept on those pixels too.
+    its end are 0; given whenever that array is), and uv is kept on those pixels too.
     """
     mask = arrays["mask"][index]
     object_index = raw["Object Index"][..., 0]
@@ -127,7 +117,7 @@ def decode_view(raw: dict[str, np.ndarray], marker: int, arrays: dict[str, np.nd
         np.copyto(arrays[key][index], raw[name][..., :3], where=on)
     if "background_id" in arrays:
         ids = arrays["background_id"][index]
-        lookup = np.zeros(1, np.int32) if surface_ids is None else np.asarray(surface_ids, np.int32)
+        lookup = np.asarray(surface_ids, np.int32)
         pass_index = np.rint(np.nan_to_num(object_index, nan=0.0, posinf=0.0, neginf=0.0)).astype(np.int64)
         pass_index[(pass_index < 0) | (pass_index >= len(lookup))] = 0
         np.take(lookup, pass_index, out=ids)
@@ -135,10 +125,9 @@ def decode_view(raw: dict[str, np.ndarray], marker: int, arrays: dict[str, np.nd
         on = on | (ids > 0)[..., None]
     if "uv" in arrays:
         np.copyto(arrays["uv"][index], raw["UV"][..., :2], where=on)
-    if "uv" in arrays:
-        wrap_uv(arrays["uv"][index], out=arrays["uv"][index])
+        wrap_uv(arrays["uv"][index])
     if "vector" in arrays:
-        motion_to_next(raw["Vector"], out=arrays["vector"][index])
+        motion_to_next(raw["Vector"], arrays["vector"][index])
 
 
 def view_arrays(raw: dict[str, np.ndarray], marker: int, with_vector: bool = False,
@@ -214,13 +203,12 @@ def bake_texel_maps(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object],
     size = _checked_size("texture_size", texture_size, 16, 8192)
     position = normal = covered = None
     with capture.render_resolution_modifiers(objects):  # the surface the passes render
-        depsgraph = capture.evaluated_depsgraph(scene, view_layer or capture.capture_view_layer(scene))
+        depsgraph = capture.evaluated_depsgraph(scene, view_layer)
         for obj in objects:
             tri_uv, tri_position, tri_normal = _mesh_triangles(obj, depsgraph, uv_maps[obj])
             position, normal, covered = texels.rasterize(tri_uv, tri_position, tri_normal, size, position, normal,
                                                          covered)
-    capture.evaluated_depsgraph(scene, view_layer or capture.capture_view_layer(scene))  # viewport state back
-    return position, normal, covered
+    return position, normal, covered  # the restored modifiers re-evaluate on the depsgraph's next use
 
 
 def _mesh_triangles(obj, depsgraph, uv_map: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

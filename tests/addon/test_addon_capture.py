@@ -176,7 +176,7 @@ def test_scoped_pass_index_render_uv_and_selection(scene):
     monkey.select_set(False)
     plane.select_set(True)
     view_layer.objects.active = plane
-    assert capture.unused_pass_index(scene, [monkey]) == 2  # 1 is the plane's
+    assert capture.unused_pass_indices(scene, [monkey], 1) == [2]  # 1 is the plane's
     with capture.preserved_selection(view_layer), capture.temporary_pass_index([monkey], 2), \
             capture.temporary_render_uv({monkey: "Second"}):
         assert monkey.pass_index == 2 and monkey.data.uv_layers["Second"].active_render
