@@ -188,8 +188,8 @@ def texture(objects: Sequence, cameras: Sequence | None = None, settings: Textur
 
     Sampling runs in ``sampler`` when given, else on the server at ``server`` (default
     http://127.0.0.1:8765) with ``token``; ``progress(event, data)`` sees each rendered
-    view, then the server's events. ``out_dir`` keeps the job's outputs (default: a new temporary folder);
-    ``image_folder`` is where the texture PNG goes (see :func:`apply.apply_texture`).
+    view, then the server's events. ``out_dir`` keeps the job's outputs (default: a new
+    temporary folder); ``image_folder`` is where the texture PNG goes (see :func:`apply.apply_texture`).
     Every check (objects, UV maps, cameras, settings, server and token) runs before the
     scene is changed; errors are :class:`CaptureError`, ``ProtocolError`` or
     :class:`ServerError` naming what is wrong.

@@ -141,7 +141,7 @@ def _blender_log(out: Path):
     """Blender's console lines go to ``out/blender.log`` instead of the terminal meanwhile.
 
     Blender writes them from C to the process's stdout (fd 1): a "Saved:" line for every
-    temporary pass file (three per view or frame), bake notes, file reads. Every line of
+    temporary pass file (three per view or frame), the files it reads and saves. Every line of
     ours, and the progress bars, go to stderr, so they stay. The log is written to a
     temporary file and moved into ``out`` at the end when ``out`` exists (a run stopped
     by bad input creates no output folder); its path is named on stderr. A short log of a

@@ -220,6 +220,11 @@ _VIEW_ARRAYS: dict[str, tuple[tuple[int | None, ...], str]] = {
 }
 _CAMERA_ARRAYS = ("world_to_camera", "projection")
 _DTYPES = {"f": np.dtype(np.float32), "b": np.dtype(np.bool_), "i": np.dtype(np.int32)}
+
+
+def _in_unit_square(values: np.ndarray) -> bool:
+    """Every value finite and in [0, 1] (NaN fails both comparisons)."""
+    return bool(values.min(initial=0.0) >= 0.0 and values.max(initial=1.0) <= 1.0)
 _TEXEL_ARRAYS: dict[str, tuple[tuple[int, ...], str]] = {
     "texel_position": ((3,), "f"),
     "texel_normal": ((3,), "f"),
@@ -236,7 +241,8 @@ class Passes:
     world space; mask (V, H, W) bool target pixels; vector (V, H, W, 2) optional, pixels
     to the next frame; background_id (V, H, W) int32 optional: k >= 1 where the pixel sees
     the k-th background surface (a non-target object with a UV map, whose UV is then in
-    ``uv`` there), 0 elsewhere (targets, the world, objects without UV); world_to_camera, projection (V, 4, 4); texel_position,
+    ``uv`` there), 0 elsewhere (targets, the world, objects without UV);
+    world_to_camera, projection (V, 4, 4); texel_position,
     texel_normal (T, T, 3) and texel_mask (T, T) bool, optional (texturing only).
     """
 
@@ -294,16 +300,16 @@ class Passes:
             _check(bool((self.background_id >= 0).all()), "background_id", "negative ids")
             _check(not bool((self.mask & (self.background_id > 0)).any()), "background_id",
                    "target pixels must have id 0")
-            seen = self.uv[self.background_id > 0]
-            _check(bool(np.isfinite(seen).all() and ((seen >= 0.0) & (seen <= 1.0)).all()), "uv",
-                   "values outside [0, 1] or not finite on background surface pixels")
+            if not _in_unit_square(self.uv):  # whole array first; gather only on a failure
+                _check(_in_unit_square(self.uv[self.background_id > 0]), "uv",
+                       "values outside [0, 1] or not finite on background surface pixels")
         _check(not np.isnan(self.depth).any(), "depth", "contains NaN")
         # Whole-array checks first (no gather); only a failure looks at the target pixels.
         for name in ("uv", "normal", "position", "vector"):
             array = getattr(self, name)
             if array is not None and not np.isfinite(array).all():
                 _check(bool(np.isfinite(array[self.mask]).all()), name, "contains NaN or inf on target pixels")
-        if self.uv is not None and not (self.uv.min(initial=0.0) >= 0.0 and self.uv.max(initial=1.0) <= 1.0):
+        if self.uv is not None and not _in_unit_square(self.uv):
             seen = self.uv[self.mask]
             _check(bool(((seen >= 0.0) & (seen <= 1.0)).all()), "uv", "values outside [0, 1] on target pixels")
         for name in _CAMERA_ARRAYS:

@@ -63,10 +63,6 @@ class UVSync:
         self.strength = request.sync_strength if strength is None else float(strength)
         self.shape = (views, height // factor, width // factor)
         full_mask = passes.mask if mask is None else mask
-        if texels_per_latent is not None:
-            self.size = 2048  # sizes per sample below; this is only their upper bound
-        else:
-            self.size = texture_size or geometry.footprint_texture_size(passes.uv, full_mask, factor, 8, 2048)
         # Sample a regular sub-grid of each factor x factor block: enough to follow the
         # footprint, a fraction of the cost of every pixel.
         stride = max(1, factor // samples_per_side)
@@ -80,13 +76,16 @@ class UVSync:
         latent_index = (view_index * self.shape[1] + latent_rows) * self.shape[2] + latent_cols
         layer = (np.zeros(len(view_index), np.int64) if layers is None
                  else layers[:, offset::stride, offset::stride][mask].astype(np.int64))
-        size = np.full(len(view_index), self.size, np.int64)
-        if texels_per_latent is not None:
+        if texels_per_latent is None:
+            self.size = texture_size or geometry.footprint_texture_size(passes.uv, full_mask, factor, 8, 2048)
+            size = np.full(len(view_index), self.size, np.int64)
+        else:
             size = _sizes_of_detail(passes.uv, full_mask if layers is None else np.where(full_mask, layers, 0),
                                     factor, texels_per_latent)[:, offset::stride, offset::stride][mask]
+            self.size = int(size.max(initial=8))  # the finest texture
             layer = layer * 16 + np.log2(size).astype(np.int64)  # one texture per size
         texel = np.clip((uv[mask] * size[:, None].astype(uv.dtype)).astype(np.int64), 0, size[:, None] - 1)
-        span = int(size.max(initial=1))
+        span = self.size
         texel_index = (layer * span + texel[:, 1]) * span + texel[:, 0]
         texel_index = np.unique(texel_index, return_inverse=True)[1].reshape(-1)  # touched texels only
         self.texels = int(texel_index.max()) + 1 if texel_index.size else 0
