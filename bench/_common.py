@@ -41,3 +41,13 @@ def report(bench: str, seconds: float, baseline_seconds: float, target: float, *
             "ratio": round(seconds / baseline_seconds, 3), "target": target}
     line.update(extra)
     print(json.dumps(line))
+
+
+def report_value(bench: str, value: float, baseline: float, target: float | None, unit: str, **extra) -> None:
+    """Print the one JSON line of a benchmark that measures a quantity other than time:
+    ``value`` against ``baseline`` measured in the same run, their ratio, and the target
+    for that ratio (None: the number is reported, not judged)."""
+    line = {"bench": bench, "value": round(value, 4), "baseline": round(baseline, 4),
+            "ratio": round(value / baseline, 3), "target": target, "unit": unit}
+    line.update(extra)
+    print(json.dumps(line))

@@ -1,6 +1,6 @@
 """Pass capture for 8 cameras at 512x512 vs a plain 1-sample Cycles render of the same cameras.
 
-Timed: ``blender_addon.passes.render_passes`` (five data passes written as three EXRs, read
+Timed: ``blender_addon.pass_render.render_passes`` (five data passes written as three EXRs, read
 back into numpy, camera matrices; no texel maps) against ``bpy.ops.render.render`` of the same
 8 cameras at the same size with Cycles at 1 sample and no extra passes, measured in the
 same run, interleaved. Target: ratio < 1.5. Also reported, without a target: the texel maps
@@ -18,7 +18,7 @@ os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="zs-benc
 import bpy  # noqa: E402
 from _common import best_of, interleaved, report  # noqa: E402
 
-from blender_addon import capture, passes, rig  # noqa: E402
+from blender_addon import pass_render, rig, uv_layers  # noqa: E402
 
 CAMERAS, SIZE, TEXTURE = 8, 512, 1024
 
@@ -49,12 +49,12 @@ def plain_render(scene: bpy.types.Scene, cameras: list) -> None:
 
 def main() -> None:
     scene, objects, cameras = build_scene()
-    capture_passes = lambda: passes.render_passes(scene, cameras, objects, SIZE, SIZE)  # noqa: E731
+    capture_passes = lambda: pass_render.render_passes(scene, cameras, objects, SIZE, SIZE)  # noqa: E731
     capture_passes()  # warm-up: kernels, first EXR writer
     plain_render(scene, cameras)
     times = interleaved({"passes": capture_passes, "plain": lambda: plain_render(scene, cameras)}, repeats=3)
-    uv_maps = {obj: capture.ensure_uv_map(obj, None) for obj in objects}
-    texel_seconds = best_of(lambda: passes.bake_texel_maps(scene, objects, uv_maps, TEXTURE), repeats=3)
+    uv_maps = {obj: uv_layers.ensure_uv_map(obj, None) for obj in objects}
+    texel_seconds = best_of(lambda: pass_render.bake_texel_maps(scene, objects, uv_maps, TEXTURE), repeats=3)
     print(f"texel maps at {TEXTURE}^2: {texel_seconds:.2f} s")
     per_view = times["passes"] / CAMERAS
     print(f"passes: {times['passes']:.2f} s for {CAMERAS} cameras at {SIZE}^2 ({per_view:.3f} s per view); "

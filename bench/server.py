@@ -46,7 +46,7 @@ def free_port() -> int:
 def start_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str, dict]:
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    process = subprocess.Popen([sys.executable, "-m", "zs_core.cli", "serve", "--port", str(port), "--data-dir",
+    process = subprocess.Popen([sys.executable, "-m", "zs_cli", "serve", "--port", str(port), "--data-dir",
                                 str(data_dir), "--device", "cpu", "--model", "tiny"],
                                cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"

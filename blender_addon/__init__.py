@@ -36,7 +36,7 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from .operators import jobs
+    from . import jobs
 
     global classes
     # A job still running would write into unregistered properties: stop it first.

@@ -2,7 +2,7 @@
 frames loaded back into the scene as an image sequence.
 
 An animation job renders one camera over a range of consecutive frames
-(:func:`passes.render_frame_passes`, with the vector pass) and gets back
+(:func:`pass_render.render_frame_passes`, with the vector pass) and gets back
 ``frames/NNNN.png`` (0-based, the wire format's ``FRAME_PNG``). :func:`load_frames` then
 adds, without touching anything that exists:
 
@@ -26,12 +26,14 @@ from typing import Any, Sequence
 
 import bpy
 
-from . import apply, capture, passes
-from .capture import CaptureError
+from . import apply, pass_render
+from .datablocks import unique_name
+from .errors import CaptureError
+from .scene_objects import background_surfaces
+from .uv_layers import has_uv
 from .wire import protocol
 
 FRAMES_FOLDER = "zs_frames"  # next to the .blend: //zs_frames/<name>/frames/NNNN.png
-SIZE_RANGE = (64, 4096)  # frame width / height in pixels, multiples of 8
 MAX_CHANNEL = 128  # the Video Sequencer's channel count
 
 
@@ -154,11 +156,6 @@ def scene_meshes(scene: bpy.types.Scene) -> list[bpy.types.Object]:
     return meshes
 
 
-def needs_uv(request) -> bool:
-    """Whether the request reads the UV pass: surface noise and temporal UV sync do."""
-    return request.noise == "surface" or request.sync_strength > 0
-
-
 def check_targets(objects: Sequence[bpy.types.Object], uv_map: str | None, uv_needed: bool) -> bool:
     """Check the target meshes before anything renders -> whether to capture the UV pass.
 
@@ -169,7 +166,7 @@ def check_targets(objects: Sequence[bpy.types.Object], uv_map: str | None, uv_ne
         if obj.hide_render:
             raise CaptureError(f"object {obj.name!r} is disabled in renders; enable it to animate it")
     missing = [obj.name for obj in objects
-               if not (uv_map in obj.data.uv_layers if uv_map else capture.has_uv(obj))]
+               if not (uv_map in obj.data.uv_layers if uv_map else has_uv(obj))]
     if missing and uv_needed:
         what = f"no UV map named {uv_map!r}" if uv_map else "no UV map"
         raise CaptureError(f"object {missing[0]!r} has {what}; surface noise and temporal UV sync follow the "
@@ -178,22 +175,20 @@ def check_targets(objects: Sequence[bpy.types.Object], uv_map: str | None, uv_ne
 
 
 def frame_size(scene: bpy.types.Scene, width: int | None = None, height: int | None = None) -> tuple[int, int]:
-    """Frame width and height: the ones given, else the scene's output size (resolution
-    times its percentage) rounded to multiples of 8, so the camera frames the same shot."""
+    """Frame width and height: the ones given (checked against the parameter table:
+    ProtocolError names a bad one), else the scene's output size (resolution times its
+    percentage) rounded to multiples of 8 and into the table's range, so the camera
+    frames the same shot."""
     render = scene.render
     scale = render.resolution_percentage / 100.0
     defaults = {"width": render.resolution_x * scale, "height": render.resolution_y * scale}
-    lowest, highest = SIZE_RANGE
     sizes = []
     for name, value in (("width", width), ("height", height)):
+        parameter = protocol.PARAMETERS[name]
         if value is None:
-            value = min(max(int(round(defaults[name] / 8.0)) * 8, lowest), highest)
-        elif isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
-            raise CaptureError(f"{name}: expected an integer in [{lowest}, {highest}], got {value!r}")
-        elif value % 8:
-            raise CaptureError(f"{name}: {value} is not a multiple of 8 (the model works on 8x8 blocks); "
-                               f"try {max(lowest, value // 8 * 8)}")
-        sizes.append(value)
+            value = min(max(int(round(defaults[name] / parameter.multiple_of)) * parameter.multiple_of,
+                            parameter.low), parameter.high)
+        sizes.append(parameter.check(value, protocol.ANIMATION))
     return sizes[0], sizes[1]
 
 
@@ -213,12 +208,13 @@ class Shot:
     height: int
     background_ids: bool = False
 
-    def render(self, scene: bpy.types.Scene, on_view: passes.ViewCallback | None = None):
+    def render(self, scene: bpy.types.Scene, on_view: pass_render.ViewCallback | None = None):
         """The passes of every frame (with the vector pass) -> the add-on's Passes;
         ``on_view(rendered, total)`` after each frame."""
-        return passes.render_frame_passes(scene, self.camera, self.objects, self.frames, self.width, self.height,
-                                          uv_map=self.uv_map, with_vector=True, with_uv=self.with_uv,
-                                          on_view=on_view, background_ids=self.background_ids)
+        return pass_render.render_frame_passes(scene, self.camera, self.objects, self.frames, self.width,
+                                               self.height, uv_map=self.uv_map, with_vector=True,
+                                               with_uv=self.with_uv, on_view=on_view,
+                                               background_ids=self.background_ids)
 
 
 def check_shot(scene: bpy.types.Scene, request, camera=None, objects=None, frames=None, uv_map: str | None = None,
@@ -230,9 +226,14 @@ def check_shot(scene: bpy.types.Scene, request, camera=None, objects=None, frame
     ``width`` / ``height`` as :func:`frame_size`."""
     numbers = frame_list(frames, scene)
     camera = scene_camera(scene, camera, numbers)
-    objects = scene_meshes(scene) if objects is None else list(objects)
-    with_uv = check_targets(objects, uv_map, needs_uv(request) or request.background_uv)
-    if request.background_uv and not capture.background_surfaces(scene, objects):
+    every_mesh = objects is None
+    if every_mesh and request.background_uv:
+        raise CaptureError("background_uv: with no target named, every mesh that renders is a target, so none "
+                           "is left as background; name the targets (--object, the objects argument, or select "
+                           "them in the panel)")
+    objects = scene_meshes(scene) if every_mesh else list(objects)
+    with_uv = check_targets(objects, uv_map, bool(request.uv_pass_uses()))
+    if request.background_uv and not background_surfaces(scene, objects):
         raise CaptureError("background_uv: no mesh besides the targets has a UV map and renders; add UV maps "
                            "to the set (floor, walls), or turn Background Through UV off")
     width, height = frame_size(scene, width, height)
@@ -314,7 +315,7 @@ def load_frames(scene: bpy.types.Scene, camera: bpy.types.Object, files: Sequenc
     count = len(files)
 
     image = bpy.data.images.load(str(files[0]), check_existing=False)
-    image.name = capture.unique_name(bpy.data.images, name)
+    image.name = unique_name(bpy.data.images, name)
     image.source = "SEQUENCE"
     relative_first = _relative(files[0])
     if relative_first != str(files[0]):
@@ -371,7 +372,7 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-__all__ = ["parse_frames", "frame_list", "scene_camera", "scene_meshes", "needs_uv", "check_targets", "frame_size",
+__all__ = ["parse_frames", "frame_list", "scene_camera", "scene_meshes", "check_targets", "frame_size",
            "Shot", "check_shot",
            "new_out_dir", "default_out_dir", "count_frames", "frame_files", "load_frames", "LoadedFrames",
            "FRAMES_FOLDER"]

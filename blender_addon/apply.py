@@ -21,8 +21,10 @@ from typing import Mapping, Sequence
 import bpy
 import numpy as np
 
-from . import capture
-from .capture import CaptureError
+from .datablocks import unique_name
+from .errors import CaptureError
+from .image_pixels import array_to_pixels, image_to_numpy
+from .uv_layers import active_render_uv_name
 
 TEXTURE_FOLDER = "zs_textures"  # next to the .blend: //zs_textures/<name>.png
 NODE_LABEL = "ZS Texture"
@@ -43,7 +45,7 @@ def texture_pixels(texture: np.ndarray) -> tuple[np.ndarray, int, int]:
     if not np.isfinite(texture).all():
         raise CaptureError("texture: contains NaN or inf")
     height, width = texture.shape[:2]
-    return capture.array_to_pixels(np.clip(texture, 0.0, 1.0)), width, height
+    return array_to_pixels(np.clip(texture, 0.0, 1.0)), width, height
 
 
 def file_stem(name: str) -> str:
@@ -75,7 +77,7 @@ def load_texture(texture) -> np.ndarray:
         image = bpy.data.images.load(str(path), check_existing=False)
         try:
             image.colorspace_settings.is_data = True  # the stored values, no colour conversion
-            return capture.image_to_numpy(image)
+            return image_to_numpy(image)
         finally:
             bpy.data.images.remove(image)
     return np.asarray(texture)
@@ -90,7 +92,7 @@ def new_texture_image(name: str, texture, folder=None) -> bpy.types.Image:
     never overwritten: the file name gets a numeric suffix instead.
     """
     flat, width, height = texture_pixels(load_texture(texture))
-    image = bpy.data.images.new(capture.unique_name(bpy.data.images, name), width, height,
+    image = bpy.data.images.new(unique_name(bpy.data.images, name), width, height,
                                 alpha=True, float_buffer=False)
     image.colorspace_settings.name = "sRGB"
     image.pixels.foreach_set(flat)
@@ -183,9 +185,9 @@ def new_material(name: str, source: bpy.types.Material | None, image, uv_map: st
     through ``uv_map``. ``source`` itself is not modified."""
     if source is not None:
         material = source.copy()
-        material.name = capture.unique_name(bpy.data.materials, f"{source.name} {name}")
+        material.name = unique_name(bpy.data.materials, f"{source.name} {name}")
     else:
-        material = bpy.data.materials.new(capture.unique_name(bpy.data.materials, name))
+        material = bpy.data.materials.new(unique_name(bpy.data.materials, name))
     wire_texture(material, image, uv_map)
     return material
 
@@ -232,7 +234,7 @@ def apply_texture(objects: Sequence[bpy.types.Object], texture, uv_map: str | Ma
         wanted = uv_map.get(obj, uv_map.get(obj.name)) if isinstance(uv_map, Mapping) else uv_map
         if wanted is not None and wanted not in obj.data.uv_layers:
             raise CaptureError(f"object {obj.name!r} has no UV map named {wanted!r}")
-        wanted = wanted or capture.active_render_uv_name(obj)
+        wanted = wanted or active_render_uv_name(obj)
         if wanted is None:
             raise CaptureError(f"object {obj.name!r} has no UV map; the texture cannot be applied")
         uv_maps[obj] = wanted

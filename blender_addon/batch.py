@@ -1,19 +1,24 @@
 r"""Headless texturing and animation of a .blend file: the hook for `zs texture FILE.blend`,
 `zs animate FILE.blend` and render farms.
 
-    texture_blend("scene.blend", ["Suzanne"], "old bronze", "out/", cameras=6, server=URL, token=T)
+    texture_blend("scene.blend", "out/", ["Suzanne"], {"prompt": "old bronze", "views": 6}, server=URL, token=T)
 
-opens the file, textures the objects (:func:`api.texture`) and writes into ``out_dir``:
-``textured.blend`` (a copy; the source file is not changed), ``zs_textures/<name>.png``
-(the texture the copy uses, by a relative path), ``texture.png``, ``views/NNNN.png``,
-``contact_sheet.png`` and ``metrics.json``.
+opens the file, textures the objects (the flow of :mod:`.flow`, as :func:`api.texture`)
+and writes into ``out_dir``: ``textured.blend`` (a copy; the source file is not changed),
+``zs_textures/<name>.png`` (the texture the copy uses, by a relative path), ``texture.png``,
+``views/NNNN.png``, ``contact_sheet.png`` and ``metrics.json``.
 
-    animate_blend("shot.blend", "out/", camera="Camera", frames="1-48", prompt="old bronze", server=URL)
+    animate_blend("shot.blend", "out/", {"prompt": "old bronze"}, camera="Camera", frames="1-48", server=URL)
 
-opens the file, re-styles the camera's shot over the frames (:func:`api.animate`) and
-writes into ``out_dir``: ``frames/NNNN.png`` (0-based), ``metrics.json``,
-``contact_sheet.png`` and ``animated.blend`` (a copy) where the frames are a new image
-sequence: the camera's background image and a Video Sequencer strip from the first frame.
+opens the file, re-styles the camera's shot over the frames and writes into ``out_dir``:
+``frames/NNNN.png`` (0-based), ``metrics.json``, ``contact_sheet.png`` and
+``animated.blend`` (a copy) where the frames are a new image sequence: the camera's
+background image and a Video Sequencer strip from the first frame.
+
+With ``passes_only`` both stop after the capture and write ``passes.npz`` and
+``request.json`` (a bundle to sample later without Blender). Settings are the names of
+the wire format's parameter table (``protocol.PARAMETERS``); the flags of :func:`main` and
+:func:`animate_main` are derived from it too.
 
 Inside Blender (no torch there, so sampling goes to a server), from the repository folder::
 
@@ -22,7 +27,7 @@ Inside Blender (no torch there, so sampling goes to a server), from the reposito
         batch.main(['--object', 'Suzanne', '--prompt', 'old bronze', '--out', 'out', '--server', URL])"
 
 and for an animation ``batch.animate_main(['--frames', '1-48', '--prompt', 'old bronze', '--out', 'out',
-'--server', URL])``.
+'--server', URL])``. The token is ``--token``, else ``ZS_TOKEN``.
 
 (Blender ignores PYTHONPATH unless started with ``--python-use-system-env``).
 Imports: bpy, the standard library and numpy only.
@@ -31,9 +36,9 @@ Imports: bpy, the standard library and numpy only.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,109 +46,131 @@ from typing import Sequence
 
 import bpy
 
-from . import animation, api, capture
-from .capture import CaptureError
+from . import animation, api
+from .datablocks import object_fcurves
+from .errors import CaptureError
+from .flow import AnimationGeneration, Generation, TextureGeneration
+from .scene_objects import target_objects
+from .wire import protocol
 
 TEXTURED_BLEND = "textured.blend"
 ANIMATED_BLEND = "animated.blend"
+PASSES_NPZ = "passes.npz"
+REQUEST_JSON = "request.json"
 DEMO_OBJECT = "Suzanne"
 
 
-def texture_blend(blend_path, object_names, prompt: str, out_dir, cameras: int | None = None,
-                  use_scene_cameras: bool = False, server: str | None = None, token: str | None = None,
-                  sampler: api.Sampler | None = None, progress: api.Progress | None = None, **settings) -> dict:
-    """Open ``blend_path``, texture ``object_names`` with ``prompt`` and save the results in
-    ``out_dir`` -> a summary dict (paths of the outputs, object, material and image names,
-    cameras, metrics).
-
-    Cameras: ``cameras`` N builds an orbit rig of N cameras; ``use_scene_cameras`` uses
-    every camera of the scene (by name); neither builds the default rig. ``settings`` are
-    :class:`api.TextureSettings` fields (steps, seed, view_size, texture_size ...).
-    """
+def texture_blend(blend_path, out_dir, object_names, settings: dict, *, use_scene_cameras: bool = False,
+                  passes_only: bool = False, server: str | None = None, token: str | None = None,
+                  sampler: api.Sampler | None = None, progress: api.Progress | None = None) -> dict:
+    """Open ``blend_path``, texture ``object_names`` and save the results in ``out_dir`` ->
+    a summary dict (paths of the outputs, object, material and image names, cameras,
+    metrics). ``settings``: :class:`api.TextureSettings` fields (prompt, steps, seed, views,
+    view_size, texture_size ...); ``use_scene_cameras`` renders every camera of the scene
+    (by name) instead of an orbit rig of ``views`` cameras."""
     started = time.perf_counter()
-    if use_scene_cameras and cameras is not None:
-        raise CaptureError("cameras: give a camera count or use the scene's cameras, not both")
-    options = _settings(prompt, cameras, settings)
+    options = api.TextureSettings.from_values(settings)
     blend_path, out_dir = _open(blend_path, out_dir, TEXTURED_BLEND)
     names = [object_names] if isinstance(object_names, str) else list(object_names or [])
-    objects = capture.target_objects(names=names)
+    objects = target_objects(names=names)
     scene = bpy.context.scene
-    scene_cameras = None
-    if use_scene_cameras:
-        scene_cameras = sorted((obj for obj in scene.objects if obj.type == "CAMERA"), key=lambda obj: obj.name)
-        if not scene_cameras:
-            raise CaptureError(f"{blend_path.name} has no camera in scene {scene.name!r}; "
-                               "drop use-scene-cameras to build an orbit rig")
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = api.texture(objects, scene_cameras, options, server=server, token=token, sampler=sampler,
-                         progress=progress, out_dir=out_dir, image_folder=out_dir / "zs_textures",
-                         scene=scene)
+    cameras = _scene_cameras(scene, blend_path) if use_scene_cameras else None
+    generation = TextureGeneration(scene, options, objects, cameras, image_folder=out_dir / "zs_textures",
+                                   out_dir=out_dir, progress=progress, **_backend(sampler, server, token))
+    if passes_only:
+        return _bundle(generation, out_dir)
+    materials, image = generation.run()
     textured = _save_copy(out_dir / TEXTURED_BLEND)
-
     summary = {
         "source_blend": str(blend_path),
         "textured_blend": str(textured),
-        "texture": str(result.texture_path),
-        "texture_image": result.image.name,
-        "texture_file": str(Path(bpy.path.abspath(result.image.filepath, start=str(blend_path.parent)))),
+        "texture": str(out_dir / protocol.TEXTURE_PNG),
+        "texture_image": image.name,
+        "texture_file": str(Path(bpy.path.abspath(image.filepath, start=str(blend_path.parent)))),
         "objects": [obj.name for obj in objects],
-        "materials": [material.name for material in result.materials],
-        "cameras": [camera.name for camera in result.cameras],
-        "job_id": result.job_id,
+        "materials": [material.name for material in materials],
+        "cameras": [camera.name for camera in generation.cameras],
+        "job_id": generation.job.job_id if generation.job else None,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    metrics = dict(result.metrics)
-    metrics["blend"] = {key: summary[key] for key in ("source_blend", "textured_blend", "objects", "materials",
-                                                      "cameras", "texture_image", "job_id", "seconds")}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    summary["metrics"] = metrics
-    summary["contact_sheet"] = str(out_dir / "contact_sheet.png")
-    return summary
+    return _finish(out_dir, generation.metrics, summary, ("source_blend", "textured_blend", "objects", "materials",
+                                                          "cameras", "texture_image", "job_id", "seconds"))
 
 
-def animate_blend(blend_path, out_dir, camera: str | None = None, frames=None, prompt: str = "",
-                  objects=None, server: str | None = None, token: str | None = None,
-                  sampler: api.Sampler | None = None, progress: api.Progress | None = None, **settings) -> dict:
+def animate_blend(blend_path, out_dir, settings: dict, *, camera: str | None = None, frames=None, objects=None,
+                  passes_only: bool = False, server: str | None = None, token: str | None = None,
+                  sampler: api.Sampler | None = None, progress: api.Progress | None = None) -> dict:
     """Open ``blend_path``, re-style the shot of ``camera`` (None: the scene's camera) over
-    ``frames`` (``"1-48"``, a range, (first, last) or None for the scene's range) with
-    ``prompt``, and save the results in ``out_dir`` -> a summary dict (paths, names,
-    frames, metrics).
+    ``frames`` (``"1-48"``, a range, (first, last) or None for the scene's range) and save
+    the results in ``out_dir`` -> a summary dict (paths, names, frames, metrics).
 
     ``objects`` (names; None: every mesh that renders) are the targets whose surface the
-    noise and UV sync follow. ``settings`` are :class:`api.AnimationSettings` fields
-    (steps, seed, width, height, noise, attention, chunk, momentum, sync_strength ...).
-    """
+    noise and UV sync follow. ``settings``: :class:`api.AnimationSettings` fields (prompt,
+    steps, seed, width, height, noise, attention, chunk, momentum, sync_strength ...)."""
     started = time.perf_counter()
-    options = _options(api.AnimationSettings, "an animation", dict(settings, prompt=prompt))
+    options = api.AnimationSettings.from_values(settings)
     blend_path, out_dir = _open(blend_path, out_dir, ANIMATED_BLEND)
     scene = bpy.context.scene
-    targets = None if objects is None else capture.target_objects(
-        names=[objects] if isinstance(objects, str) else list(objects))
-    result = api.animate(camera, targets, frames, options, server=server, token=token, sampler=sampler,
-                         progress=progress, out_dir=out_dir, scene=scene)
+    chosen = None if objects is None else target_objects(names=[objects] if isinstance(objects, str)
+                                                         else list(objects))
+    generation = AnimationGeneration(scene, options, camera, chosen, frames, out_dir=out_dir, progress=progress,
+                                     **_backend(sampler, server, token))
+    if passes_only:
+        return _bundle(generation, out_dir)
+    loaded = generation.run()
     animated = _save_copy(out_dir / ANIMATED_BLEND)
-
     summary = {
         "source_blend": str(blend_path),
         "animated_blend": str(animated),
-        "frames_dir": str(result.frame_paths[0].parent),
-        "frame_paths": [str(path) for path in result.frame_paths],
-        "frames": [result.frame_start, result.frame_end],
-        "camera": result.camera.name,
-        "image": result.image.name,
-        "strip": result.strip.name,
-        "strip_channel": result.strip.channel,
-        "job_id": result.job_id,
+        "frames_dir": str(out_dir / Path(protocol.FRAME_PNG).parent),
+        "frame_paths": [str(path) for path in generation.frame_paths],
+        "frames": [loaded.frame_start, loaded.frame_end],
+        "camera": generation.shot.camera.name,
+        "image": loaded.image.name,
+        "strip": loaded.strip.name,
+        "strip_channel": loaded.strip.channel,
+        "job_id": generation.job.job_id if generation.job else None,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    metrics = dict(result.metrics)
-    metrics["blend"] = {key: summary[key] for key in ("source_blend", "animated_blend", "frames", "camera", "image",
-                                                      "strip", "strip_channel", "job_id", "seconds")}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    summary["metrics"] = metrics
-    summary["contact_sheet"] = str(out_dir / "contact_sheet.png")
-    return summary
+    return _finish(out_dir, generation.metrics, summary, ("source_blend", "animated_blend", "frames", "camera",
+                                                          "image", "strip", "strip_channel", "job_id", "seconds"))
+
+
+def _backend(sampler, server, token) -> dict:
+    """The flow's sampling keywords (none for a passes-only run)."""
+    if sampler is None and server is None:
+        return {}
+    return api.backend(sampler, server, token)
+
+
+def _bundle(generation: Generation, out_dir: Path) -> dict:
+    """Check and capture only -> write passes.npz and request.json into ``out_dir``."""
+    generation.check()
+    try:
+        passes = generation.capture()
+    finally:
+        generation.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    passes.save(out_dir / PASSES_NPZ)
+    (out_dir / REQUEST_JSON).write_text(generation.request.to_json())
+    return {"passes": str(out_dir / PASSES_NPZ), "request": str(out_dir / REQUEST_JSON), "views": passes.views,
+            "unit": generation.unit, "width": passes.width, "height": passes.height}
+
+
+def _finish(out_dir: Path, metrics: dict, summary: dict, recorded: Sequence[str]) -> dict:
+    """metrics.json gains the summary's ``recorded`` keys under "blend"; the summary gains
+    the metrics and the contact sheet's path."""
+    metrics = dict(metrics, blend={key: summary[key] for key in recorded})
+    (out_dir / protocol.METRICS_JSON).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return dict(summary, metrics=metrics, contact_sheet=str(out_dir / protocol.CONTACT_SHEET_PNG))
+
+
+def _scene_cameras(scene, blend_path: Path) -> list:
+    cameras = sorted((obj for obj in scene.objects if obj.type == "CAMERA"), key=lambda obj: obj.name)
+    if not cameras:
+        raise CaptureError(f"{blend_path.name} has no camera in scene {scene.name!r}; "
+                           "drop use-scene-cameras to build an orbit rig")
+    return cameras
 
 
 def _open(blend_path, out_dir, copy_name: str) -> tuple[Path, Path]:
@@ -165,31 +192,12 @@ def _save_copy(path: Path) -> Path:
     return path
 
 
-def _options(kind, what: str, values: dict):
-    """Keyword settings -> a checked ``kind`` (TextureSettings or AnimationSettings);
-    None values keep the defaults."""
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise CaptureError(f"{unknown[0]}: not {what} setting (expected one of {', '.join(sorted(known))})")
-    options = kind(**{k: v for k, v in values.items() if v is not None})
-    options.check()
-    return options
-
-
-def _settings(prompt: str, cameras: int | None, settings: dict) -> api.TextureSettings:
-    values = dict(settings, prompt=prompt)
-    if cameras is not None:
-        values["views"] = cameras
-    return _options(api.TextureSettings, "a texture", values)
-
-
 # ------------------------------------------------------------------------------ demo
 
 
-def build_demo_scene(path, subdivisions: int = 1) -> Path:
-    """A new file with Suzanne (smooth, subdivided, her own UV map) wearing a plain
-    material, saved at ``path`` -> ``path``. The material is what the demo must keep."""
+def _suzanne_scene(subdivisions: int) -> bpy.types.Object:
+    """A new empty file with Suzanne (smooth, subdivided, her own UV map) wearing a plain
+    material ("Clay": what the demo must keep), and a sun -> Suzanne."""
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.ops.mesh.primitive_monkey_add(location=(0.0, 0.0, 0.0))
     monkey = bpy.context.active_object
@@ -206,29 +214,39 @@ def build_demo_scene(path, subdivisions: int = 1) -> Path:
     light = bpy.data.objects.new("Key", light_data)
     light.rotation_euler = (0.8, 0.2, 0.6)
     bpy.context.scene.collection.objects.link(light)
+    return monkey
+
+
+def _save_new(path) -> Path:
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     bpy.ops.wm.save_as_mainfile(filepath=str(path))
     return path
 
 
-def build_animated_demo_scene(path, frames: int = 16, size: int = 192) -> Path:
+def build_demo_scene(path, subdivisions: int = 1) -> Path:
+    """The demo's file: Suzanne with a material of her own, saved at ``path`` -> ``path``."""
+    _suzanne_scene(subdivisions)
+    return _save_new(path)
+
+
+def build_animated_demo_scene(path, frames: tuple[int, int] = (1, 16), size: int = 192) -> Path:
     """The demo scene, animated: Suzanne slides across a floor and turns towards the camera
-    while the camera dollies in, over frames 1 .. ``frames`` at ``size`` x ``size``; saved
-    at ``path`` -> ``path``. Keyframes are linear, so the motion is even."""
-    build_demo_scene(path)
+    while the camera dollies in, over ``frames`` (first, last) at ``size`` x ``size``;
+    saved at ``path`` -> ``path``. Keyframes are linear, so the motion is even."""
+    monkey = _suzanne_scene(1)
     scene = bpy.context.scene
-    monkey = bpy.data.objects[DEMO_OBJECT]
     bpy.ops.mesh.primitive_plane_add(size=30.0, location=(0.0, 0.0, -1.0))
     bpy.context.active_object.name = "Floor"
     camera = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
     scene.collection.objects.link(camera)
     scene.camera = camera
     camera.rotation_euler = (math.radians(80.0), 0.0, 0.0)
-    scene.frame_start, scene.frame_end = 1, frames
+    first, last = frames
+    scene.frame_start, scene.frame_end = first, last
     scene.render.resolution_x = scene.render.resolution_y = size
     scene.render.resolution_percentage = 100
-    for frame, x, turn, distance in ((1, -0.8, -35.0, 7.5), (frames, 0.8, 35.0, 6.0)):
+    for frame, x, turn, distance in ((first, -0.8, -35.0, 7.5), (last, 0.8, 35.0, 6.0)):
         monkey.location.x = x
         monkey.rotation_euler.z = math.radians(turn)
         camera.location = (0.0, -distance, 0.3)
@@ -236,42 +254,33 @@ def build_animated_demo_scene(path, frames: int = 16, size: int = 192) -> Path:
         monkey.keyframe_insert("rotation_euler", index=2, frame=frame)
         camera.keyframe_insert("location", frame=frame)
     for obj in (monkey, camera):
-        for curve in capture.object_fcurves(obj):
+        for curve in object_fcurves(obj):
             for key in curve.keyframe_points:
                 key.interpolation = "LINEAR"
-    scene.frame_set(1)
-    bpy.ops.wm.save_as_mainfile(filepath=str(Path(path).resolve()))
-    return Path(path).resolve()
+    scene.frame_set(first)
+    return _save_new(path)
 
 
 # ------------------------------------------------------------------------------ argv
 
 
-def _common_arguments(parser: argparse.ArgumentParser, objects_help: str, objects_required: bool) -> None:
+def _common_arguments(parser: argparse.ArgumentParser, kind: str, objects_help: str, objects_required: bool) -> None:
     parser.add_argument("blend", nargs="?", default=None,
                         help="the .blend file (default: the file Blender has open)")
     parser.add_argument("--object", dest="objects", action="append", required=objects_required, help=objects_help)
-    parser.add_argument("--prompt", required=True)
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--server", default=None, help="ZS server URL (default http://127.0.0.1:8765)")
-    parser.add_argument("--token", default=None, help="the server's token (<data-dir>/token)")
-    parser.add_argument("--negative-prompt", default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--uv-map", default=None)
+    parser.add_argument("--token", default=None, help="the server's token (default: ZS_TOKEN)")
+    parser.add_argument("--passes-only", action="store_true",
+                        help="render the passes into OUT/passes.npz (with OUT/request.json) and stop")
+    protocol.add_arguments(parser, (kind,))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blender_addon.batch",
                                      description="texture objects of a .blend file on a ZS server")
-    _common_arguments(parser, "object to texture (repeat for several)", objects_required=True)
-    cameras = parser.add_mutually_exclusive_group()
-    cameras.add_argument("--cameras", type=int, default=None, help="orbit rig of N cameras (default 6)")
-    cameras.add_argument("--use-scene-cameras", action="store_true", help="every camera of the scene")
-    parser.add_argument("--view-size", type=int, default=None)
-    parser.add_argument("--texture-size", type=int, default=None)
-    parser.add_argument("--smart-uv", action="store_true")
+    _common_arguments(parser, protocol.TEXTURE, "object to texture (repeat for several)", objects_required=True)
+    parser.add_argument("--use-scene-cameras", action="store_true", help="every camera of the scene")
     return parser
 
 
@@ -285,61 +294,44 @@ def _frames_argument(text: str) -> tuple[int, int]:
 def build_animate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blender_addon.batch animate",
                                      description="re-style a camera's shot of a .blend file on a ZS server")
-    _common_arguments(parser, "target object (repeat for several; default: every mesh that renders)",
-                      objects_required=False)
+    _common_arguments(parser, protocol.ANIMATION, "target object (repeat for several; default: every mesh that "
+                                                  "renders)", objects_required=False)
     parser.add_argument("--frames", type=_frames_argument, default=None,
                         help="FIRST-LAST, inside the scene's range (default: the scene's range)")
     parser.add_argument("--camera", default=None, help="camera object (default: the scene's camera)")
-    parser.add_argument("--width", type=int, default=None, help="frame width (default: the scene's output size)")
-    parser.add_argument("--height", type=int, default=None, help="frame height")
-    parser.add_argument("--noise", default=None)
-    parser.add_argument("--background-noise", default=None)
-    parser.add_argument("--attention", default=None)
-    parser.add_argument("--keyframes", default=None, help="anchor policy: first, first_previous, middle")
-    parser.add_argument("--momentum", type=float, default=None)
-    parser.add_argument("--chunk", type=int, default=None)
-    parser.add_argument("--sync-strength", type=float, default=None)
-    parser.add_argument("--background-sync", type=float, default=None)
-    parser.add_argument("--pixel-sync", type=float, default=None)
-    parser.add_argument("--background-uv", action="store_true", default=None,
-                        help="sync the other UV-mapped meshes through their UVs instead of the vector pass")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``argv``-style entry (inside ``blender -b``: sampling goes to ``--server``)."""
     args = build_parser().parse_args(argv)
-    settings = dict(negative_prompt=args.negative_prompt, steps=args.steps, seed=args.seed, guidance=args.guidance,
-                    view_size=args.view_size, texture_size=args.texture_size, uv_map=args.uv_map,
-                    smart_uv=args.smart_uv or None)
-    return _run(args, lambda blend: texture_blend(
-        blend, args.objects, args.prompt, args.out, cameras=args.cameras, use_scene_cameras=args.use_scene_cameras,
-        server=args.server, token=args.token, progress=_print_progress, **settings), print_summary)
+    return _run(args, protocol.TEXTURE, lambda blend, values, backend: texture_blend(
+        blend, args.out, args.objects, values, use_scene_cameras=args.use_scene_cameras,
+        passes_only=args.passes_only, **backend), print_summary)
 
 
 def animate_main(argv: Sequence[str] | None = None) -> int:
     """``argv``-style entry of :func:`animate_blend` (inside ``blender -b``, with ``--server``)."""
     args = build_animate_parser().parse_args(argv)
-    settings = {name: getattr(args, name) for name in (
-        "negative_prompt", "steps", "seed", "guidance", "uv_map", "width", "height", "noise", "background_noise",
-        "attention", "keyframes", "momentum", "chunk", "sync_strength", "background_sync", "pixel_sync",
-        "background_uv")}
-    return _run(args, lambda blend: animate_blend(
-        blend, args.out, camera=args.camera, frames=args.frames, prompt=args.prompt, objects=args.objects,
-        server=args.server, token=args.token, progress=_print_progress, **settings), print_animation_summary)
+    return _run(args, protocol.ANIMATION, lambda blend, values, backend: animate_blend(
+        blend, args.out, values, camera=args.camera, frames=args.frames, objects=args.objects,
+        passes_only=args.passes_only, **backend), print_animation_summary)
 
 
-def _run(args, work, report) -> int:
+def _run(args, kind: str, work, report) -> int:
     blend = args.blend or bpy.data.filepath
     if not blend:
         print("batch: error: no .blend file given and none is open", file=sys.stderr)
         return 2
+    backend = {} if args.passes_only else dict(server=args.server or api.DEFAULT_URL,
+                                               token=args.token or os.environ.get("ZS_TOKEN"),
+                                               progress=_print_progress)
     try:
-        summary = work(blend)
+        summary = work(blend, protocol.values_from_arguments(args, kind), backend)
     except (ValueError, RuntimeError) as exc:  # CaptureError, ProtocolError, ServerError
         print(f"batch: error: {exc}", file=sys.stderr)
         return 2
-    report(summary)
+    (print_bundle if args.passes_only else report)(summary)
     return 0
 
 
@@ -381,5 +373,11 @@ def print_animation_summary(summary: dict, stream=None) -> None:
     print(f"metrics: {Path(summary['animated_blend']).parent / 'metrics.json'}", file=stream)
 
 
-__all__ = ["texture_blend", "animate_blend", "build_demo_scene", "build_animated_demo_scene", "main", "animate_main", "print_summary",
-           "print_animation_summary"]
+def print_bundle(summary: dict, stream=None) -> None:
+    """Where a passes-only run's bundle went."""
+    print(f"passes: {summary['passes']} ({summary['views']} {summary['unit']}s); request: {summary['request']}",
+          file=stream or sys.stderr)
+
+
+__all__ = ["texture_blend", "animate_blend", "build_demo_scene", "build_animated_demo_scene", "main", "animate_main",
+           "print_summary", "print_animation_summary", "print_bundle"]

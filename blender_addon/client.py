@@ -226,8 +226,9 @@ class Client:
     def _http_error(self, method: str, path: str, status: int, raw: bytes) -> ServerError:
         field, message = _error_detail(raw)
         if status == 401:
-            text = (f"token rejected by the ZS server at {self.url}: copy the token from <data-dir>/token "
-                    f"(`zs serve` prints where it is) into the add-on preferences")
+            text = (f"token rejected by the ZS server at {self.url}: use the token in <data-dir>/token "
+                    f"(`zs serve` prints where it is): in the add-on preferences, or as ZS_TOKEN or --token "
+                    f"on the command line")
         elif status == 404 and field == "job_id":
             text = f"the server at {self.url} does not know this job ({message}); it may have been pruned"
         elif status == 413:

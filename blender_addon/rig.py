@@ -17,8 +17,8 @@ from typing import Sequence
 import bpy
 import numpy as np
 
-from . import capture
-from .capture import CaptureError
+from .errors import CaptureError
+from .scene_evaluation import evaluated_depsgraph
 
 RIG_COLLECTION = "ZS Rig"
 RIG_PROPERTY = "zs_rig"
@@ -96,7 +96,7 @@ def rotation_to_quaternion(rotation: np.ndarray) -> np.ndarray:
 
 def world_corners(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object]) -> np.ndarray:
     """World-space corners (8 * N, 3) of the evaluated objects' bounding boxes."""
-    depsgraph = capture.evaluated_depsgraph(scene)
+    depsgraph = evaluated_depsgraph(scene)
     corners = []
     for obj in objects:
         evaluated = obj.evaluated_get(depsgraph)
@@ -185,3 +185,13 @@ def build_orbit_rig(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object],
     if had_rig_camera and cameras:
         scene.camera = cameras[0]
     return cameras
+
+
+def rig_for(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], settings,
+            collection_name: str = RIG_COLLECTION) -> list[bpy.types.Object]:
+    """:func:`build_orbit_rig` as texture ``settings`` (``api.TextureSettings``: views,
+    elevation, top_view, view_size; checked first) ask for it -> the cameras."""
+    settings.check()
+    return build_orbit_rig(scene, objects, count=settings.views, elevation_deg=settings.elevation,
+                           top_views=int(settings.top_view), width=settings.view_size, height=settings.view_size,
+                           collection_name=collection_name)

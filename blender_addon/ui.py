@@ -4,8 +4,9 @@ Main panel: server status (Connect / Start), the mode (Texture / Animation), pro
 and sampling knobs, the views (texture) or the frame range, camera and frame size
 (animation), Generate / Cancel and the job's progress. Sub-panels: Method (noise,
 attention, scheduler, UV sync; for an animation also background noise, anchor frames,
-momentum, chunk size, background and pixel sync) and Output (texture size, UV map and
-folder; for an animation the UV map and the frames folder).
+momentum, chunk size, background and pixel sync), Output (texture size, UV map and
+folder; for an animation the UV map and the frames folder) and Advanced (every other
+parameter of the wire format's table for the mode).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from __future__ import annotations
 import bpy
 
 from . import animation, properties
-from .capture import CaptureError
-from .operators import jobs, server
+from .errors import CaptureError
+from . import jobs
+from .operators import server
 
 _STATUS_ICONS = {"online": "CHECKMARK", "offline": "CANCEL", "error": "ERROR", "checking": "SORTTIME",
                  "starting": "SORTTIME", "unknown": "QUESTION"}
@@ -63,7 +65,7 @@ class ZS_PT_main(_SidebarPanel, bpy.types.Panel):
         grid = column.grid_flow(columns=2, align=True)
         grid.prop(settings, "seed")
         grid.prop(settings, "steps")
-        grid.prop(settings, "guidance")
+        grid.prop(settings, "guidance_scale")
         grid.prop(settings, "controlnet_scale", text="ControlNet")
 
         animating = settings.mode == "ANIMATION"
@@ -74,12 +76,12 @@ class ZS_PT_main(_SidebarPanel, bpy.types.Panel):
             box.prop(settings, "views_source")
             if settings.views_source == "RIG":
                 row = box.row(align=True)
-                row.prop(settings, "rig_count")
-                row.prop(settings, "rig_elevation")
+                row.prop(settings, "views")
+                row.prop(settings, "elevation")
                 row = box.row(align=True)
-                row.prop(settings, "rig_top_view")
+                row.prop(settings, "top_view")
                 row.operator("zs.build_rig", text="Preview Rig", icon="OUTLINER_OB_CAMERA")
-            box.prop(settings, "view_resolution")
+            box.prop(settings, "view_size")
 
         if running:
             row = layout.row(align=True)
@@ -106,10 +108,7 @@ class ZS_PT_method(_SidebarPanel, bpy.types.Panel):
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        settings = context.scene.zs_texturing
-        layout.enabled = not _running()
+        layout, settings = _settings_layout(self.layout, context)
         if settings.mode == "ANIMATION":
             layout.prop(settings, "noise")
             layout.prop(settings, "background_noise")
@@ -130,10 +129,7 @@ class ZS_PT_method(_SidebarPanel, bpy.types.Panel):
         layout.prop(settings, "noise")
         layout.prop(settings, "attention")
         layout.prop(settings, "scheduler")
-        layout.prop(settings, "use_sync")
-        row = layout.row()
-        row.enabled = settings.use_sync
-        row.prop(settings, "sync_strength")
+        layout.prop(settings, "sync_strength")
 
 
 class ZS_PT_output(_SidebarPanel, bpy.types.Panel):
@@ -142,10 +138,7 @@ class ZS_PT_output(_SidebarPanel, bpy.types.Panel):
     bl_parent_id = "ZS_PT_main"
 
     def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        settings = context.scene.zs_texturing
-        layout.enabled = not _running()
+        layout, settings = _settings_layout(self.layout, context)
         if settings.mode == "ANIMATION":
             layout.prop(settings, "uv_map", icon="GROUP_UVS")
             layout.prop(settings, "frames_folder")
@@ -154,6 +147,47 @@ class ZS_PT_output(_SidebarPanel, bpy.types.Panel):
         layout.prop(settings, "uv_map", icon="GROUP_UVS")
         layout.prop(settings, "smart_uv")
         layout.prop(settings, "output_folder")
+
+
+# The parameters the panels above draw by hand, per mode; Advanced draws the table's others.
+DRAWN = {
+    "TEXTURE": {"prompt", "negative_prompt", "seed", "steps", "guidance_scale", "controlnet_scale", "views",
+                "elevation", "top_view", "view_size", "noise", "attention", "scheduler", "sync_strength",
+                "texture_size", "uv_map", "smart_uv"},
+    "ANIMATION": {"prompt", "negative_prompt", "seed", "steps", "guidance_scale", "controlnet_scale", "noise",
+                  "background_noise", "attention", "keyframes", "momentum", "chunk", "scheduler", "sync_strength",
+                  "background_sync", "background_uv", "pixel_sync", "uv_map"},
+}
+
+
+class ZS_PT_advanced(_SidebarPanel, bpy.types.Panel):
+    """Every other parameter of the mode, as the parameter table lists them: a parameter
+    the table gains shows up here without a change to the panels."""
+
+    bl_idname = "ZS_PT_advanced"
+    bl_label = "Advanced"
+    bl_parent_id = "ZS_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout, settings = _settings_layout(self.layout, context)
+        for name in advanced_properties(settings.mode):
+            layout.prop(settings, name)
+
+
+def advanced_properties(mode: str) -> list[str]:
+    """The property names the Advanced panel draws in ``mode`` ("TEXTURE" / "ANIMATION")."""
+    kind = properties.KIND_OF_MODE[mode]
+    return [properties.property_name(parameter, kind) for parameter in properties.panel_parameters(kind)
+            if parameter.name not in DRAWN[mode]]
+
+
+def _settings_layout(layout, context):
+    """A settings sub-panel's layout, set up: property-split rows, greyed out while a job
+    runs -> (layout, the scene's ZS settings)."""
+    layout.use_property_split = True
+    layout.enabled = not _running()
+    return layout, context.scene.zs_texturing
 
 
 def _draw_shot(box, scene, settings) -> None:
@@ -184,12 +218,12 @@ def _running() -> bool:
     return job is not None and job.alive
 
 
-def _wrapped(layout, text: str, width: int = 48) -> None:
+def _wrapped(layout, text: str, columns: int = 48) -> None:
     """Long messages (errors) as several labels: a panel does not wrap text."""
     import textwrap
 
-    for line in textwrap.wrap(text, width) or [""]:
+    for line in textwrap.wrap(text, columns) or [""]:
         layout.label(text=line)
 
 
-classes = (ZS_PT_main, ZS_PT_method, ZS_PT_output)
+classes = (ZS_PT_main, ZS_PT_method, ZS_PT_output, ZS_PT_advanced)

@@ -20,7 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.requests import Request as HttpRequest
 
-from zs_core.protocol import PROTOCOL_VERSION
+from zs_core.protocol import PROTOCOL_VERSION, request_schema
 
 from . import sse, uploads
 from .errors import ApiError, ErrorBody
@@ -156,7 +156,11 @@ _SUBMIT_BODY = {
             "type": "object",
             "required": list(uploads.FORM_FIELDS),
             "properties": {
-                "request": {"type": "string", "description": "the request JSON (protocol.Request)"},
+                "request": {"type": "string", "contentMediaType": "application/json",
+                            "contentSchema": request_schema(),
+                            "description": "the request JSON: the job kind and the parameters of the table "
+                                           "(zs_core.protocol.PARAMETERS); a field left out takes its default "
+                                           "for the kind"},
                 "passes": {"type": "string", "format": "binary", "description": "passes.npz in the wire layout"},
             },
         }}},

@@ -19,15 +19,12 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request as HttpRequest
 
 from zs_core import run
-from zs_core.protocol import Passes, ProtocolError, Request
+from zs_core.protocol import TEXEL_ARRAYS, VIEW_ARRAYS, Passes, ProtocolError, Request
 
 from .config import Settings
 from .errors import ApiError
 
 FORM_FIELDS = ("request", "passes")
-# Arrays whose leading axes are (views, height, width).
-_VIEW_ARRAYS = ("depth", "mask", "uv", "normal", "position", "vector")
-_TEXEL_ARRAYS = ("texel_position", "texel_normal", "texel_mask")
 
 
 @dataclass
@@ -154,7 +151,10 @@ def check_request_limits(request: Request, settings: Settings) -> None:
 
 def check_npz_headers(npz: bytes | bytearray, settings: Settings, animation: bool = False) -> None:
     """Check array shapes against the limits from the .npy headers alone (nothing inflated).
-    The leading axis is views, or frames for an animation job (``max_frames``)."""
+
+    Every per-view array of the protocol (``VIEW_ARRAYS``: leading axes views, height,
+    width; frames for an animation job, ``max_frames``) and every texel map
+    (``TEXEL_ARRAYS``: T, T) is checked."""
     shapes: dict[str, tuple] = {}
     try:
         with zipfile.ZipFile(io.BytesIO(npz)) as archive:
@@ -175,7 +175,7 @@ def check_npz_headers(npz: bytes | bytearray, settings: Settings, animation: boo
         raise
     except Exception as exc:  # not a zip, a truncated one, a bad .npy header: all the upload's fault
         raise ProtocolError("passes", f"not a readable .npz archive ({type(exc).__name__}: {exc})") from None
-    for name in _VIEW_ARRAYS:
+    for name in VIEW_ARRAYS:
         shape = shapes.get(name)
         if shape is None or len(shape) < 3:
             continue  # missing or malformed: Passes.validate names the problem
@@ -189,7 +189,7 @@ def check_npz_headers(npz: bytes | bytearray, settings: Settings, animation: boo
             if size > settings.max_resolution:
                 raise ProtocolError(axis, f"{size} pixels in {name}; this server takes at most "
                                           f"{settings.max_resolution}")
-    for name in _TEXEL_ARRAYS:
+    for name in TEXEL_ARRAYS:
         shape = shapes.get(name)
         if shape and max(shape[:2]) > settings.max_texture_size:
             raise ProtocolError(name, f"{max(shape[:2])} texels a side; this server takes at most "

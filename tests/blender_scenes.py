@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from blender_addon import capture, rig
+from blender_addon import datablocks, rig
 
 ORIGINAL_COLOUR = (0.2, 0.4, 0.8, 1.0)
 
@@ -39,7 +39,7 @@ def moving_cube_shot(frames: int = 4, size: int = 64, start: int = 1, reset: boo
     for frame, x in ((start, -1.0), (start + frames - 1, 1.0)):
         cube.location.x = x
         cube.keyframe_insert("location", index=0, frame=frame)
-    for curve in capture.object_fcurves(cube):
+    for curve in datablocks.object_fcurves(cube):
         for key in curve.keyframe_points:
             key.interpolation = "LINEAR"
     material = bpy.data.materials.new("Original")

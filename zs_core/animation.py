@@ -20,15 +20,15 @@ An animation job is a :class:`~zs_core.protocol.Request` with ``kind="animation"
   optionally the same carried once more in pixels (``pixel_sync``, :func:`pixel_synced`;
   the background along the vector pass in either case).
 
-:func:`sample_frames` is the loop; :func:`run_animation` writes ``frames/NNNN.png``, an MP4
-when ``imageio-ffmpeg`` is installed, ``metrics.json`` and a contact strip. Both are the
-entry points for the CLI (``zs animate``), the server and the Blender add-on.
+:func:`sample_frames` runs the sampler's stages (:mod:`zs_core.sampler`) on the frames, the
+model called chunk by chunk (:class:`FrameChunks`). :func:`zs_core.run.run_job`, the entry
+point of the CLI (``zs animate``), the server and the Blender add-on, writes
+``frames/NNNN.png`` and ``metrics.json``; :func:`write_outputs` adds an MP4 when
+``imageio-ffmpeg`` is installed and a contact strip.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -38,7 +38,7 @@ import torch
 
 from . import attention, geometry, images, metrics, noise, sampler, sync, temporal
 from .models import Components
-from .protocol import CONTACT_SHEET_PNG, FRAME_PNG, METRICS_JSON, Passes, ProtocolError, Request
+from .protocol import ANIMATION, CONTACT_SHEET_PNG, Passes, ProtocolError, Request
 
 MP4_NAME = "animation.mp4"
 # Background surface texels per latent pixel width (a texel = 2 image pixels). Finer keeps
@@ -74,21 +74,12 @@ def background_mode(request: Request, passes: Passes) -> str:
 def check_inputs(components: Components, request: Request, passes: Passes) -> None:
     """Everything :func:`sample_frames` needs, checked before any work; ProtocolError names
     the offending request field or array."""
-    request.validate()
-    passes.validate()
-    if request.kind != "animation":
+    if request.kind != ANIMATION:
         raise ProtocolError("kind", f"expected 'animation' for a frame sequence, got {request.kind!r}")
-    factor = components.vae_scale_factor
-    if passes.height % factor or passes.width % factor:
-        raise ProtocolError("depth", f"height and width must be multiples of {factor}, got "
-                                     f"{passes.height}x{passes.width}")
-    if request.noise == "surface" and passes.uv is None:
-        raise ProtocolError("uv", "surface noise needs the UV pass (F, H, W, 2) of every frame")
+    sampler.check_request_and_passes(components, request, passes)
     if request.pixel_sync > 0 and passes.uv is None and passes.vector is None:
         raise ProtocolError("uv", "pixel_sync needs the UV pass or the vector pass of every frame")
     if request.sync_strength > 0:
-        if passes.uv is None:
-            raise ProtocolError("uv", "temporal UV sync needs the UV pass (F, H, W, 2) of every frame")
         try:
             geometry.footprint_texture_size(passes.uv, passes.mask)
         except ValueError:
@@ -130,13 +121,64 @@ def initial_noise(request: Request, passes: Passes, channels: int = 4, factor: i
 # ------------------------------------------------------------------------------ the loop
 
 
-def attention_processor(request: Request, frames: int):
-    """(processor, chunk plan) for the request: chunked keyframes / tma, or the stock one."""
-    plan = attention.chunk_plan(frames, request.chunk, request.attention, request.keyframes)
-    if request.attention in attention.CHUNKED_MODES:
-        return attention.ChunkedFrameAttention(request.attention, plan, policy=request.keyframes,
-                                               momentum=request.momentum), plan
-    return attention.processor_for("self"), plan
+class FrameChunks:
+    """Animation jobs' :class:`~zs_core.sampler.NoisePredictor`: every step, the frames chunk
+    by chunk (``request.chunk`` frames per guided call, both CFG halves together).
+
+    ``keyframes`` / ``tma`` run through :class:`zs_core.attention.ChunkedFrameAttention`,
+    which carries the anchor frames' keys from chunk to chunk, so the result equals one
+    call on all frames; ``self`` through the stock processor.
+    """
+
+    def __init__(self, components: Components, request: Request, conditioning: sampler.Conditioning):
+        self.components, self.conditioning, self.chunk = components, conditioning, request.chunk
+        self.plan = attention.chunk_plan(len(conditioning.control), request.chunk, request.attention,
+                                         request.keyframes)
+        self.spans = self.plan.chunks
+        if request.attention in attention.CHUNKED_MODES:
+            self.processor = attention.ChunkedFrameAttention(request.attention, self.plan, policy=request.keyframes,
+                                                             momentum=request.momentum)
+        else:
+            self.processor = attention.processor_for("self")
+
+    def where(self, index: int, total: int, span: int) -> str:
+        start, stop = self.spans[span]
+        return f"in step {index + 1} of {total} (frames {start}..{stop - 1})"
+
+    def __call__(self, scheduler, index: int, span: int, timestep, latents: torch.Tensor,
+                 scale: float) -> torch.Tensor:
+        if isinstance(self.processor, attention.ChunkedFrameAttention):
+            self.processor.begin(index, span)
+        start, stop = self.spans[span]
+        components, conditioning = self.components, self.conditioning
+        # The control images stay on the CPU and move a chunk at a time.
+        control = conditioning.control[start:stop].to(components.device, components.dtype)
+        return sampler.guided_noise_pred(components, scheduler, latents, timestep,
+                                         conditioning.embeds.repeat_interleave(stop - start, dim=0),
+                                         conditioning.per_group(control), scale,
+                                         conditioning.guidance_scale)
+
+    def attention_stats(self) -> dict:
+        """The chunked attention's memory stats (see :class:`AnimationResult`) and the chunking."""
+        return dict(getattr(self.processor, "stats", {}), chunk=self.chunk, chunks=len(self.spans))
+
+
+def sync_hooks(components: Components, request: Request, passes: Passes) -> list[sampler.StepHook]:
+    """The request's step hooks, in order: temporal UV sync of the object, then the
+    background (background surfaces through their own UV, the rest along the vector pass)."""
+    factor, device = components.vae_scale_factor, components.device
+    hooks = []
+    if request.sync_strength > 0:
+        hooks.append(sync.UVSync(passes, request, factor, device=device))
+    surfaces = background_surfaces(passes) if request.background_uv else None
+    if request.background_sync > 0 and surfaces is not None:
+        # Background surfaces with UV: fused through their own UV spaces, like the object.
+        hooks.append(sync.UVSync(passes, request, factor, device=device, mask=surfaces,
+                                 layers=passes.background_id, strength=request.background_sync,
+                                 texels_per_latent=BACKGROUND_TEXELS_PER_LATENT))
+    if request.background_sync > 0:
+        hooks.append(sync.VectorSync(passes, request, factor, exclude=surfaces))
+    return hooks
 
 
 def preview_frames(frames: int, most: int = PREVIEW_FRAMES) -> list[int]:
@@ -156,79 +198,23 @@ def sample_frames(
     hooks: Iterable[sampler.StepHook] = (),
     latents: torch.Tensor | None = None,
 ) -> AnimationResult:
-    """Sample all frames of an animation job consistently.
+    """Sample all frames of an animation job consistently: the stages of
+    :func:`zs_core.sampler.sample` with this module's checks, starting noise and step hooks,
+    the model called chunk by chunk (:class:`FrameChunks`), and pixel sync after decoding.
 
-    Each denoising step runs ControlNet and UNet chunk by chunk (``request.chunk`` frames
-    per call, both CFG halves together, :func:`zs_core.sampler.guided_noise_pred`), then
-    the step hooks (temporal UV sync first when
-    ``sync_strength`` > 0) and the scheduler step see all frames at once. With one chunk,
-    ``self`` attention and no hooks this is :func:`zs_core.sampler.sample` on the same
-    latents. ``latents`` overrides the starting noise ``(F, 4, H/8, W/8)``; ``cancel`` is
-    polled before every chunk.
+    The step hooks (:func:`sync_hooks` first, then ``hooks``) and the scheduler step see all
+    frames at once. With one chunk, ``self`` attention and no hooks this is
+    :func:`zs_core.sampler.sample` on the same latents. ``latents`` overrides the starting
+    noise ``(F, 4, H/8, W/8)``; ``cancel`` is polled before every chunk.
     """
     check_inputs(components, request, passes)
-    frames = passes.views
-    guidance = request.guidance_scale > 1.0
-    groups = 2 if guidance else 1
-    device, dtype = components.device, components.dtype
-    factor = components.vae_scale_factor
-    own_hooks = []  # temporal UV sync first, then the background
-    if request.sync_strength > 0:
-        own_hooks.append(sync.UVSync(passes, request, factor, device=device))
-    surfaces = background_surfaces(passes) if request.background_uv else None
-    if request.background_sync > 0 and surfaces is not None:
-        # Background surfaces with UV: fused through their own UV spaces, like the object.
-        own_hooks.append(sync.UVSync(passes, request, factor, device=device, mask=surfaces,
-                                     layers=passes.background_id, strength=request.background_sync,
-                                     texels_per_latent=BACKGROUND_TEXELS_PER_LATENT))
-    if request.background_sync > 0:
-        own_hooks.append(sync.VectorSync(passes, request, factor, exclude=surfaces))
-    hooks = own_hooks + list(hooks)
-
-    # One embedding pair for all frames; expanded per chunk.
-    embeds = sampler.encode_prompt(components, request.prompt, request.negative_prompt, 1, guidance)
-    # Depth normalised once over the whole shot, so a surface's brightness does not change
-    # between chunks; kept on the CPU and moved a chunk at a time.
-    control = sampler.control_images(passes.depth)
-
-    channels = components.unet.config.in_channels
-    start_noise = latents if latents is not None else initial_noise(request, passes, channels, factor)
-    expected = (frames, channels, passes.height // factor, passes.width // factor)
-    if tuple(start_noise.shape) != expected:
-        raise ProtocolError("latents", f"expected shape {expected}, got {tuple(start_noise.shape)}")
-
-    scheduler = sampler.make_scheduler(components, request.scheduler)
-    scheduler.set_timesteps(request.steps, device=device)
-    timesteps = scheduler.timesteps
-    current = start_noise.to(device, dtype) * scheduler.init_noise_sigma
-    shown = preview_frames(frames)
-
-    processor, plan = attention_processor(request, frames)
-    with torch.inference_mode(), attention.install_processor([components.unet, components.controlnet], processor):
-        for index, timestep in enumerate(timesteps):
-            scale = request.controlnet_scale * sampler.controlnet_keep(index, len(timesteps), request.control_start,
-                                                                        request.control_end)
-            noise_pred = torch.empty_like(current)
-            for chunk_index, (start, stop) in enumerate(plan.chunks):
-                if cancel is not None and cancel():
-                    raise sampler.Cancelled(f"cancelled in step {index + 1} of {len(timesteps)} "
-                                            f"(frames {start}..{stop - 1})")
-                if isinstance(processor, attention.ChunkedFrameAttention):
-                    processor.begin(index, chunk_index)
-                count = stop - start
-                noise_pred[start:stop] = sampler.guided_noise_pred(
-                    components, scheduler, current[start:stop], timestep, embeds.repeat_interleave(count, dim=0),
-                    torch.cat([control[start:stop].to(device, dtype)] * groups), scale, request.guidance_scale)
-            current = sampler.finish_step(components, scheduler, hooks, index, current, noise_pred, progress, shown)
-
-    if cancel is not None and cancel():
-        raise sampler.Cancelled("cancelled before decoding")
-    decoded = sampler.decode(components, current)
-    if request.pixel_sync > 0:
-        decoded = pixel_synced(decoded, passes, request.pixel_sync)
-    stats = dict(getattr(processor, "stats", {}), chunk=request.chunk, chunks=len(plan.chunks))
-    return AnimationResult(images=decoded, latents=current.float().cpu(), initial_noise=start_noise.float().cpu(),
-                           attention_stats=stats)
+    own_hooks = sync_hooks(components, request, passes)
+    predictor = FrameChunks(components, request, sampler.condition(components, request, passes))
+    result = sampler.denoise(components, request, passes, predictor, initial_noise, hooks=own_hooks + list(hooks),
+                             progress=progress, cancel=cancel, latents=latents, shown=preview_frames(passes.views))
+    decoded = pixel_synced(result.images, passes, request.pixel_sync) if request.pixel_sync > 0 else result.images
+    return AnimationResult(images=decoded, latents=result.latents, initial_noise=result.initial_noise,
+                           attention_stats=predictor.attention_stats())
 
 
 def pixel_synced(frames: np.ndarray, passes: Passes, strength: float) -> np.ndarray:
@@ -355,43 +341,19 @@ def contact_strip(result: AnimationResult, passes: Passes) -> np.ndarray:
     return images.contact_sheet(rows, cell=160)
 
 
-def run_animation(
-    components: Components,
-    request: Request,
-    passes: Passes,
-    out_dir: str | Path,
-    progress: Callable[[sampler.StepProgress], None] | None = None,
-    *,
-    cancel: Callable[[], bool] | None = None,
-) -> dict:
-    """Sample an animation job and write its outputs under ``out_dir``:
-
-    ``frames/NNNN.png`` (one per frame, 0-based), ``animation.mp4`` at ``request.fps`` when
-    imageio-ffmpeg is installed, ``metrics.json`` (``temporal_warp_error``, ``latent_temporal_warp_error``,
-    timings, attention memory stats, the request) and ``contact_sheet.png``. Returns the
-    metrics dict. Input errors raise ProtocolError before any sampling.
-    """
-    out_dir = Path(out_dir)
-    started = time.perf_counter()
-    result = sample_frames(components, request, passes, progress=progress, cancel=cancel)
-    sampling_seconds = time.perf_counter() - started
-    for index, image in enumerate(result.images):
-        images.save_png(image, out_dir / FRAME_PNG.format(index=index))
+def write_outputs(components: Components, request: Request, passes: Passes, result: AnimationResult,
+                  out_dir: Path, sampling_seconds: float) -> dict:
+    """An animation job's own outputs beside its ``frames/NNNN.png`` (written by
+    :func:`zs_core.run.run_job`): ``animation.mp4`` at ``request.fps`` when imageio-ffmpeg is
+    installed and ``contact_sheet.png`` -> its own metrics (``temporal_warp_error``,
+    ``latent_temporal_warp_error``, seconds per frame, attention memory stats)."""
     mp4 = write_mp4(result.images, out_dir / MP4_NAME, fps=request.fps)
     out = {
-        "frames": passes.views,
-        "height": passes.height,
-        "width": passes.width,
-        "steps": request.steps,
-        "sampling_seconds": round(sampling_seconds, 3),
         "seconds_per_frame": round(sampling_seconds / passes.views, 4),
-        "model": components.name,
         "background_noise": background_mode(request, passes) if request.noise == "surface" else None,
         "attention_stats": result.attention_stats,
         "mp4": MP4_NAME if mp4 is not None else None,
-        "request": request.to_dict(),
     }
     out.update(temporal_metrics(result, passes, components.vae_scale_factor))
     images.save_png(contact_strip(result, passes), out_dir / CONTACT_SHEET_PNG)
-    (out_dir / METRICS_JSON).write_text(json.dumps(out, indent=2, sort_keys=True))
     return out

@@ -6,7 +6,7 @@ Processors here replace diffusers' stock processor on the self-attention layers
 ``[uncond views..., cond views...]``, else 1) of V views or frames. Keys and values
 are shared between the views of one group, never between groups.
 
-Modes (:data:`MODES`):
+Modes (:data:`MODES`, protocol's ``ATTENTION_MODES``):
 
 - ``self``: the stock processor (``AttnProcessor2_0``).
 - ``extended``: every view attends to the keys/values of all V views of its group.
@@ -25,14 +25,18 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-MODES = ("self", "extended", "neighbors", "keyframes", "tma")
-POLICIES = ("first", "first_previous", "middle")
+from .protocol import ATTENTION_MODES, KEYFRAME_POLICIES
+
+# The wire's names; each has an implementation here (CROSS_VIEW_ATTENTION, KEYFRAME_SOURCES),
+# which tests/core/test_mode_names.py holds equal to them.
+MODES = ATTENTION_MODES
+POLICIES = KEYFRAME_POLICIES
 SELF_ATTENTION_SUFFIX = "attn1.processor"
 # Gathered modes copy S source views' keys and values per view; views are processed in
 # chunks so one chunk's gathered keys hold at most this many elements.
@@ -101,20 +105,25 @@ def neighbor_sources(views: int, reference: int, reference_weight: float) -> tup
     return sources, deduplicated_bias(sources, bias)
 
 
+# Keyframe policy -> the frames each of V frames attends to: frame indices ``(V,)`` -> ``(V, S)``.
+KEYFRAME_SOURCES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "first": lambda index: torch.zeros(len(index), 1, dtype=torch.long),
+    # Frame 0 has no previous frame: its second slot repeats frame 0 and is masked.
+    "first_previous": lambda index: torch.stack([torch.zeros_like(index), (index - 1).clamp(min=0)], dim=1),
+    "middle": lambda index: torch.full((len(index), 1), len(index) // 2),
+}
+
+
 def keyframe_sources(views: int, policy: str | None, anchors: Sequence[int] | None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sources ``(V, S)`` and bias ``(V, S)`` for a keyframe policy or explicit anchors."""
+    """Sources ``(V, S)`` and bias ``(V, S)`` for a keyframe policy (None: ``first``) or
+    explicit anchors."""
     index = torch.arange(views)
     if anchors is not None:
         fixed = torch.tensor(list(anchors), dtype=torch.long).expand(views, -1)
         sources = torch.cat([fixed, index[:, None]], dim=1)
-    elif policy == "first_previous":
-        # Frame 0 has no previous frame: its second slot repeats frame 0 and is masked.
-        sources = torch.stack([torch.zeros_like(index), (index - 1).clamp(min=0)], dim=1)
-    elif policy == "middle":
-        sources = torch.full((views, 1), views // 2)
-    else:  # first
-        sources = torch.zeros(views, 1, dtype=torch.long)
+    else:
+        sources = KEYFRAME_SOURCES[policy or "first"](index)
     return sources, deduplicated_bias(sources, torch.zeros(sources.shape, dtype=torch.float32))
 
 
@@ -150,36 +159,24 @@ def _check_params(views, reference, reference_weight, policy, anchors, momentum)
         raise ValueError(f"momentum: expected mu in [0, 1], got {momentum!r}")
 
 
-# --- the processor ---------------------------------------------------------------------
+# --- the processors --------------------------------------------------------------------
 
 
-class CrossViewAttnProcessor:
-    """Self-attention whose keys/values come from other views of the same group.
+class _SelfAttentionOnly:
+    """What the processors here share. Callable like ``AttnProcessor2_0``: given
+    ``encoder_hidden_states`` (cross-attention) it is the stock processor; self-attention
+    runs the stock input handling (spatial_norm, 4-D input, group_norm, norm_q/norm_k),
+    :meth:`_attention` on the heads, then the stock output projection, residual and
+    rescale. Only the choice of keys/values differs from the stock processor."""
 
-    Callable like ``AttnProcessor2_0`` and mirrors its spatial_norm, 4-D input,
-    group_norm, norm_q/norm_k, output projection, residual and rescale handling; only the
-    choice of keys/values differs. Given ``encoder_hidden_states`` (cross-attention) it
-    behaves exactly like the stock processor.
-    """
+    mode: str
 
-    def __init__(self, mode: str, *, views: int | None = None, reference: int = 0,
-                 reference_weight: float = 1.0, policy: str | None = None,
-                 anchors: Sequence[int] | None = None, momentum: float = 0.5):
-        _check_mode(mode)
-        if mode == "self":
-            raise ValueError("mode: 'self' is the stock processor; use processor_for('self')")
-        _check_params(views, reference, reference_weight, policy, anchors, momentum)
-        self.mode = mode
-        self.views = views
-        self.reference = reference
-        self.reference_weight = float(reference_weight)
-        self.policy = policy or "first"
-        self.anchors = None if anchors is None else tuple(int(a) for a in anchors)
-        self.momentum = float(momentum)
+    def __init__(self):
         self._stock = AttnProcessor2_0()
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(mode={self.mode!r}, views={self.views})"
+    @property
+    def _described(self) -> str:
+        return repr(self.mode)
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
@@ -188,12 +185,42 @@ class CrossViewAttnProcessor:
             return self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         if attention_mask is not None:
             # A per-view key mask would have to be gathered along with the keys; nothing needs it.
-            raise ValueError(f"attention_mask: not supported by the {self.mode!r} attention mode")
+            raise ValueError(f"attention_mask: not supported by the {self._described} attention mode")
         hidden_states, residual, spatial_shape = _prologue(attn, hidden_states, temb)
         query, key, value = _heads_qkv(attn, hidden_states)
+        return _project_out(attn, self._attention(attn, query, key, value), residual, spatial_shape)
+
+    def _attention(self, attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """One layer's query, key, value ``(B, h, N, d)`` -> attention output ``(B, h, N, d)``."""
+        raise NotImplementedError
+
+
+class CrossViewAttnProcessor(_SelfAttentionOnly):
+    """Self-attention whose keys/values come from other views of the same group
+    (:data:`CROSS_VIEW_ATTENTION` per mode)."""
+
+    def __init__(self, mode: str, *, views: int | None = None, reference: int = 0,
+                 reference_weight: float = 1.0, policy: str | None = None,
+                 anchors: Sequence[int] | None = None, momentum: float = 0.5):
+        _check_mode(mode)
+        if mode == "self":
+            raise ValueError("mode: 'self' is the stock processor; use processor_for('self')")
+        _check_params(views, reference, reference_weight, policy, anchors, momentum)
+        super().__init__()
+        self.mode = mode
+        self.views = views
+        self.reference = reference
+        self.reference_weight = float(reference_weight)
+        self.policy = policy or "first"
+        self.anchors = None if anchors is None else tuple(int(a) for a in anchors)
+        self.momentum = float(momentum)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mode={self.mode!r}, views={self.views})"
+
+    def _attention(self, attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         groups, views = self.split_batch(query.shape[0])
-        out = self.attend(query, key, value, groups, views)
-        return _project_out(attn, out, residual, spatial_shape)
+        return self.attend(query, key, value, groups, views)
 
     def split_batch(self, batch: int) -> tuple[int, int]:
         """``B`` -> ``(G, V)``, validating the per-call parameters against V."""
@@ -208,15 +235,20 @@ class CrossViewAttnProcessor:
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                groups: int, views: int) -> torch.Tensor:
         """Queries, keys, values ``(G*V, h, N, d)`` -> attention output ``(G*V, h, N, d)``."""
-        if self.mode == "extended":
-            return extended_attention(query, key, value, groups, views)
-        if self.mode == "tma":
-            return momentum_attention(query, key, value, groups, views, self.momentum)
-        if self.mode == "neighbors":
-            sources, bias = neighbor_sources(views, self.reference, self.reference_weight)
-        else:
-            sources, bias = keyframe_sources(views, self.policy, self.anchors)
-        return gathered_attention(query, key, value, groups, sources, bias)
+        return CROSS_VIEW_ATTENTION[self.mode](self, query, key, value, groups, views)
+
+
+# Cross-view mode -> (processor, query, key, value (G*V, h, N, d), groups G, views V) -> (G*V, h, N, d).
+CROSS_VIEW_ATTENTION: dict[str, Callable[..., torch.Tensor]] = {
+    "extended": lambda processor, query, key, value, groups, views: extended_attention(
+        query, key, value, groups, views),
+    "neighbors": lambda processor, query, key, value, groups, views: gathered_attention(
+        query, key, value, groups, *neighbor_sources(views, processor.reference, processor.reference_weight)),
+    "keyframes": lambda processor, query, key, value, groups, views: gathered_attention(
+        query, key, value, groups, *keyframe_sources(views, processor.policy, processor.anchors)),
+    "tma": lambda processor, query, key, value, groups, views: momentum_attention(
+        query, key, value, groups, views, processor.momentum),
+}
 
 
 def _prologue(attn, hidden_states: torch.Tensor, temb: torch.Tensor | None):
@@ -417,7 +449,7 @@ def chunk_plan(frames: int, chunk: int, mode: str = "self", policy: str = "first
     return ChunkPlan(frames, tuple(spans), tuple(keep))
 
 
-class ChunkedFrameAttention:
+class ChunkedFrameAttention(_SelfAttentionOnly):
     """``keyframes`` or ``tma`` across F frames evaluated chunk by chunk (see above).
 
     Before each model call on the frames of ``plan.chunks[j]`` (batch ``G * c``, the CFG
@@ -432,9 +464,9 @@ class ChunkedFrameAttention:
         if mode not in CHUNKED_MODES:
             raise ValueError(f"mode: chunked attention supports {', '.join(CHUNKED_MODES)}, got {mode!r}")
         _check_params(plan.frames, 0, 1.0, policy, None, momentum)
+        super().__init__()
         self.mode, self.plan, self.policy, self.momentum = mode, plan, policy, float(momentum)
         self.sources, self.bias = keyframe_sources(plan.frames, policy, None)
-        self._stock = AttnProcessor2_0()
         self._position: tuple[int, int] | None = None  # (step, chunk index)
         self._cache: dict = {}  # attention module -> {"step", "frames": {frame: (k, v)}, "state"}
         self.stats = {"peak_key_tokens": 0, "peak_cached_frames": 0, "peak_batch_frames": 0}
@@ -448,19 +480,15 @@ class ChunkedFrameAttention:
             raise ValueError(f"index: {index} is not a chunk index (0..{len(self.plan.chunks) - 1})")
         self._position = (step, index)
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
-                 *args, **kwargs) -> torch.Tensor:
-        if encoder_hidden_states is not None:
-            return self._stock(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        if attention_mask is not None:
-            raise ValueError(f"attention_mask: not supported by the chunked {self.mode!r} attention mode")
+    @property
+    def _described(self) -> str:
+        return f"chunked {self.mode!r}"
+
+    def _attention(self, attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         if self._position is None:
             raise RuntimeError("ChunkedFrameAttention: call begin(step, chunk index) before each model call")
         step, index = self._position
         start, stop = self.plan.chunks[index]
-        hidden_states, residual, spatial_shape = _prologue(attn, hidden_states, temb)
-        query, key, value = _heads_qkv(attn, hidden_states)
         batch, heads, tokens, head_dim = query.shape
         count = stop - start
         if batch % count:
@@ -474,7 +502,7 @@ class ChunkedFrameAttention:
         self.stats["peak_batch_frames"] = max(self.stats["peak_batch_frames"], count)
         self.stats["peak_cached_frames"] = max(self.stats["peak_cached_frames"],
                                                len(cache["frames"]) + (cache["state"] is not None))
-        return _project_out(attn, out.reshape(batch, heads, tokens, head_dim), residual, spatial_shape)
+        return out.reshape(batch, heads, tokens, head_dim)
 
     def _layer_cache(self, attn, step: int) -> dict:
         cache = self._cache.setdefault(attn, {"step": step, "frames": {}, "state": None})

@@ -79,14 +79,11 @@ class BakeWeights:
     image_size: tuple[int, int]
     # Image-independent work derived from the weights, computed on first use.
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    views: int = field(init=False, compare=False)  # V
+    texture_size: int = field(init=False, compare=False)  # T
 
-    @property
-    def views(self) -> int:
-        return int(self.weights.shape[0])
-
-    @property
-    def texture_size(self) -> int:
-        return int(self.weights.shape[1])
+    def __post_init__(self) -> None:
+        self.views, self.texture_size = (int(size) for size in self.weights.shape[:2])
 
     @property
     def seen(self) -> np.ndarray:

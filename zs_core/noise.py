@@ -12,8 +12,8 @@ N(0, 1); the models differ only in how the items (views or frames) are correlate
 - :func:`surface`: correspondence-guided integral noise from one white-noise texture in
   UV space; the same surface point gets the same noise in every view.
 
-:func:`make` dispatches on a mode name (:data:`MODES`). Bad input raises ValueError
-naming the argument.
+:func:`make` dispatches on a mode name (:data:`MODES`, protocol's ``NOISE_MODES``). Bad
+input raises ValueError naming the argument.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-MODES = ("iid", "fixed", "mixed", "progressive", "dependency", "surface")
+from .protocol import BACKGROUND_NOISE_MODES, NOISE_MODES
+
+MODES = NOISE_MODES  # each has a generator in GENERATORS (tests/core/test_mode_names.py holds them equal)
 MIN_RESOLUTION, MAX_RESOLUTION = 16, 8192  # automatic UV noise texture size (texels per side)
 LARGEST_RESOLUTION = 65536  # explicit sizes: texel ids must fit in 32 bits for the hash
 SAMPLED_LINES = 8  # rows and columns per view sampled for the automatic resolution
@@ -594,7 +596,9 @@ def _run_threads(run, workers: int) -> None:
 # into view meets texels no frame saw before, i.e. fresh noise). Background pixels follow one
 # of the item models over frames, or are warped along the vector pass.
 
-BACKGROUND_MODES = ("iid", "fixed", "mixed", "progressive", "dependency", "warped")
+# The animation's background models: "warped" (warp_field) or an item model of make();
+# protocol's "auto" is resolved by the caller (zs_core.animation.background_mode).
+BACKGROUND_MODES = tuple(mode for mode in BACKGROUND_NOISE_MODES if mode != "auto")
 
 
 def _block_sums(values: np.ndarray, factor: int) -> np.ndarray:
@@ -758,17 +762,7 @@ def make(mode: str, count: int, shape, seed: int, **params) -> torch.Tensor:
     """
     if mode not in MODES:
         raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "iid":
-        return iid(count, shape, seed, **params)
-    if mode == "fixed":
-        return fixed(count, shape, seed, **params)
-    if mode == "mixed":
-        return mixed(count, shape, seed=seed, **params)
-    if mode == "progressive":
-        return progressive(count, shape, seed=seed, **params)
-    if mode == "dependency":
-        return dependency(count, shape, seed=seed, **params)
-    return _make_surface(count, shape, seed, **params)
+    return GENERATORS[mode](count, shape, seed=seed, **params)
 
 
 def _make_surface(count, shape, seed, uv=None, mask=None, factor=None, **params) -> torch.Tensor:
@@ -786,3 +780,14 @@ def _make_surface(count, shape, seed, uv=None, mask=None, factor=None, **params)
         raise ValueError(f"shape: expected {(channels, *latents.shape[2:])} for mask {tuple(np.shape(mask))} "
                          f"and factor {factor}, got {tuple(shape)}")
     return latents
+
+
+# Noise mode -> its generator, called as (count, shape, seed=..., **the model's params).
+GENERATORS = {
+    "iid": iid,
+    "fixed": fixed,
+    "mixed": mixed,
+    "progressive": progressive,
+    "dependency": dependency,
+    "surface": _make_surface,
+}

@@ -1,8 +1,14 @@
-"""The wire format: job request, per-view passes, and result layout.
+"""The wire format: the parameter table, the job request, per-view passes, result layout.
 
-This module is the one source of truth shared by the Blender add-on (relative import
-inside the extension package), the server and the sampler. Standard library and numpy
-only: it must import inside Blender.
+This module is the one source of truth shared by the Blender add-on (which loads this
+file on its own, see ``blender_addon/wire.py``), the server, the sampler and the ``zs``
+command. Standard library and numpy only: it must import inside Blender.
+
+Every user-facing parameter is declared once, in :data:`PARAMETERS`: its type, default per
+job kind (texture / animation), range or choices, unit and one help line. The request
+(:class:`Request`), the ``zs`` and ``blender -b`` flags (:func:`add_arguments`), the
+panel's properties and the script API's settings (in the add-on), the server's
+validation and its OpenAPI schema (:func:`request_schema`) are all derived from it.
 
 A job is ``request.json`` (a :class:`Request`) plus ``passes.npz`` (a :class:`Passes`).
 Arrays are float32 unless noted, views (or frames) first, pixel rows top to bottom.
@@ -10,32 +16,21 @@ Arrays are float32 unless noted, views (or frames) first, pixel rows top to bott
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import io
 import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 PROTOCOL_VERSION = 1
 
-NOISE_MODES = ("iid", "fixed", "mixed", "progressive", "dependency", "surface")
-# Animation with surface noise: how background pixels vary over frames ("auto": warped
-# along the vector pass when there is one, else dependency).
-BACKGROUND_NOISE_MODES = ("auto", "iid", "fixed", "mixed", "progressive", "dependency", "warped")
-ATTENTION_MODES = ("self", "extended", "neighbors", "keyframes", "tma")
-ANIMATION_ATTENTION = ("self", "keyframes", "tma")  # what an animation job takes
-# Where an animation starts unless told otherwise: the CLI, the Blender panel and the
-# script API all take these (the Request defaults stay neutral: no sync, self-attention).
-ANIMATION_DEFAULTS = {"noise": "surface", "attention": "tma", "sync_strength": 0.9, "background_sync": 0.9,
-                      "pixel_sync": 0.3}
-KEYFRAME_POLICIES = ("first", "first_previous", "middle")
-LAYOUTS = ("views", "grid")
-SCHEDULERS = ("ddim", "dpmpp", "unipc")
-JOB_KINDS = ("texture", "animation")
+TEXTURE, ANIMATION = "texture", "animation"
+JOB_KINDS = (TEXTURE, ANIMATION)
 
 # Result layout inside a job's output folder / result zip.
 VIEW_PNG = "views/{index:04d}.png"
@@ -43,6 +38,7 @@ FRAME_PNG = "frames/{index:04d}.png"
 TEXTURE_PNG = "texture.png"
 METRICS_JSON = "metrics.json"
 CONTACT_SHEET_PNG = "contact_sheet.png"
+ANIMATION_MP4 = "animation.mp4"
 
 
 class ProtocolError(ValueError):
@@ -53,131 +49,396 @@ class ProtocolError(ValueError):
         self.field = field_name
 
 
-_FRAME_RANGE = re.compile(r"^\s*(-?\d+)\s*(?:(?:-|\.\.|:)\s*(-?\d+)\s*)?$")
-
-
-def parse_frame_range(text: str) -> tuple[int, int]:
-    """``"1-48"`` (also ``1..48``, ``1:48``) or ``"12"`` -> (first, last), both included.
-    Raises :class:`ProtocolError` for ``frames`` naming the text."""
-    match = _FRAME_RANGE.match(str(text))
-    if match is None:
-        raise ProtocolError("frames", f"{text!r} is not a frame range; write FIRST-LAST, e.g. 1-48")
-    first = int(match.group(1))
-    last = int(match.group(2)) if match.group(2) is not None else first
-    if last < first:
-        raise ProtocolError("frames", f"{text!r} ends before it starts; write FIRST-LAST with FIRST <= LAST")
-    return first, last
-
-
 def _check(condition: bool, field_name: str, message: str) -> None:
     if not condition:
         raise ProtocolError(field_name, message)
 
 
-@dataclass
-class Request:
-    """What to generate and how. Every field is validated by :meth:`validate`."""
+# ------------------------------------------------------------------ the parameter table
 
-    prompt: str = ""
-    negative_prompt: str = ""
-    kind: str = "texture"
-    seed: int = 0
-    steps: int = 20
-    guidance_scale: float = 7.5
-    scheduler: str = "ddim"
+
+@dataclass(frozen=True)
+class Choice:
+    """One value of a choice parameter: the value on the wire, a help line, a short label."""
+
+    value: str
+    help: str
+    label: str = ""
+
+    @property
+    def title(self) -> str:
+        return self.label or self.value.replace("_", " ").title()
+
+
+_SAME = object()  # Parameter.animation: the same default as for textures
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One user-facing parameter, declared once.
+
+    ``default`` holds for texture jobs and, unless ``animation`` gives another, for
+    animation jobs too. ``modes`` are the job kinds whose front ends offer it (empty: no
+    front end does; the value is set by the program, e.g. ``fps`` from the Blender scene).
+    ``wire`` False marks a capture setting: the Blender front ends use it to render the
+    passes, it is not part of the request. ``low`` / ``high`` bound numbers (``soft_high``
+    is where the panel's slider ends); ``choices`` list the values of a text choice and
+    ``animation_choices`` the ones an animation takes. ``optional``: None is allowed
+    (it means what ``help`` says, e.g. the scene's output size). ``aliases``: other flag
+    names that still work."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    unit: str = ""
+    label: str = ""
+    modes: tuple[str, ...] = JOB_KINDS
+    animation: Any = _SAME
+    low: float | None = None
+    high: float | None = None
+    soft_high: float | None = None
+    multiple_of: int | None = None
+    max_length: int | None = None
+    choices: tuple[Choice, ...] = ()
+    animation_choices: tuple[str, ...] = ()
+    optional: bool = False
+    wire: bool = True
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name.replace("_", " ").title()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def default_for(self, kind: str) -> Any:
+        return self.default if kind != ANIMATION or self.animation is _SAME else self.animation
+
+    def values(self, kind: str | None = None) -> tuple[str, ...]:
+        """The choice values (for ``kind``: an animation may take fewer)."""
+        if kind == ANIMATION and self.animation_choices:
+            return self.animation_choices
+        return tuple(choice.value for choice in self.choices)
+
+    def check(self, value: Any, kind: str = TEXTURE) -> Any:
+        """``value`` checked for a ``kind`` job -> the value (an int for a float becomes a
+        float); ProtocolError names the parameter and says what is wrong."""
+        if value is None and self.optional:
+            return None
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        _check(isinstance(value, self.type) and (self.type is bool or not isinstance(value, bool)), self.name,
+               f"expected {self.type.__name__}, got {type(value).__name__}")
+        if self.type is float:
+            _check(math.isfinite(value), self.name, "must be a finite number")
+        if self.choices:
+            allowed = self.values(kind)
+            if value not in allowed and value in self.values():
+                raise ProtocolError(self.name, f"{value!r} is for texture jobs; an animation takes "
+                                               f"{', '.join(allowed)}")
+            _check(value in allowed, self.name, f"unknown value {value!r}; expected one of {', '.join(allowed)}")
+        if self.low is not None:
+            _check(self.low <= value <= self.high, self.name, f"{value} is outside [{_number(self.low)}, "
+                                                              f"{_number(self.high)}]")
+        if self.multiple_of:
+            _check(value % self.multiple_of == 0, self.name,
+                   f"{value} is not a multiple of {self.multiple_of}; try {max(value // self.multiple_of, 1) * self.multiple_of}")
+        if self.max_length is not None:
+            _check(len(value) <= self.max_length, self.name, f"longer than {self.max_length} characters")
+        return value
+
+    def describe(self, defaults: Mapping[str, Any]) -> str:
+        """The help line with the unit and the default(s): ``defaults`` maps each job kind
+        to its default (one default when they agree)."""
+        shown = {kind: _shown(value) for kind, value in defaults.items()}
+        if len(set(shown.values())) == 1:
+            default = next(iter(shown.values()))
+        else:
+            default = ", ".join(f"{value} for {kind}" for kind, value in shown.items())
+        unit = f", in {self.unit}" if self.unit else ""
+        return f"{self.help}{unit} (default: {default})"
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _shown(value: Any) -> str:
+    if value is None or value == "":
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return _number(value) if isinstance(value, float) else str(value)
+
+
+_NOISE = (
+    Choice("iid", "independent noise per view or frame", "IID"),
+    Choice("fixed", "the same noise in every view or frame"),
+    Choice("mixed", "shared plus individual noise (PYoCo mixed)"),
+    Choice("progressive", "each view's noise builds on the previous one (PYoCo progressive)"),
+    Choice("dependency", "correlated noise between consecutive views (ZS2)"),
+    Choice("surface", "one noise texture on the surface: the same point gets the same noise everywhere"),
+)
+_BACKGROUND_NOISE = (
+    Choice("auto", "warped along the motion vectors (the vector pass) when there is one, else dependency"),
+    Choice("iid", "new noise every frame (flickers)", "IID"),
+    Choice("fixed", "the same noise every frame (sticks to the screen)"),
+    Choice("mixed", "shared plus individual noise per frame (PYoCo mixed)"),
+    Choice("progressive", "each frame's noise builds on the previous one (PYoCo progressive)"),
+    Choice("dependency", "correlated noise between consecutive frames (ZS2)"),
+    Choice("warped", "carried along the motion vectors, like the surface noise"),
+)
+_ATTENTION = (
+    Choice("self", "stock self-attention: every view on its own"),
+    Choice("extended", "every view attends to all views (most consistent, slowest)"),
+    Choice("neighbors", "each view attends to its ring neighbours and a reference view"),
+    Choice("keyframes", "views attend to key views (first, previous, middle)"),
+    Choice("tma", "temporal momentum attention (ZS2)", "TMA"),
+)
+_KEYFRAMES = (
+    Choice("first", "every view attends to the first"),
+    Choice("first_previous", "every view attends to the first and the previous one"),
+    Choice("middle", "every view attends to the middle one"),
+)
+_SCHEDULERS = (
+    Choice("ddim", "DDIM", "DDIM"),
+    Choice("dpmpp", "DPM++ multistep", "DPM++"),
+    Choice("unipc", "UniPC", "UniPC"),
+)
+_LAYOUTS = (
+    Choice("views", "the views are the batch"),
+    Choice("grid", "all views tiled into one image (with self attention)"),
+)
+
+_FRACTION = dict(low=0.0, high=1.0)  # a share: the panel shows a factor slider
+_TEXTURE_ONLY = (TEXTURE,)
+_ANIMATION_ONLY = (ANIMATION,)
+
+PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
+    # What to generate.
+    Parameter("prompt", str, "", "what to generate", max_length=4000),
+    Parameter("negative_prompt", str, "blurry, low quality", "what not to generate", max_length=4000),
+    Parameter("seed", int, 0, "same seed, same settings: same result", low=0, high=2**63 - 1),
+    Parameter("steps", int, 20, "denoising steps (more: slower, finer)", low=1, high=1000, soft_high=100),
+    Parameter("guidance_scale", float, 7.5, "classifier-free guidance: how strictly to follow the prompt",
+              label="Guidance", low=0.0, high=50.0, soft_high=20.0, aliases=("--guidance",)),
+    Parameter("scheduler", str, "ddim", "the diffusers scheduler", choices=_SCHEDULERS),
     # ControlNet: conditioning scale and the guidance window as fractions of the steps.
-    controlnet_scale: float = 1.0
-    control_start: float = 0.0
-    control_end: float = 1.0
-    # Initial noise (see DESIGN.md "The methods").
-    noise: str = "surface"
-    noise_alpha: float = 1.0  # mixed / progressive (PYoCo) shared-noise ratio
-    noise_lambda: float = 0.1  # dependency (ZS2) target divergence between frames
-    background_noise: str = "auto"  # animation + surface noise: the background's model
+    Parameter("controlnet_scale", float, 1.0, "how strongly each view's depth steers the image",
+              label="ControlNet Strength", low=0.0, high=5.0, soft_high=2.0),
+    Parameter("control_start", float, 0.0, "ControlNet acts from this fraction of the steps", **_FRACTION),
+    Parameter("control_end", float, 1.0, "ControlNet acts until this fraction of the steps", **_FRACTION),
+    # Initial noise.
+    Parameter("noise", str, "surface", "how the starting noise is drawn", choices=_NOISE),
+    Parameter("noise_alpha", float, 1.0, "mixed / progressive noise: the shared-noise ratio alpha (PYoCo)",
+              low=0.0, high=100.0, soft_high=10.0),
+    Parameter("noise_lambda", float, 0.1, "dependency noise: the divergence lambda between neighbours (ZS2)",
+              low=0.0, high=2.0),
+    Parameter("background_noise", str, "auto", "surface noise in an animation: how the background's noise moves",
+              choices=_BACKGROUND_NOISE, modes=_ANIMATION_ONLY),
     # Attention across views / frames.
-    attention: str = "self"
-    reference_view: int = 0  # neighbors: the extra view every view attends to
-    reference_weight: float = 1.0  # neighbors: weight of the reference view's keys
-    keyframes: str = "first"  # keyframes policy
-    momentum: float = 0.5  # tma: mu
-    layout: str = "views"  # "grid" tiles all views into one image
-    chunk: int = 16  # animation: frames per model batch (attention also sees anchor frames)
-    # UV latent synchronisation (texturing; sync_strength 0 turns it off).
-    sync_strength: float = 0.0
-    sync_end: float = 0.0  # sync while t / T is above this fraction (0: every step)
-    sync_exponent_start: float = 1.0  # cos(theta)^p, p rising over the steps
-    sync_exponent_end: float = 6.0
-    # Animation: background x0 carried along the vector pass into the next frame (0: off).
-    background_sync: float = 0.0
-    # Animation: background surfaces with UV (passes.background_id) synced through their UV
-    # at background_sync instead of along the vector pass.
-    background_uv: bool = False
-    # Animation: decoded frames carried frame to frame in pixels (object through UV, the rest
-    # along the vector pass), the share each frame takes from the previous (0: off).
-    pixel_sync: float = 0.0
-    fps: float = 24.0  # animation: frame rate of the MP4 (the scene's, from Blender)
-    texture_size: int = 1024
+    Parameter("attention", str, "extended", "which views (frames) each one attends to while denoising",
+              animation="tma", choices=_ATTENTION, animation_choices=("self", "keyframes", "tma")),
+    Parameter("reference_view", int, 0, "neighbors attention: the view every view also attends to",
+              low=0, high=10_000, modes=_TEXTURE_ONLY),
+    Parameter("reference_weight", float, 1.0, "neighbors attention: the weight of the reference view's keys",
+              low=0.0, high=100.0, soft_high=4.0, modes=_TEXTURE_ONLY),
+    Parameter("keyframes", str, "first", "keyframes attention: the anchors attended to", label="Anchor Frames",
+              choices=_KEYFRAMES),
+    Parameter("momentum", float, 0.5, "tma attention: momentum mu (0: self attention, 1: the first frame only)",
+              **_FRACTION),
+    Parameter("layout", str, "views", "how the views meet the model", choices=_LAYOUTS, animation_choices=("views",),
+              modes=_TEXTURE_ONLY),
+    Parameter("chunk", int, 16, "frames per model batch (fewer: less memory; the result is the same)",
+              label="Chunk Size", low=1, high=10_000, soft_high=64, modes=_ANIMATION_ONLY),
+    # Synchronisation through UV space (0 turns it off).
+    Parameter("sync_strength", float, 1.0, "fuse the views (frames) through the UV texture at every step "
+              "(0: off; below 1 lets them differ, e.g. with lighting)", animation=0.9, **_FRACTION),
+    Parameter("sync_end", float, 0.0, "sync while t/T is above this fraction (0: every step)", **_FRACTION),
+    Parameter("sync_exponent_start", float, 1.0, "sync weight cos(theta)^p: p at the first step",
+              low=0.0, high=64.0, soft_high=16.0),
+    Parameter("sync_exponent_end", float, 6.0, "sync weight cos(theta)^p: p at the last step",
+              low=0.0, high=64.0, soft_high=16.0),
+    # Animation: the background and the decoded frames.
+    Parameter("background_sync", float, 0.0, "carry the background along the motion vectors into the next "
+              "frame at every step (0: off)", animation=0.9, modes=_ANIMATION_ONLY, **_FRACTION),
+    Parameter("background_uv", bool, False, "sync the other UV-mapped meshes (floor, walls) through their UV "
+              "maps instead of along the motion vectors", label="Background Through UV", modes=_ANIMATION_ONLY),
+    Parameter("pixel_sync", float, 0.0, "carry the finished frames into the next one in pixels (0: off)",
+              animation=0.3, modes=_ANIMATION_ONLY, **_FRACTION),
+    Parameter("fps", float, 24.0, "frame rate of the animation's MP4 (the Blender scene's)", unit="frames/s",
+              low=1.0, high=1000.0, modes=()),
+    Parameter("texture_size", int, 1024, "side of the square baked texture", unit="texels", low=16, high=8192,
+              soft_high=4096, modes=_TEXTURE_ONLY),
+    # Capture settings of the Blender front ends (not on the wire).
+    Parameter("view_size", int, 512, "width and height of every rendered view (a multiple of 8)", unit="pixels",
+              low=64, high=4096, soft_high=2048, multiple_of=8, modes=_TEXTURE_ONLY, wire=False),
+    Parameter("views", int, 6, "cameras of the orbit rig built when no cameras are given", label="Cameras",
+              low=1, high=64, soft_high=16, modes=_TEXTURE_ONLY, wire=False, aliases=("--cameras",)),
+    Parameter("elevation", float, 20.0, "orbit rig: height of the ring above the objects' centre",
+              unit="degrees", low=-89.0, high=89.0, modes=_TEXTURE_ONLY, wire=False),
+    Parameter("top_view", bool, False, "orbit rig: add a camera looking straight down", modes=_TEXTURE_ONLY,
+              wire=False),
+    Parameter("uv_map", str, "", "UV map to texture or follow (none: each object's active render UV map)",
+              label="UV Map", wire=False),
+    Parameter("smart_uv", bool, False, "objects without the UV map get a new Smart UV Project map",
+              label="Smart UV Project", modes=_TEXTURE_ONLY, wire=False),
+    Parameter("width", int, None, "frame width (none: the scene's output size, rounded to a multiple of 8)",
+              unit="pixels", low=64, high=4096, multiple_of=8, optional=True, modes=_ANIMATION_ONLY, wire=False),
+    Parameter("height", int, None, "frame height (none: the scene's output size, rounded to a multiple of 8)",
+              unit="pixels", low=64, high=4096, multiple_of=8, optional=True, modes=_ANIMATION_ONLY, wire=False),
+)}
 
-    _choices: ClassVar[dict[str, tuple[str, ...]]] = {
-        "kind": JOB_KINDS,
-        "noise": NOISE_MODES,
-        "background_noise": BACKGROUND_NOISE_MODES,
-        "attention": ATTENTION_MODES,
-        "keyframes": KEYFRAME_POLICIES,
-        "layout": LAYOUTS,
-        "scheduler": SCHEDULERS,
-    }
-    _ranges: ClassVar[dict[str, tuple[float, float]]] = {
-        "seed": (0, 2**63 - 1),
-        "steps": (1, 1000),
-        "guidance_scale": (0.0, 50.0),
-        "controlnet_scale": (0.0, 5.0),
-        "control_start": (0.0, 1.0),
-        "control_end": (0.0, 1.0),
-        "noise_alpha": (0.0, 100.0),
-        "noise_lambda": (0.0, 2.0),
-        "reference_view": (0, 10_000),
-        "chunk": (1, 10_000),
-        "reference_weight": (0.0, 100.0),
-        "momentum": (0.0, 1.0),
-        "sync_strength": (0.0, 1.0),
-        "background_sync": (0.0, 1.0),
-        "pixel_sync": (0.0, 1.0),
-        "fps": (1.0, 1000.0),
-        "sync_end": (0.0, 1.0),
-        "sync_exponent_start": (0.0, 64.0),
-        "sync_exponent_end": (0.0, 64.0),
-        "texture_size": (16, 8192),
-    }
+WIRE_PARAMETERS = tuple(p for p in PARAMETERS.values() if p.wire)
+CAPTURE_PARAMETERS = tuple(p for p in PARAMETERS.values() if not p.wire)
+
+NOISE_MODES = PARAMETERS["noise"].values()
+BACKGROUND_NOISE_MODES = PARAMETERS["background_noise"].values()
+ATTENTION_MODES = PARAMETERS["attention"].values()
+KEYFRAME_POLICIES = PARAMETERS["keyframes"].values()
+LAYOUTS = PARAMETERS["layout"].values()
+SCHEDULERS = PARAMETERS["scheduler"].values()
+
+
+def offered(kind: str, *, wire: bool | None = None) -> tuple[Parameter, ...]:
+    """The parameters front ends offer for ``kind`` jobs (``wire`` True: request fields
+    only, False: capture settings only)."""
+    return tuple(p for p in PARAMETERS.values() if kind in p.modes and (wire is None or p.wire == wire))
+
+
+def defaults(kind: str, *, wire: bool | None = None) -> dict[str, Any]:
+    """Name -> default of every parameter offered for ``kind`` jobs."""
+    return {p.name: p.default_for(kind) for p in offered(kind, wire=wire)}
+
+
+# ----------------------------------------------------------------------------- flags
+
+
+def _selected(parameter: Parameter, wire: bool, capture: bool | Sequence[str]) -> bool:
+    """Whether a front end asking for ``wire`` parameters and ``capture`` settings (all,
+    none, or those named) takes ``parameter``."""
+    if parameter.wire:
+        return wire
+    return capture if isinstance(capture, bool) else parameter.name in capture
+
+
+def add_arguments(parser, kinds: Sequence[str], *, wire: bool = True, capture: bool | Sequence[str] = True,
+                  overrides: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Add a flag for every parameter offered for any of ``kinds`` to ``parser`` (an
+    argparse parser or group): the request's (``wire``) and the capture settings
+    (``capture``: all, none or those named). Flags default to None, so
+    :func:`values_from_arguments` can tell what was given; the help line shows the
+    defaults (``overrides``: kind -> name -> a front end's own default, e.g. the demo's)."""
+    overrides = overrides or {}
+    for parameter in PARAMETERS.values():
+        offered_kinds = [kind for kind in kinds if kind in parameter.modes]
+        if not offered_kinds or not _selected(parameter, wire, capture):
+            continue
+        shown = {kind: overrides.get(kind, {}).get(parameter.name, parameter.default_for(kind))
+                 for kind in offered_kinds}
+        names = (parameter.flag, *parameter.aliases)
+        help_text = parameter.describe(shown).replace("%", "%%")
+        if len(offered_kinds) < len(kinds):
+            help_text += f"; {' and '.join(offered_kinds)} only"
+        if parameter.type is bool:
+            parser.add_argument(*names, dest=parameter.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+            continue
+        # A parser of one kind checks values for that kind (an animation's attention choices).
+        kind = offered_kinds[0] if len(kinds) == 1 else TEXTURE
+        parser.add_argument(*names, dest=parameter.name, type=_flag_type(parameter, kind), default=None,
+                            metavar=_metavar(parameter, kind if len(kinds) == 1 else None), help=help_text)
+
+
+def _metavar(parameter: Parameter, kind: str | None) -> str:
+    if parameter.choices:
+        return "{" + ",".join(parameter.values(kind)) + "}"
+    return {int: "N", float: "X", str: "TEXT"}[parameter.type]
+
+
+def _flag_type(parameter: Parameter, kind: str):
+    """argparse ``type``: text -> the parameter's type, checked for ``kind`` (range, choices)."""
+
+    def parse(text: str):
+        try:
+            value = parameter.type(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {parameter.type.__name__}, got {text!r}") from None
+        try:
+            return parameter.check(value, kind)
+        except ProtocolError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{parameter.name}: ")) from None
+
+    parse.__name__ = parameter.type.__name__
+    return parse
+
+
+def values_from_arguments(arguments, kind: str, *, wire: bool = True, capture: bool | Sequence[str] = True,
+                          overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Parsed flags (from :func:`add_arguments`) -> name -> value of every parameter
+    offered for ``kind`` (those selected as in :func:`add_arguments`): the given value, else
+    ``overrides``' or the table's default. A flag given that ``kind`` does not take is a
+    ProtocolError naming it."""
+    overrides = overrides or {}
+    for parameter in PARAMETERS.values():
+        if kind not in parameter.modes and getattr(arguments, parameter.name, None) is not None:
+            takes = " and ".join(parameter.modes) or "no"
+            raise ProtocolError(parameter.name, f"{parameter.flag} is for {takes} jobs, not {kind}")
+    values = {}
+    for parameter in offered(kind):
+        if not _selected(parameter, wire, capture):
+            continue
+        given = getattr(arguments, parameter.name, None)
+        if given is None:
+            given = overrides.get(parameter.name, parameter.default_for(kind))
+        values[parameter.name] = parameter.check(given, kind)
+    return values
+
+
+# ----------------------------------------------------------------------------- the request
+
+
+class _KindDefault:
+    """A Request field not given takes its default for the request's kind."""
+
+    def __repr__(self) -> str:
+        return "<the kind's default>"
+
+
+KIND_DEFAULT = _KindDefault()
+
+
+class _RequestMethods:
+    """Validation and (de)serialisation of :class:`Request` (its fields come from the table)."""
+
+    def __post_init__(self) -> None:
+        kind = self.kind if self.kind in JOB_KINDS else TEXTURE
+        for parameter in WIRE_PARAMETERS:
+            if getattr(self, parameter.name) is KIND_DEFAULT:
+                setattr(self, parameter.name, parameter.default_for(kind))
 
     def validate(self) -> "Request":
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            expected = {"int": int, "float": float, "bool": bool}.get(f.type, str)
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-                setattr(self, f.name, value)
-            _check(
-                isinstance(value, expected) and (expected is bool or not isinstance(value, bool)),
-                f.name,
-                f"expected {expected.__name__}, got {type(value).__name__}",
-            )
-            if expected is float:
-                _check(math.isfinite(value), f.name, "must be a finite number")
-            if f.name in self._choices:
-                _check(value in self._choices[f.name], f.name,
-                       f"unknown value {value!r}; expected one of {', '.join(self._choices[f.name])}")
-            if f.name in self._ranges:
-                lo, hi = self._ranges[f.name]
-                _check(lo <= value <= hi, f.name, f"{value} is outside [{lo}, {hi}]")
-        _check(self.control_start <= self.control_end, "control_end",
-               "must not be smaller than control_start")
-        _check(len(self.prompt) <= 4000, "prompt", "longer than 4000 characters")
-        if self.kind == "animation":
-            _check(self.attention in ANIMATION_ATTENTION, "attention",
-                   f"{self.attention!r} is for texture jobs; an animation takes {', '.join(ANIMATION_ATTENTION)}")
-            _check(self.layout == "views", "layout", "an animation samples its frames as a batch; use layout 'views'")
+        _check(isinstance(self.kind, str) and self.kind in JOB_KINDS, "kind",
+               f"unknown value {self.kind!r}; expected one of {', '.join(JOB_KINDS)}")
+        for parameter in WIRE_PARAMETERS:
+            setattr(self, parameter.name, parameter.check(getattr(self, parameter.name), self.kind))
+        _check(self.control_start <= self.control_end, "control_end", "must not be smaller than control_start")
         return self
+
+    def uv_pass_uses(self) -> tuple[str, ...]:
+        """What in this request reads the UV pass, in words for an error message (empty:
+        nothing does): surface noise, UV sync, background surfaces through their UV."""
+        uses = []
+        if self.noise == "surface":
+            uses.append("surface noise")
+        if self.sync_strength > 0:
+            uses.append("UV sync" if self.kind == TEXTURE else "temporal UV sync")
+        if self.kind == ANIMATION and self.background_uv:
+            uses.append("background_uv")
+        return tuple(uses)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -189,6 +450,7 @@ class Request:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Request":
+        """A request object (missing fields take their kind's default) -> validated."""
         _check(isinstance(data, Mapping), "request", "expected a JSON object")
         data = dict(data)
         version = data.pop("protocol", PROTOCOL_VERSION)
@@ -208,8 +470,60 @@ class Request:
         return cls.from_dict(data)
 
 
+Request = dataclasses.make_dataclass(
+    "Request",
+    [("kind", str, field(default=TEXTURE))]
+    + [(p.name, p.type, field(default=KIND_DEFAULT)) for p in WIRE_PARAMETERS],
+    bases=(_RequestMethods,),
+    namespace={"__module__": __name__, "__doc__": (
+        "What to generate and how: ``kind`` (texture or animation) and one field per wire "
+        "parameter of :data:`PARAMETERS`; a field not given takes its default for the kind. "
+        ":meth:`validate` checks every field against the table.")},
+)
+
+
+def request_schema() -> dict[str, Any]:
+    """The request JSON as a JSON Schema (for the server's OpenAPI document)."""
+    properties: dict[str, Any] = {
+        "kind": {"type": "string", "enum": list(JOB_KINDS), "default": TEXTURE, "description": "the job kind"},
+        "protocol": {"type": "integer", "enum": [PROTOCOL_VERSION], "description": "the wire format version"},
+    }
+    json_types = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    for parameter in WIRE_PARAMETERS:
+        schema: dict[str, Any] = {"type": json_types[parameter.type], "default": parameter.default,
+                                  "description": parameter.describe(
+                                      {kind: parameter.default_for(kind) for kind in JOB_KINDS})}
+        if parameter.choices:
+            schema["enum"] = list(parameter.values())
+        if parameter.low is not None:
+            schema["minimum"], schema["maximum"] = parameter.low, parameter.high
+        if parameter.max_length is not None:
+            schema["maxLength"] = parameter.max_length
+        properties[parameter.name] = schema
+    return {"type": "object", "properties": properties, "additionalProperties": False,
+            "description": "A field left out takes its default for the job kind (see each description)."}
+
+
+_FRAME_RANGE = re.compile(r"^\s*(-?\d+)\s*(?:(?:-|\.\.|:)\s*(-?\d+)\s*)?$")
+
+
+def parse_frame_range(text: str) -> tuple[int, int]:
+    """``"1-48"`` (also ``1..48``, ``1:48``) or ``"12"`` -> (first, last), both included.
+    Raises :class:`ProtocolError` for ``frames`` naming the text."""
+    match = _FRAME_RANGE.match(str(text))
+    if match is None:
+        raise ProtocolError("frames", f"{text!r} is not a frame range; write FIRST-LAST, e.g. 1-48")
+    first = int(match.group(1))
+    last = int(match.group(2)) if match.group(2) is not None else first
+    if last < first:
+        raise ProtocolError("frames", f"{text!r} ends before it starts; write FIRST-LAST with FIRST <= LAST")
+    return first, last
+
+
+# ----------------------------------------------------------------------------- the passes
+
 # name -> (trailing shape after the leading view axis, dtype kind); None = any size.
-_VIEW_ARRAYS: dict[str, tuple[tuple[int | None, ...], str]] = {
+VIEW_ARRAYS: dict[str, tuple[tuple[int | None, ...], str]] = {
     "depth": ((), "f"),
     "normal": ((3,), "f"),
     "uv": ((2,), "f"),
@@ -218,14 +532,14 @@ _VIEW_ARRAYS: dict[str, tuple[tuple[int | None, ...], str]] = {
     "vector": ((2,), "f"),
     "background_id": ((), "i"),
 }
-_CAMERA_ARRAYS = ("world_to_camera", "projection")
+CAMERA_ARRAYS = ("world_to_camera", "projection")
 _DTYPES = {"f": np.dtype(np.float32), "b": np.dtype(np.bool_), "i": np.dtype(np.int32)}
 
 
 def _in_unit_square(values: np.ndarray) -> bool:
     """Every value finite and in [0, 1] (NaN fails both comparisons)."""
     return bool(values.min(initial=0.0) >= 0.0 and values.max(initial=1.0) <= 1.0)
-_TEXEL_ARRAYS: dict[str, tuple[tuple[int, ...], str]] = {
+TEXEL_ARRAYS: dict[str, tuple[tuple[int, ...], str]] = {
     "texel_position": ((3,), "f"),
     "texel_normal": ((3,), "f"),
     "texel_mask": ((), "b"),
@@ -286,7 +600,7 @@ class Passes:
                f"expected shape (V, H, W), got {getattr(self.depth, 'shape', None)}")
         v, h, w = self.depth.shape
         _check(v >= 1 and h >= 8 and w >= 8, "depth", f"expected at least 1 view of 8x8, got {self.depth.shape}")
-        for name, (trailing, kind) in _VIEW_ARRAYS.items():
+        for name, (trailing, kind) in VIEW_ARRAYS.items():
             array = getattr(self, name)
             if array is None:
                 continue
@@ -312,7 +626,7 @@ class Passes:
         if self.uv is not None and not _in_unit_square(self.uv):
             seen = self.uv[self.mask]
             _check(bool(((seen >= 0.0) & (seen <= 1.0)).all()), "uv", "values outside [0, 1] on target pixels")
-        for name in _CAMERA_ARRAYS:
+        for name in CAMERA_ARRAYS:
             array = getattr(self, name)
             if array is None:
                 continue
@@ -320,7 +634,7 @@ class Passes:
                    f"expected shape ({v}, 4, 4), got {getattr(array, 'shape', None)}")
             _check(bool(np.isfinite(array).all()), name, "contains NaN or inf")
         texel_size = None
-        for name, (trailing, kind) in _TEXEL_ARRAYS.items():
+        for name, (trailing, kind) in TEXEL_ARRAYS.items():
             array = getattr(self, name)
             if array is None:
                 continue

@@ -1,7 +1,8 @@
 """(T) One job from passes to files on disk: sample, bake, measure, write the result layout.
 
 Shared by the ``zs`` CLI and the server's worker so both produce the same files
-(``views/NNNN.png``, ``texture.png``, ``metrics.json``, ``contact_sheet.png``; see protocol.py).
+(``views/NNNN.png`` or an animation's ``frames/NNNN.png``, ``texture.png``, ``metrics.json``,
+``contact_sheet.png``; see protocol.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Callable
 
 from . import animation, bake, geometry, images, metrics, sampler
 from .models import Components
-from .protocol import CONTACT_SHEET_PNG, METRICS_JSON, TEXTURE_PNG, VIEW_PNG, Passes, Request
+from .protocol import ANIMATION, CONTACT_SHEET_PNG, FRAME_PNG, METRICS_JSON, TEXTURE_PNG, VIEW_PNG, Passes, Request
 
 
 def consistency_metrics(result: sampler.SampleResult, passes: Passes, factor: int) -> dict:
@@ -64,22 +65,26 @@ def run_job(
 ) -> dict:
     """Sample ``passes`` with ``request`` and write every output under ``out_dir``.
 
-    Texture jobs whose passes carry texel maps are baked to ``texture.png``; animation
-    jobs go to :func:`zs_core.animation.run_animation` (``frames/NNNN.png``). Returns the
-    metrics dict that is also written to ``metrics.json``.
+    Every job writes one PNG per view (``views/NNNN.png``; ``frames/NNNN.png`` for an
+    animation, sampled by :func:`zs_core.animation.sample_frames`), ``contact_sheet.png``
+    and ``metrics.json``. Texture jobs whose passes carry texel maps are baked to
+    ``texture.png``; animation jobs add the outputs of
+    :func:`zs_core.animation.write_outputs`. Returns the metrics dict that is also written
+    to ``metrics.json``. Input errors raise ProtocolError before any sampling.
     """
-    if request.kind == "animation":
-        return animation.run_animation(components, request, passes, out_dir, progress, cancel=cancel)
     out_dir = Path(out_dir)
+    animated = request.kind == ANIMATION
+    sample = animation.sample_frames if animated else sampler.sample
     started = time.perf_counter()
-    result = sampler.sample(components, request, passes, progress=progress, cancel=cancel)
+    result = sample(components, request, passes, progress=progress, cancel=cancel)
     sampling_seconds = time.perf_counter() - started
 
+    image_name = FRAME_PNG if animated else VIEW_PNG
     for index, image in enumerate(result.images):
-        images.save_png(image, out_dir / VIEW_PNG.format(index=index))
+        images.save_png(image, out_dir / image_name.format(index=index))
 
     metrics_out = {
-        "views": passes.views,
+        "frames" if animated else "views": passes.views,
         "height": passes.height,
         "width": passes.width,
         "steps": request.steps,
@@ -87,10 +92,20 @@ def run_job(
         "model": components.name,
         "request": request.to_dict(),
     }
-    metrics_out.update(consistency_metrics(result, passes, components.vae_scale_factor))
+    write_outputs = animation.write_outputs if animated else write_texture_outputs
+    metrics_out.update(write_outputs(components, request, passes, result, out_dir, sampling_seconds))
+    (out_dir / METRICS_JSON).write_text(json.dumps(metrics_out, indent=2, sort_keys=True))
+    return metrics_out
 
+
+def write_texture_outputs(components: Components, request: Request, passes: Passes, result: sampler.SampleResult,
+                          out_dir: Path, sampling_seconds: float) -> dict:
+    """A texture job's own outputs beside its ``views/NNNN.png``: ``texture.png`` (baked when
+    the passes carry texel maps) and ``contact_sheet.png`` -> its own metrics (cross-view
+    consistency, texture size, coverage and bake residual)."""
+    metrics_out = consistency_metrics(result, passes, components.vae_scale_factor)
     texture = None
-    if request.kind == "texture" and passes.texel_position is not None:
+    if passes.texel_position is not None:
         baked = bake.bake(result.images, passes)
         residual = metrics.bake_residual(result.images, passes, texture=baked.texture)
         # Texel maps fix the bake's grain; a different requested size is a resample.
@@ -109,6 +124,4 @@ def run_job(
         rows.append(("baked texture on the object", list(rendered)))
     sheet = images.contact_sheet(rows, extra=("baked texture", texture) if texture is not None else None)
     images.save_png(sheet, out_dir / CONTACT_SHEET_PNG)
-    (out_dir / METRICS_JSON).write_text(json.dumps(metrics_out, indent=2, sort_keys=True))
     return metrics_out
-

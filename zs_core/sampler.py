@@ -1,15 +1,20 @@
-"""(T) The multi-view / multi-frame denoising loop.
+"""(T) The multi-view / multi-frame denoising pipeline, and texture jobs' use of it.
 
 Stages, in the order of :func:`sample` (the same order as diffusers' ControlNet
 pipeline, so with ``iid`` noise, ``self`` attention and no hooks the result equals
 ``StableDiffusionControlNetPipeline`` for the same latents):
 
-    check -> encode prompt -> control maps -> initial latents -> loop -> decode
+    check -> encode prompt + control maps (:func:`condition`) -> initial latents ->
+    scheduler -> loop -> decode (the last four: :func:`denoise`)
 
-Inside the loop each step runs ControlNet and UNet on all views at once (both CFG
-halves in one batch), then gives every step hook (e.g. UV synchronisation) the chance to
-replace the guided noise prediction before the scheduler step. Attention processors for
-cross-view modes are installed on UNet and ControlNet for the duration of the loop.
+Texture jobs (:func:`sample`) and animation jobs (:func:`zs_core.animation.sample_frames`)
+run the same stages and differ in their checks, starting noise, step hooks and
+:class:`NoisePredictor`: how the latents meet the model each step. Here
+:class:`WholeBatch` runs ControlNet and UNet on all views at once (both CFG halves in one
+batch, the views as the batch or tiled into one grid image); the animation's predictor
+goes chunk by chunk. After the prediction every step hook (e.g. UV synchronisation) may
+replace the guided noise prediction before the scheduler step. The predictor's attention
+processor is installed on UNet and ControlNet for the duration of the loop.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from diffusers import (
 
 from . import attention, noise, preview, sync
 from .models import Components
-from .protocol import Passes, ProtocolError, Request
+from .protocol import ANIMATION, Passes, ProtocolError, Request
+from .x0_epsilon import predicted_x0
 
 BACKGROUND_DEPTH = 1e9  # depth at or above this is "nothing was hit"
 PREVIEW_KEY = "latent_to_rgb"
@@ -68,8 +74,9 @@ class SampleResult:
     initial_noise: torch.Tensor  # (V, 4, H/8, W/8) unscaled N(0, 1) starting noise
 
 
-# Variance-preserving schedulers only: x0 and epsilon convert through alphas_cumprod,
-# which step hooks (UV sync) rely on.
+# One per name of protocol.SCHEDULERS (tests/core/test_mode_names.py holds them equal).
+# Variance-preserving schedulers only: x0 and epsilon convert through alphas_cumprod
+# (x0_epsilon.py), which step hooks (UV sync) rely on.
 SCHEDULERS: dict[str, Callable[[dict], object]] = {
     "ddim": lambda config: DDIMScheduler.from_config(config),
     "dpmpp": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),
@@ -86,17 +93,25 @@ def make_scheduler(components: Components, name: str):
 # ---------------------------------------------------------------- stages
 
 
-def check_inputs(components: Components, request: Request, passes: Passes) -> None:
+def check_request_and_passes(components: Components, request: Request, passes: Passes) -> None:
+    """The checks every job kind shares: the request and the passes each valid, the image
+    size a multiple of the VAE factor, the UV pass there when anything reads it; the
+    ProtocolError names the field (``uv`` with the first use, e.g. surface noise)."""
     request.validate()
     passes.validate()
     factor = components.vae_scale_factor
     if passes.height % factor or passes.width % factor:
         raise ProtocolError("depth", f"height and width must be multiples of {factor}, got "
                                      f"{passes.height}x{passes.width}")
-    if request.noise == "surface" and passes.uv is None:
-        raise ProtocolError("uv", "surface noise needs the UV pass (V, H, W, 2)")
-    if request.sync_strength > 0 and passes.uv is None:
-        raise ProtocolError("uv", "UV synchronisation needs the UV pass (V, H, W, 2)")
+    uses = request.uv_pass_uses()
+    if uses and passes.uv is None:
+        shape = "(F, H, W, 2) of every frame" if request.kind == ANIMATION else "(V, H, W, 2)"
+        raise ProtocolError("uv", f"{uses[0]} needs the UV pass {shape}")
+
+
+def check_inputs(components: Components, request: Request, passes: Passes) -> None:
+    """Everything :func:`sample` needs, checked before any work."""
+    check_request_and_passes(components, request, passes)
     if request.attention == "neighbors" and request.reference_view >= passes.views:
         raise ProtocolError("reference_view", f"{request.reference_view} is not a view index (0..{passes.views - 1})")
     if request.layout == "grid" and request.attention != "self":
@@ -136,6 +151,32 @@ def control_images(depth: np.ndarray) -> torch.Tensor:
     return control.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
 
 
+@dataclass
+class Conditioning:
+    """What the model is conditioned on, prepared once per job (:func:`condition`).
+
+    embeds ``(G, 77, D)``: the text embeddings, [uncond, cond] with classifier-free
+    guidance (G = 2 when ``guidance_scale`` > 1), else [cond]; a model call repeats them per
+    view. control ``(V, 3, H, W)`` float32 on the CPU: the ControlNet's depth images.
+    """
+
+    embeds: torch.Tensor
+    control: torch.Tensor
+    guidance_scale: float
+
+    def per_group(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor (n, ...)`` once per CFG group -> ``(G*n, ...)``, in the embeddings' order."""
+        return torch.cat([tensor] * len(self.embeds))
+
+
+def condition(components: Components, request: Request, passes: Passes) -> Conditioning:
+    """Encode the prompt (one embedding per CFG half) and make the control images (one
+    near/far for the whole job, so a surface keeps its brightness in every view or chunk)."""
+    guidance = request.guidance_scale > 1.0
+    embeds = encode_prompt(components, request.prompt, request.negative_prompt, 1, guidance)
+    return Conditioning(embeds, control_images(passes.depth), request.guidance_scale)
+
+
 def initial_noise(request: Request, passes: Passes, channels: int, factor: int) -> torch.Tensor:
     """Unit-variance starting noise ``(V, C, H/f, W/f)`` for the request's noise model."""
     shape = (channels, passes.height // factor, passes.width // factor)
@@ -162,12 +203,6 @@ def attention_params(request: Request, views: int) -> dict:
 def controlnet_keep(index: int, total: int, start: float, end: float) -> float:
     """1 inside the ControlNet guidance window (fractions of the steps), else 0."""
     return 1.0 - float(index / total < start or (index + 1) / total > end)
-
-
-def predicted_x0(scheduler, latents: torch.Tensor, noise_pred: torch.Tensor, timestep) -> torch.Tensor:
-    """x0 from an epsilon prediction at discrete ``timestep`` (VP schedules)."""
-    alpha_bar = scheduler.alphas_cumprod.to(latents.device)[int(timestep)].to(latents.dtype)
-    return (latents - (1 - alpha_bar).sqrt() * noise_pred) / alpha_bar.sqrt()
 
 
 @torch.inference_mode()
@@ -285,6 +320,107 @@ def finish_step(components: Components, scheduler, hooks: Sequence[StepHook], in
     return latents
 
 
+class NoisePredictor(Protocol):
+    """How one job's latents meet the model at every step of :func:`denoise`.
+
+    ``processor``: the self-attention processor installed on UNet and ControlNet for the
+    loop. ``spans``: view ranges ``(start, stop)``, one guided model call each, in call
+    order, together covering every view once; cancel is polled before each call.
+    """
+
+    processor: object
+    spans: Sequence[tuple[int, int]]
+
+    def where(self, index: int, total: int, span: int) -> str:
+        """Where a cancel before call ``span`` of step ``index`` stops (for the message)."""
+
+    def __call__(self, scheduler, index: int, span: int, timestep, latents: torch.Tensor,
+                 scale: float) -> torch.Tensor:
+        """The guided noise prediction ``(n, 4, h, w)`` of ``spans[span]``'s latents
+        ``(n, 4, h, w)`` at step ``index``, with ControlNet scale ``scale``."""
+
+
+class WholeBatch:
+    """Texture jobs: every step, all views in one guided call (:func:`guided_noise_pred`),
+    laid out by the request's ``layout``, with its cross-view ``attention``."""
+
+    def __init__(self, components: Components, request: Request, conditioning: Conditioning):
+        views = len(conditioning.control)
+        self.components, self.guidance_scale = components, conditioning.guidance_scale
+        self.layout = GridLayout(views) if request.layout == "grid" else ViewLayout()
+        model_views = self.layout.model_views or views
+        self.processor = attention.processor_for(request.attention, **attention_params(request, model_views))
+        self.spans = ((0, views),)
+        # The batch's text and control in model space, built once for every step.
+        self.embeds = conditioning.embeds.repeat_interleave(model_views, dim=0)
+        control = conditioning.control.to(components.device, components.dtype)
+        self.control = self.layout.to_model(conditioning.per_group(control))
+
+    def where(self, index: int, total: int, span: int) -> str:
+        return f"before step {index + 1} of {total}"
+
+    def __call__(self, scheduler, index: int, span: int, timestep, latents: torch.Tensor,
+                 scale: float) -> torch.Tensor:
+        return guided_noise_pred(self.components, scheduler, latents, timestep, self.embeds, self.control, scale,
+                                 self.guidance_scale, self.layout)
+
+
+def _poll(cancel: Callable[[], bool] | None, where: str) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled(f"cancelled {where}")
+
+
+def denoise(
+    components: Components,
+    request: Request,
+    passes: Passes,
+    predictor: NoisePredictor,
+    noise_model: Callable[[Request, Passes, int, int], torch.Tensor],
+    *,
+    hooks: Sequence[StepHook] = (),
+    progress: Callable[[StepProgress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    latents: torch.Tensor | None = None,
+    shown: Sequence[int] | slice = slice(None),
+) -> SampleResult:
+    """The stages every job kind shares from the starting noise on: initial latents ->
+    scheduler -> denoising loop -> decode.
+
+    The starting noise ``(V, C, H/8, W/8)`` (unit variance) is ``latents`` when given, else
+    ``noise_model(request, passes, channels, factor)``. Each step the ``predictor`` gives
+    the guided noise prediction span by span, then :func:`finish_step` runs the ``hooks``,
+    the scheduler step and the ``progress`` report (a preview of the views ``shown``).
+    ``cancel`` is polled before every model call and before decoding; when it returns
+    True, :class:`Cancelled` is raised.
+    """
+    channels = components.unet.config.in_channels
+    factor = components.vae_scale_factor
+    start_noise = latents if latents is not None else noise_model(request, passes, channels, factor)
+    expected = (passes.views, channels, passes.height // factor, passes.width // factor)
+    if tuple(start_noise.shape) != expected:
+        raise ProtocolError("latents", f"expected shape {expected}, got {tuple(start_noise.shape)}")
+
+    scheduler = make_scheduler(components, request.scheduler)
+    scheduler.set_timesteps(request.steps, device=components.device)
+    timesteps = scheduler.timesteps
+    current = start_noise.to(components.device, components.dtype) * scheduler.init_noise_sigma
+
+    with torch.inference_mode(), attention.install_processor([components.unet, components.controlnet],
+                                                             predictor.processor):
+        for index, timestep in enumerate(timesteps):
+            scale = request.controlnet_scale * controlnet_keep(index, len(timesteps), request.control_start,
+                                                                request.control_end)
+            noise_pred = torch.empty_like(current)
+            for span, (start, stop) in enumerate(predictor.spans):
+                _poll(cancel, predictor.where(index, len(timesteps), span))
+                noise_pred[start:stop] = predictor(scheduler, index, span, timestep, current[start:stop], scale)
+            current = finish_step(components, scheduler, hooks, index, current, noise_pred, progress, shown)
+
+    _poll(cancel, "before decoding")
+    images = decode(components, current)
+    return SampleResult(images=images, latents=current.float().cpu(), initial_noise=start_noise.float().cpu())
+
+
 def sample(
     components: Components,
     request: Request,
@@ -302,47 +438,8 @@ def sample(
     raised within one step.
     """
     check_inputs(components, request, passes)
-    views = passes.views
-    guidance = request.guidance_scale > 1.0
-    device, dtype = components.device, components.dtype
-    hooks = list(hooks)
-    if request.sync_strength > 0:
-        hooks.insert(0, sync.UVSync(passes, request, components.vae_scale_factor, device=device))
-
-    prompt_embeds = encode_prompt(components, request.prompt, request.negative_prompt, views, guidance)
-    control = control_images(passes.depth).to(device, dtype)
-
-    channels = components.unet.config.in_channels
-    factor = components.vae_scale_factor
-    start_noise = latents if latents is not None else initial_noise(request, passes, channels, factor)
-    expected = (views, channels, passes.height // factor, passes.width // factor)
-    if tuple(start_noise.shape) != expected:
-        raise ProtocolError("latents", f"expected shape {expected}, got {tuple(start_noise.shape)}")
-
-    scheduler = make_scheduler(components, request.scheduler)
-    scheduler.set_timesteps(request.steps, device=device)
-    timesteps = scheduler.timesteps
-    current = start_noise.to(device, dtype) * scheduler.init_noise_sigma
-
-    layout = GridLayout(views) if request.layout == "grid" else ViewLayout()
-    groups = 2 if guidance else 1
-    control_batch = layout.to_model(torch.cat([control] * groups))
-
-    model_views = layout.model_views or views
-    params = attention_params(request, model_views)
-    with torch.inference_mode(), attention.install([components.unet, components.controlnet],
-                                                   request.attention, **params):
-        embeds = prompt_embeds if layout.model_views is None else prompt_embeds[::views]
-        for index, timestep in enumerate(timesteps):
-            if cancel is not None and cancel():
-                raise Cancelled(f"cancelled before step {index + 1} of {len(timesteps)}")
-            scale = request.controlnet_scale * controlnet_keep(index, len(timesteps), request.control_start,
-                                                                request.control_end)
-            noise_pred = guided_noise_pred(components, scheduler, current, timestep, embeds, control_batch, scale,
-                                           request.guidance_scale, layout)
-            current = finish_step(components, scheduler, hooks, index, current, noise_pred, progress)
-
-    if cancel is not None and cancel():
-        raise Cancelled("cancelled before decoding")
-    images = decode(components, current)
-    return SampleResult(images=images, latents=current.float().cpu(), initial_noise=start_noise.float().cpu())
+    own_hooks = ([sync.UVSync(passes, request, components.vae_scale_factor, device=components.device)]
+                 if request.sync_strength > 0 else [])
+    predictor = WholeBatch(components, request, condition(components, request, passes))
+    return denoise(components, request, passes, predictor, initial_noise, hooks=own_hooks + list(hooks),
+                   progress=progress, cancel=cancel, latents=latents)

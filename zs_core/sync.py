@@ -21,6 +21,7 @@ import torch
 
 from . import geometry, temporal
 from .protocol import Passes, Request
+from .x0_epsilon import epsilon_for, predicted_x0
 
 
 def camera_positions(world_to_camera: np.ndarray) -> np.ndarray:
@@ -129,11 +130,10 @@ class UVSync:
     def __call__(self, state) -> torch.Tensor | None:
         if not self.active(state.timestep, state.scheduler):
             return None
-        from .sampler import predicted_x0
-
         x0 = predicted_x0(state.scheduler, state.latents, state.noise_pred, state.timestep)
         synced = self.fuse(x0, self.exponent(state.index, state.total))
-        return epsilon_for(state, self.strength * synced + (1 - self.strength) * x0)
+        return epsilon_for(state.scheduler, state.latents, self.strength * synced + (1 - self.strength) * x0,
+                           state.timestep)
 
 
 def _sizes_of_detail(uv: np.ndarray, surface: np.ndarray, factor: int, texels_per_latent: float) -> np.ndarray:
@@ -151,14 +151,6 @@ def _sizes_of_detail(uv: np.ndarray, surface: np.ndarray, factor: int, texels_pe
     fallback = np.nanmedian(exponent) if known.any() else 8.0
     exponent = np.where(known, exponent, fallback)
     return (2 ** np.clip(exponent, 3, 11)).astype(np.int64)
-
-
-def epsilon_for(state, x0: torch.Tensor) -> torch.Tensor:
-    """The epsilon ``(V, C, h, w)`` that makes the scheduler's own x0 prediction equal
-    ``x0`` at this step (variance-preserving schedulers), so any scheduler steps on it."""
-    alpha_bar = state.scheduler.alphas_cumprod.to(state.latents.device)[int(state.timestep)]
-    alpha_bar = alpha_bar.to(state.latents.dtype)
-    return (state.latents - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
 
 
 def _active(request: Request, timestep, scheduler) -> bool:
@@ -209,7 +201,5 @@ class VectorSync:
     def __call__(self, state) -> torch.Tensor | None:
         if self.request.background_sync <= 0 or not _active(self.request, state.timestep, state.scheduler):
             return None
-        from .sampler import predicted_x0
-
         x0 = predicted_x0(state.scheduler, state.latents, state.noise_pred, state.timestep)
-        return epsilon_for(state, self.fuse(x0))
+        return epsilon_for(state.scheduler, state.latents, self.fuse(x0), state.timestep)

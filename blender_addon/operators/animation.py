@@ -19,7 +19,8 @@ import bpy
 from bpy.props import IntProperty, StringProperty
 
 from .. import animation
-from ..capture import CaptureError
+from ..errors import CaptureError
+from .base import cancelled, finished
 
 
 class ZS_OT_load_animation(bpy.types.Operator):
@@ -57,11 +58,9 @@ class ZS_OT_load_animation(bpy.types.Operator):
             camera = animation.scene_camera(scene, self.camera or None)
             loaded = animation.load_frames(scene, camera, files, self.frame_start, name=self.name)
         except CaptureError as exc:
-            self.report({"ERROR"}, f"cannot load the frames: {exc}")
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"{loaded.image.name}: {count} frames from frame {loaded.frame_start}, as the "
+            return cancelled(self, f"cannot load the frames: {exc}")
+        return finished(self, f"{loaded.image.name}: {count} frames from frame {loaded.frame_start}, as the "
                               f"background of {camera.name} and Video Sequencer channel {loaded.strip.channel}")
-        return {"FINISHED"}
 
 
 classes = (ZS_OT_load_animation,)

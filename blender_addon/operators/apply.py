@@ -13,8 +13,10 @@ from __future__ import annotations
 import bpy
 from bpy.props import CollectionProperty, StringProperty
 
-from .. import apply, capture
-from ..capture import CaptureError
+from .. import apply
+from ..errors import CaptureError
+from ..scene_objects import target_objects
+from .base import cancelled, finished
 
 
 class ZS_ObjectUV(bpy.types.PropertyGroup):
@@ -43,16 +45,14 @@ class ZS_OT_apply_result(bpy.types.Operator):
                 targets = [_object(item.name) for item in self.objects]
                 uv_maps = {obj.name: item.uv_map or None for obj, item in zip(targets, self.objects)}
             else:
-                targets = capture.target_objects(context)
+                targets = target_objects(context)
                 uv_maps = None
             materials, image = apply.apply_texture(targets, bpy.path.abspath(self.filepath), uv_maps,
                                                    name=self.name, folder=bpy.path.abspath(self.folder) or None)
         except CaptureError as exc:
-            self.report({"ERROR"}, f"cannot apply the texture: {exc}")
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"{image.name} applied to {len(targets)} object(s) "
+            return cancelled(self, f"cannot apply the texture: {exc}")
+        return finished(self, f"{image.name} applied to {len(targets)} object(s) "
                               f"through {len(materials)} new material(s)")
-        return {"FINISHED"}
 
 
 def _object(name: str) -> bpy.types.Object:

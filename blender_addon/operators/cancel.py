@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import bpy
 
-from . import jobs
+from .. import jobs
+from .base import available_when, cancelled, finished
 
 
-class ZS_OT_cancel(bpy.types.Operator):
+def _cancellable() -> bool:
+    job = jobs.active()
+    return job is not None and job.alive and not job.cancel_requested
+
+
+class ZS_OT_cancel(available_when(_cancellable), bpy.types.Operator):
     """Cancel the running ZS job on the server"""
 
     bl_idname = "zs.cancel"
     bl_label = "Cancel"
-    bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context):
-        job = jobs.active()
-        return job is not None and job.alive and not job.cancel_requested
 
     def execute(self, context):
         if not jobs.cancel_active():
-            self.report({"WARNING"}, "no ZS job is running")
-            return {"CANCELLED"}
-        self.report({"INFO"}, "cancelling the ZS job")
-        return {"FINISHED"}
+            return cancelled(self, "no ZS job is running", "WARNING")
+        return finished(self, "cancelling the ZS job")
 
 
 classes = (ZS_OT_cancel,)

@@ -15,8 +15,8 @@ import tempfile
 import bpy
 import numpy as np
 
-from .. import capture
-from ..capture import CaptureError
+from ..errors import CaptureError
+from ..image_pixels import array_to_pixels, image_to_numpy
 
 PREVIEW_IMAGE = "ZS Preview"
 
@@ -30,7 +30,7 @@ def decode_png(data: bytes) -> np.ndarray:
             out.write(data)
         image = bpy.data.images.load(path, check_existing=False)
         image.colorspace_settings.is_data = True  # no colour conversion: the PNG's values
-        pixels = capture.image_to_numpy(image)
+        pixels = image_to_numpy(image)
     except (RuntimeError, CaptureError) as exc:  # Blender could not read it (no pixels)
         raise ValueError(f"the preview is not a readable PNG ({exc})") from None
     finally:
@@ -58,6 +58,6 @@ def show(data: bytes, name: str = PREVIEW_IMAGE) -> bpy.types.Image:
     pixels = decode_png(data)
     height, width = pixels.shape[:2]
     image = preview_image(width, height, name)
-    image.pixels.foreach_set(capture.array_to_pixels(pixels))
+    image.pixels.foreach_set(array_to_pixels(pixels))
     image.update()
     return image

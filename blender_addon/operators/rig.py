@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import bpy
 
-from .. import capture, rig
-from ..capture import CaptureError
+from .. import properties, rig
+from ..errors import CaptureError
+from ..wire import protocol
+from ..scene_objects import target_objects
+from .base import cancelled, finished
 
 
 class ZS_OT_build_rig(bpy.types.Operator):
@@ -24,18 +27,12 @@ class ZS_OT_build_rig(bpy.types.Operator):
         return context.scene is not None and hasattr(context.scene, "zs_texturing")
 
     def execute(self, context):
-        settings = context.scene.zs_texturing
-        size = int(settings.view_resolution)
+        settings = properties.settings_for(context.scene.zs_texturing, protocol.TEXTURE)
         try:
-            objects = capture.target_objects(context)
-            cameras = rig.build_orbit_rig(context.scene, objects, count=int(settings.rig_count),
-                                          elevation_deg=float(settings.rig_elevation),
-                                          top_views=int(settings.rig_top_view), width=size, height=size)
-        except CaptureError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"{len(cameras)} cameras in {rig.RIG_COLLECTION!r}")
-        return {"FINISHED"}
+            cameras = rig.rig_for(context.scene, target_objects(context), settings)
+        except (CaptureError, protocol.ProtocolError) as exc:
+            return cancelled(self, str(exc))
+        return finished(self, f"{len(cameras)} cameras in {rig.RIG_COLLECTION!r}")
 
 
 classes = (ZS_OT_build_rig,)

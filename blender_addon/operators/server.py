@@ -28,6 +28,7 @@ import bpy
 
 from .. import preferences
 from ..client import Client, ServerError
+from .base import available_when, cancelled, finished
 
 CHECK_TIMEOUT = 5.0  # seconds per request of a check
 START_TIMEOUT = 300.0  # seconds for a started server to answer (model loading included)
@@ -205,40 +206,32 @@ class ZS_OT_check_server(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class ZS_OT_start_server(bpy.types.Operator):
+def _startable() -> bool:
+    return not started_here()
+
+
+class ZS_OT_start_server(available_when(_startable), bpy.types.Operator):
     """Start a local ZS server with the launch command of the add-on preferences"""
 
     bl_idname = "zs.start_server"
     bl_label = "Start Local Server"
-    bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context):
-        return not started_here()
 
     def execute(self, context):
         prefs = preferences.get(context)
         try:
             process = launch(prefs)
         except ValueError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+            return cancelled(self, str(exc))
         STATUS.state, STATUS.message, STATUS.url = "starting", f"pid {process.pid}, log {_log_path}", prefs.server_url
         _watch(prefs, until=time.monotonic() + START_TIMEOUT)
-        self.report({"INFO"}, f"starting the ZS server (pid {process.pid}); log: {_log_path}")
-        return {"FINISHED"}
+        return finished(self, f"starting the ZS server (pid {process.pid}); log: {_log_path}")
 
 
-class ZS_OT_stop_server(bpy.types.Operator):
+class ZS_OT_stop_server(available_when(started_here), bpy.types.Operator):
     """Stop the local ZS server started from this Blender session"""
 
     bl_idname = "zs.stop_server"
     bl_label = "Stop Local Server"
-    bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context):
-        return started_here()
 
     def execute(self, context):
         stop()

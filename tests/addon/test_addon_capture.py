@@ -1,4 +1,5 @@
-"""blender_addon.capture: images, camera matrices, targets, UV maps, scoped scene state."""
+"""The scene helpers capture builds on (errors, image_pixels, camera_projection, scene_objects,
+uv_layers, scene_state): images, camera matrices, targets, UV maps, scoped scene state."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import numpy as np
 import pytest
 
 import bpy
-from blender_addon import capture
-from blender_addon.capture import CaptureError
+from blender_addon import camera_projection, image_pixels, scene_objects, scene_state, uv_layers
+from blender_addon.errors import CaptureError
 from addon_helpers import add_camera, add_monkey, add_plane
 from zs_core import geometry
 
@@ -16,23 +17,23 @@ def test_numpy_image_round_trip_keeps_rows_top_to_bottom(scene):
     array = np.zeros((4, 6, 3), np.float32)
     array[0] = (1.0, 0.0, 0.0)  # top row red
     array[-1] = (0.0, 0.0, 1.0)  # bottom row blue
-    image = capture.numpy_to_image("ZS Test", array, non_color=True)
+    image = image_pixels.numpy_to_image("ZS Test", array, non_color=True)
     assert tuple(image.size) == (6, 4) and image.is_float
     flat = np.empty(6 * 4 * 4, np.float32)
     image.pixels.foreach_get(flat)
     # Blender stores the bottom row first.
     np.testing.assert_allclose(flat[:4], (0.0, 0.0, 1.0, 1.0))
-    back = capture.image_to_numpy(image)
+    back = image_pixels.image_to_numpy(image)
     assert back.shape == (4, 6, 4) and back.dtype == np.float32
     np.testing.assert_allclose(back[..., :3], array)
     np.testing.assert_allclose(back[..., 3], 1.0)
 
 
 def test_numpy_to_image_never_overwrites_an_existing_image(scene):
-    first = capture.numpy_to_image("ZS Result", np.ones((8, 8), np.float32))
-    second = capture.numpy_to_image("ZS Result", np.zeros((8, 8), np.float32))
+    first = image_pixels.numpy_to_image("ZS Result", np.ones((8, 8), np.float32))
+    second = image_pixels.numpy_to_image("ZS Result", np.zeros((8, 8), np.float32))
     assert first.name == "ZS Result" and second.name != first.name
-    np.testing.assert_allclose(capture.image_to_numpy(first)[..., :3], 1.0)
+    np.testing.assert_allclose(image_pixels.image_to_numpy(first)[..., :3], 1.0)
 
 
 def test_camera_matrices_follow_the_core_conventions(scene):
@@ -40,7 +41,7 @@ def test_camera_matrices_follow_the_core_conventions(scene):
     camera.data.shift_x = 0.1
     camera.data.clip_start, camera.data.clip_end = 0.2, 50.0
     camera.scale = (2.0, 2.0, 2.0)  # renderers ignore camera scale; so must the matrices
-    world_to_camera, projection = capture.camera_matrices(scene, camera, 80, 60)
+    world_to_camera, projection = camera_projection.camera_matrices(scene, camera, 80, 60)
     assert world_to_camera.dtype == np.float32 and projection.dtype == np.float32
     expected = geometry.perspective(35.0, 36.0, 80, 60, 0.2, 50.0, shift_x=0.1)
     np.testing.assert_allclose(projection, expected, rtol=1e-5, atol=1e-6)
@@ -60,16 +61,16 @@ def test_target_objects_takes_selected_meshes_active_first(scene):
     for obj in (first, second, camera):
         obj.select_set(True)
     bpy.context.view_layer.objects.active = second
-    assert capture.target_objects(bpy.context) == [second, first]
-    assert capture.target_objects(names=[first.name]) == [first]
+    assert scene_objects.target_objects(bpy.context) == [second, first]
+    assert scene_objects.target_objects(names=[first.name]) == [first]
     with pytest.raises(CaptureError, match="'Nope' does not exist"):
-        capture.target_objects(names=["Nope"])
+        scene_objects.target_objects(names=["Nope"])
     with pytest.raises(CaptureError, match="not a mesh"):
-        capture.target_objects(names=[camera.name])
+        scene_objects.target_objects(names=[camera.name])
     for obj in (first, second):
         obj.select_set(False)
     with pytest.raises(CaptureError, match="select at least one mesh"):
-        capture.target_objects(bpy.context)
+        scene_objects.target_objects(bpy.context)
 
 
 def test_missing_uv_map_is_an_error_unless_smart_uv_is_asked(scene):
@@ -77,11 +78,11 @@ def test_missing_uv_map_is_an_error_unless_smart_uv_is_asked(scene):
     cube = bpy.context.active_object
     cube.name = "Bare Cube"
     cube.data.uv_layers.remove(cube.data.uv_layers[0])
-    assert not capture.has_uv(cube)
+    assert not uv_layers.has_uv(cube)
     with pytest.raises(CaptureError, match="'Bare Cube' has no UV map"):
-        capture.ensure_uv_map(cube)
-    assert not capture.has_uv(cube)  # never silently unwrapped
-    name = capture.ensure_uv_map(cube, smart_project=True)
+        uv_layers.ensure_uv_map(cube)
+    assert not uv_layers.has_uv(cube)  # never silently unwrapped
+    name = uv_layers.ensure_uv_map(cube, smart_project=True)
     assert name == "ZS UV" and list(cube.data.uv_layers.keys()) == ["ZS UV"]
     uv = np.empty(len(cube.data.loops) * 2, np.float32)
     cube.data.uv_layers[name].data.foreach_get("uv", uv)
@@ -95,15 +96,15 @@ def test_smart_uv_adds_a_new_layer_and_never_touches_existing_ones(scene):
     before = np.empty(len(monkey.data.loops) * 2, np.float32)
     layers["UVMap"].data.foreach_get("uv", before)
     with pytest.raises(CaptureError, match="no UV map named 'Fresh'"):
-        capture.ensure_uv_map(monkey, "Fresh")
-    assert capture.ensure_uv_map(monkey, "Fresh", smart_project=True) == "Fresh"
+        uv_layers.ensure_uv_map(monkey, "Fresh")
+    assert uv_layers.ensure_uv_map(monkey, "Fresh", smart_project=True) == "Fresh"
     layers = monkey.data.uv_layers
     assert list(layers.keys()) == ["UVMap", "Fresh"]
     assert layers.active.name == "UVMap" and layers["UVMap"].active_render
     after = np.empty_like(before)
     layers["UVMap"].data.foreach_get("uv", after)
     np.testing.assert_array_equal(before, after)
-    assert capture.ensure_uv_map(monkey) == "UVMap"
+    assert uv_layers.ensure_uv_map(monkey) == "UVMap"
 
 
 def _settings_snapshot(scene):
@@ -155,12 +156,12 @@ def test_preserved_render_settings_restores_everything_also_on_error(scene):
     _user_settings(scene)
     other = add_camera(scene, "Other", eye=(5, 0, 0))
     before = _settings_snapshot(scene)
-    with capture.preserved_render_settings(scene):
+    with scene_state.preserved_render_settings(scene):
         _scramble(scene, other)
         assert _settings_snapshot(scene) != before
     assert _settings_snapshot(scene) == before
     with pytest.raises(RuntimeError, match="boom"):
-        with capture.preserved_render_settings(scene):
+        with scene_state.preserved_render_settings(scene):
             _scramble(scene, other)
             raise RuntimeError("boom")
     assert _settings_snapshot(scene) == before
@@ -176,9 +177,9 @@ def test_scoped_pass_index_render_uv_and_selection(scene):
     monkey.select_set(False)
     plane.select_set(True)
     view_layer.objects.active = plane
-    assert capture.unused_pass_indices(scene, [monkey], 1) == [2]  # 1 is the plane's
-    with capture.preserved_selection(view_layer), capture.temporary_pass_index([monkey], 2), \
-            capture.temporary_render_uv({monkey: "Second"}):
+    assert scene_objects.unused_pass_indices(scene, [monkey], 1) == [2]  # 1 is the plane's
+    with scene_state.preserved_selection(view_layer), scene_state.temporary_pass_index([monkey], 2), \
+            uv_layers.temporary_render_uv({monkey: "Second"}):
         assert monkey.pass_index == 2 and monkey.data.uv_layers["Second"].active_render
         plane.select_set(False)
         monkey.select_set(True)
@@ -197,7 +198,7 @@ def test_smart_uv_from_edit_mode_of_another_object_restores_that_mode(scene):
     bpy.context.view_layer.objects.active = plane
     bpy.ops.object.mode_set(mode="EDIT")
     assert cube.mode == "OBJECT"
-    assert capture.ensure_uv_map(cube, smart_project=True) == "ZS UV"
+    assert uv_layers.ensure_uv_map(cube, smart_project=True) == "ZS UV"
     assert bpy.context.view_layer.objects.active == plane and plane.mode == "EDIT"
     assert cube.mode == "OBJECT"
     bpy.ops.object.mode_set(mode="OBJECT")

@@ -1,4 +1,4 @@
-"""blender_addon.passes on real Cycles renders: every array checked against the geometry."""
+"""blender_addon.pass_render on real Cycles renders: every array checked against the geometry."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 
 import bpy
 from addon_helpers import add_camera, add_monkey, add_plane, data_counts, world_matrix
-from blender_addon import capture, passes, rig
-from blender_addon.capture import CaptureError
+from blender_addon import datablocks, pass_render, rig, uv_layers
+from blender_addon.errors import CaptureError
 from zs_core import geometry
 
 
@@ -19,7 +19,7 @@ def suzanne(scene, size=64, views=4, **options):
     """Suzanne seen by a 4-camera orbit rig -> (object, cameras, Passes)."""
     monkey = add_monkey()
     cameras = rig.build_orbit_rig(scene, [monkey], count=views, elevation_deg=20.0, width=size, height=size)
-    return monkey, cameras, passes.render_passes(scene, cameras, [monkey], size, size, **options)
+    return monkey, cameras, pass_render.render_passes(scene, cameras, [monkey], size, size, **options)
 
 
 def to_local(obj, points):
@@ -100,7 +100,7 @@ def settings_and_state(scene, objects):
                 flags=(layer.use_pass_z, layer.use_pass_uv, layer.use_pass_position,
                        layer.use_pass_object_index, layer.use_pass_vector),
                 pass_index=[obj.pass_index for obj in objects],
-                render_uv=[capture.active_render_uv_name(obj) for obj in objects],
+                render_uv=[uv_layers.active_render_uv_name(obj) for obj in objects],
                 uv_layers=[list(obj.data.uv_layers.keys()) for obj in objects],
                 materials=[[slot.material for slot in obj.material_slots] for obj in objects],
                 selected=sorted(obj.name for obj in bpy.context.selected_objects),
@@ -130,7 +130,7 @@ def test_suzanne_passes_agree_with_the_mesh(scene):
         cosine = np.einsum("ij,ij->i", world_normals(monkey, face_normal), result.normal[view, rows, cols])
         assert np.mean(cosine > 0.999) >= 0.97
     background = ~result.mask
-    assert np.all(result.depth[background] == passes.BACKGROUND_DEPTH)
+    assert np.all(result.depth[background] == pass_render.BACKGROUND_DEPTH)
     assert np.all(result.uv[background] == 0) and np.all(result.position[background] == 0)
     assert np.all(result.normal[background] == 0)
 
@@ -140,7 +140,7 @@ def test_positions_project_onto_pixel_centres_with_the_returned_matrices(scene):
     cameras = rig.build_orbit_rig(scene, [monkey], count=3, width=80, height=56)
     cameras[1].scale = (1.5, 1.5, 1.5)  # renderers ignore camera scale: the matrices must too
     cameras[2].data.shift_y = 0.05
-    result = passes.render_passes(scene, cameras, [monkey], 80, 56)
+    result = pass_render.render_passes(scene, cameras, [monkey], 80, 56)
     for view in range(3):
         rows, cols = np.nonzero(result.mask[view])
         position = result.position[view, rows, cols].astype(np.float64)
@@ -158,7 +158,7 @@ def test_depth_is_planar_not_ray_length(scene):
     add_plane(size=40.0)  # fills the view
     camera = add_camera(scene, "Top", eye=(0.0, 0.0, 6.0), lens=20.0)
     plane = bpy.data.objects["Plane"]
-    result = passes.render_passes(scene, [camera], [plane], 64, 48)
+    result = pass_render.render_passes(scene, [camera], [plane], 64, 48)
     assert result.mask.all()
     np.testing.assert_allclose(result.depth, 6.0, atol=1e-4)
     ray_length = np.linalg.norm(result.position - np.array([0.0, 0.0, 6.0], np.float32), axis=-1)
@@ -175,7 +175,7 @@ def test_rows_are_top_to_bottom_and_non_targets_keep_depth_only(scene):
     bpy.ops.mesh.primitive_cube_add(size=0.6, location=(0.0, -1.2, 0.0))
     other = bpy.context.active_object
     camera = add_camera(scene, "Top", eye=(0.0, 0.0, 8.0))  # image up = world +Y
-    result = passes.render_passes(scene, [camera], [target], 80, 48)
+    result = pass_render.render_passes(scene, [camera], [target], 80, 48)
     rows = np.nonzero(result.mask[0].any(axis=1))[0]
     assert rows.size and rows.max() < 24  # the +Y cube is in the upper half: first rows
     other_pixels = (result.depth[0] < 1e9) & ~result.mask[0]
@@ -194,7 +194,7 @@ def test_texel_maps_of_a_transformed_plane(scene):
     offset = np.tile(np.array([0.1, 0.2], np.float32), len(plane.data.loops))
     layer.data.foreach_set("uv", uv * 0.5 + offset)  # island [0.1, 0.6] x [0.2, 0.7]
     size = 20
-    position, normal, mask = passes.bake_texel_maps(scene, [plane], {plane: "UVMap"}, size)
+    position, normal, mask = pass_render.bake_texel_maps(scene, [plane], {plane: "UVMap"}, size)
     assert position.shape == (size, size, 3) and mask.dtype == np.bool_
     texel_uv = geometry.texel_uv(size)
     inside = ((texel_uv[..., 0] > 0.1) & (texel_uv[..., 0] < 0.6) & (texel_uv[..., 1] > 0.2)
@@ -216,7 +216,7 @@ def test_suzanne_texel_maps_lie_on_the_surface_facing_out(scene):
     monkey.rotation_euler = (0.4, 0.0, 0.7)
     monkey.scale = (1.3, 0.8, 1.0)
     cameras = rig.build_orbit_rig(scene, [monkey], count=2, width=48, height=48)
-    result = passes.render_passes(scene, cameras, [monkey], 48, 48, texture_size=64)
+    result = pass_render.render_passes(scene, cameras, [monkey], 48, 48, texture_size=64)
     mask = result.texel_mask
     assert 0.3 < mask.mean() < 0.95
     distance, face_normal, uv = mesh_samples(monkey, to_local(monkey, result.texel_position[mask].astype(np.float64)))
@@ -248,7 +248,7 @@ def test_capture_restores_the_scene_and_leaves_nothing_behind(scene):
     bpy.context.view_layer.objects.active = user_camera
     before, counts = settings_and_state(scene, [monkey]), data_counts()
 
-    result = passes.render_passes(scene, cameras, [monkey], 48, 48, uv_map="UVMap", texture_size=32)
+    result = pass_render.render_passes(scene, cameras, [monkey], 48, 48, uv_map="UVMap", texture_size=32)
     assert result.mask.any() and result.texel_mask.any()
     assert settings_and_state(scene, [monkey]) == before
     assert data_counts() == counts
@@ -263,7 +263,7 @@ def test_capture_restores_the_scene_when_it_fails_midway(scene, monkeypatch, fai
     scene.camera = None
     scene.render.engine = "BLENDER_WORKBENCH"
     before, counts = settings_and_state(scene, [monkey]), data_counts()
-    original = getattr(passes, failing)
+    original = getattr(pass_render, failing)
     calls = []
 
     def fail_later(*args, **kwargs):
@@ -272,9 +272,9 @@ def test_capture_restores_the_scene_when_it_fails_midway(scene, monkeypatch, fai
             raise RuntimeError("simulated failure")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(passes, failing, fail_later)
+    monkeypatch.setattr(pass_render, failing, fail_later)
     with pytest.raises(RuntimeError, match="simulated failure"):
-        passes.render_passes(scene, cameras, [monkey], 32, 32, texture_size=32, uv_map="UVMap")
+        pass_render.render_passes(scene, cameras, [monkey], 32, 32, texture_size=32, uv_map="UVMap")
     assert len(calls) == at_call
     assert settings_and_state(scene, [monkey]) == before
     assert data_counts() == counts
@@ -288,24 +288,25 @@ def test_uv_pass_reads_the_requested_uv_map(scene):
     monkey.data.uv_layers["UVMap"].data.foreach_get("uv", base)
     monkey.data.uv_layers.new(name="Shifted").data.foreach_set("uv", base * 0.5 + 0.25)
     cameras = rig.build_orbit_rig(scene, [monkey], count=2, width=48, height=48)
-    default = passes.render_passes(scene, cameras, [monkey], 48, 48)
-    shifted = passes.render_passes(scene, cameras, [monkey], 48, 48, uv_map="Shifted")
+    default = pass_render.render_passes(scene, cameras, [monkey], 48, 48)
+    shifted = pass_render.render_passes(scene, cameras, [monkey], 48, 48, uv_map="Shifted")
     np.testing.assert_array_equal(default.mask, shifted.mask)
     m = default.mask
     np.testing.assert_allclose(shifted.uv[m], default.uv[m] * 0.5 + 0.25, atol=1e-5)
     assert monkey.data.uv_layers["UVMap"].active_render
 
 
-def test_object_without_uv_map_is_an_error_unless_smart_uv(scene):
+def test_object_without_uv_map_is_an_error_until_it_has_one(scene):
     bpy.ops.mesh.primitive_cube_add()
     cube = bpy.context.active_object
     cube.name = "No UV Cube"
     cube.data.uv_layers.remove(cube.data.uv_layers[0])
     camera = add_camera(scene, "Cam", eye=(3.0, -4.0, 2.5))
     with pytest.raises(CaptureError, match="'No UV Cube' has no UV map"):
-        passes.render_passes(scene, [camera], [cube], 32, 32)
+        pass_render.render_passes(scene, [camera], [cube], 32, 32)
     assert len(cube.data.uv_layers) == 0
-    result = passes.render_passes(scene, [camera], [cube], 32, 32, smart_uv=True, texture_size=32)
+    uv_layers.ensure_uv_map(cube, None, smart_project=True)  # what the flow does for Smart UV Project
+    result = pass_render.render_passes(scene, [camera], [cube], 32, 32, texture_size=32)
     assert list(cube.data.uv_layers.keys()) == ["ZS UV"]
     assert result.mask.sum() > 50 and result.texel_mask.mean() > 0.3
 
@@ -314,12 +315,12 @@ def test_bad_inputs_are_named(scene):
     monkey = add_monkey()
     camera = add_camera(scene, "Cam", eye=(0.0, -5.0, 0.0))
     with pytest.raises(CaptureError, match="'Suzanne' is not a camera"):
-        passes.render_passes(scene, [monkey], [monkey], 32, 32)
+        pass_render.render_passes(scene, [monkey], [monkey], 32, 32)
     with pytest.raises(CaptureError, match="width"):
-        passes.render_passes(scene, [camera], [monkey], 4, 32)
+        pass_render.render_passes(scene, [camera], [monkey], 4, 32)
     monkey.hide_render = True
     with pytest.raises(CaptureError, match="'Suzanne' is disabled in renders"):
-        passes.render_passes(scene, [camera], [monkey], 32, 32)
+        pass_render.render_passes(scene, [camera], [monkey], 32, 32)
 
 
 def test_frame_passes_motion_vectors_point_to_the_next_frame(scene):
@@ -334,7 +335,7 @@ def test_frame_passes_motion_vectors_point_to_the_next_frame(scene):
         scene.frame_set(frame)
         places[frame] = np.array(plane.matrix_world.translation)
     scene.frame_set(20)
-    result = passes.render_frame_passes(scene, camera, [plane], [2, 3, 4], 64, 48)
+    result = pass_render.render_frame_passes(scene, camera, [plane], [2, 3, 4], 64, 48)
     assert scene.frame_current == 20
     assert result.vector.shape == (3, 48, 64, 2) and result.vector.dtype == np.float32
     for frame in range(2):
@@ -374,8 +375,8 @@ def test_frame_passes_tell_background_surfaces_apart_by_their_uv(scene):
     instancer.instance_type, instancer.instance_collection = "COLLECTION", props
     scene.collection.objects.link(instancer)
     camera = add_camera(scene, "Cam", eye=(0.0, -6.0, 1.5), target=(0.0, 0.0, -0.5))
-    assert passes.render_frame_passes(scene, camera, [monkey], [1], 32, 32).background_id is None  # opt-in
-    result = passes.render_frame_passes(scene, camera, [monkey], [1, 2], 64, 48, background_ids=True)
+    assert pass_render.render_frame_passes(scene, camera, [monkey], [1], 32, 32).background_id is None  # opt-in
+    result = pass_render.render_frame_passes(scene, camera, [monkey], [1, 2], 64, 48, background_ids=True)
 
     ids = result.background_id
     assert ids.dtype == np.int32 and set(np.unique(ids)) == {0, 1, 2}  # Floor 1, Wall 2 (by name)
@@ -385,7 +386,7 @@ def test_frame_passes_tell_background_surfaces_apart_by_their_uv(scene):
     assert others[:, :, 40:].sum() > 20 and others[:, :, :24].sum() > 20
     assert np.all(result.uv[others] == 0)
     # The mask is Suzanne alone: nothing else took the targets' index.
-    alone = passes.render_frame_passes(scene, camera, [monkey], [1, 2], 64, 48)
+    alone = pass_render.render_frame_passes(scene, camera, [monkey], [1, 2], 64, 48)
     np.testing.assert_array_equal(result.mask, alone.mask)
     # The floor's UV is its own: the point it names projects onto the pixel's centre.
     view, rows, cols = np.nonzero(ids == 1)
@@ -399,20 +400,20 @@ def test_frame_passes_tell_background_surfaces_apart_by_their_uv(scene):
         np.testing.assert_allclose(projected, centres, atol=0.05)
     scene.frame_set(1)
     assert (box.pass_index, floor.pass_index, wall.pass_index, monkey.pass_index, prop.pass_index) == (2, 1, 0, 0, 3)
-    assert not any(curve.mute for curve in capture.object_fcurves(floor))
-    assert passes.render_passes(scene, [camera], [monkey], 32, 32).background_id is None  # textures: none
+    assert not any(curve.mute for curve in datablocks.object_fcurves(floor))
+    assert pass_render.render_passes(scene, [camera], [monkey], 32, 32).background_id is None  # textures: none
 
 
 def test_view_arrays_decodes_raw_pass_pixels():
     """The numpy core alone: mask from the object index, background, UV wrapping, motion."""
     height, width = 2, 3
-    raw = {name: np.zeros((height, width, 4), np.float32) for name in passes.RENDER_PASSES}
+    raw = {name: np.zeros((height, width, 4), np.float32) for name in pass_render.RENDER_PASSES}
     raw["Object Index"][..., 0] = [[4, 4, 0], [4, 7, 4]]
     raw["Depth"][..., 0] = [[2.0, 3.0, 1e10], [np.inf, 5.0, 6.0]]
     raw["UV"][..., :2] = [[[0.5, 0.5], [-1e-6, 1.00001], [0.3, 0.3]], [[1.25, -0.25], [0.2, 0.2], [1.0, 0.0]]]
     raw["Position"][..., :3] = 1.0
     raw["Vector"][0, 0] = (9.0, 9.0, -1.5, 2.0)  # (previous - current, current - next), y up
-    arrays = passes.view_arrays(raw, marker=4, with_vector=True)
+    arrays = pass_render.view_arrays(raw, marker=4, with_vector=True)
     np.testing.assert_array_equal(arrays["mask"], [[True, True, False], [True, False, True]])
     np.testing.assert_array_equal(arrays["depth"], np.array([[2, 3, 1e10], [1e10, 5, 6]], np.float32))
     np.testing.assert_allclose(arrays["uv"][0, 1], (0.0, 1.0))  # rounding noise clamped, not wrapped
@@ -424,11 +425,11 @@ def test_view_arrays_decodes_raw_pass_pixels():
 
 def test_decode_view_fills_one_view_of_the_capture_arrays_in_place():
     rng = np.random.default_rng(1)
-    raw = {name: rng.uniform(-0.5, 1.5, (4, 5, 4)).astype(np.float32)[::-1] for name in passes.RENDER_PASSES}
+    raw = {name: rng.uniform(-0.5, 1.5, (4, 5, 4)).astype(np.float32)[::-1] for name in pass_render.RENDER_PASSES}
     raw["Object Index"][..., 0] = rng.integers(0, 3, (4, 5))
-    arrays = passes.allocate_views(3, 4, 5, with_vector=True)
-    passes.decode_view(raw, 2, arrays, 1)
-    alone = passes.view_arrays(raw, 2, with_vector=True)
+    arrays = pass_render.allocate_views(3, 4, 5, with_vector=True)
+    pass_render.decode_view(raw, 2, arrays, 1)
+    alone = pass_render.view_arrays(raw, 2, with_vector=True)
     assert arrays.keys() == alone.keys()
     for name, array in arrays.items():
         np.testing.assert_array_equal(array[1], alone[name])
@@ -438,24 +439,24 @@ def test_decode_view_fills_one_view_of_the_capture_arrays_in_place():
 
 def test_passes_share_files_in_pairs_and_unpack_to_their_channels():
     names = ["Depth", "Normal", "UV", "Position", "Object Index"]
-    layout = passes.file_layout(names)
+    layout = pass_render.file_layout(names)
     assert layout == {"PositionDepth": ("Position", "Depth"), "NormalIndex": ("Normal", "Object Index"),
                       "UV": ("UV",)}
     assert sorted(p for held in layout.values() for p in held) == sorted(names)
-    assert passes.file_layout(["Depth", "UV", "Normal"]) == {"Depth": ("Depth",), "UV": ("UV",),
-                                                              "Normal": ("Normal",)}  # no partner: alone
+    assert pass_render.file_layout(["Depth", "UV", "Normal"]) == {"Depth": ("Depth",), "UV": ("UV",),
+                                                                   "Normal": ("Normal",)}  # no partner: alone
     pixels = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
-    unpacked = passes.unpack_file(pixels, ("Position", "Depth"))
+    unpacked = pass_render.unpack_file(pixels, ("Position", "Depth"))
     np.testing.assert_array_equal(unpacked["Position"], pixels[..., :3])
     np.testing.assert_array_equal(unpacked["Depth"][..., 0], pixels[..., 3])
-    assert passes.unpack_file(pixels, ("Vector",))["Vector"] is pixels
+    assert pass_render.unpack_file(pixels, ("Vector",))["Vector"] is pixels
 
 
 def test_capture_from_edit_mode_returns_to_edit_mode(scene):
     monkey = add_monkey()
     camera = add_camera(scene, "Cam", eye=(0.0, -5.0, 0.5))
     bpy.ops.object.mode_set(mode="EDIT")
-    result = passes.render_passes(scene, [camera], [monkey], 32, 32, texture_size=32)
+    result = pass_render.render_passes(scene, [camera], [monkey], 32, 32, texture_size=32)
     assert result.mask.any() and result.texel_mask.any()
     assert monkey.mode == "EDIT" and bpy.context.view_layer.objects.active == monkey
     bpy.ops.object.mode_set(mode="OBJECT")
@@ -467,7 +468,7 @@ def test_texel_maps_follow_the_render_subdivision_level(scene):
     modifier = monkey.modifiers.new("Subdivision", "SUBSURF")
     modifier.levels, modifier.render_levels = 0, 2
     cameras = rig.build_orbit_rig(scene, [monkey], count=3, width=96, height=96)
-    result = passes.render_passes(scene, cameras, [monkey], 96, 96, texture_size=128)
+    result = pass_render.render_passes(scene, cameras, [monkey], 96, 96, texture_size=128)
     view, rows, cols = np.nonzero(result.mask)
     uv = result.uv[view, rows, cols]
     texel_rows = np.clip(((1.0 - uv[:, 1]) * 128).astype(int), 0, 127)

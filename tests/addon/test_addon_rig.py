@@ -9,7 +9,7 @@ import pytest
 
 import bpy
 from addon_helpers import add_monkey
-from blender_addon import passes, rig
+from blender_addon import pass_render, rig
 from zs_core import geometry
 
 
@@ -50,7 +50,7 @@ def test_orbit_rig_cameras_all_frame_the_object_and_rebuilding_replaces_them(sce
     np.testing.assert_allclose(eyes[-1, :2], centre[:2], atol=1e-6)  # the top view is above
     heights = (eyes[:5, 2] - centre[2]) / distances[:5]
     np.testing.assert_allclose(heights, math.sin(math.radians(25.0)), atol=1e-6)
-    result = passes.render_passes(scene, cameras, [monkey], 48, 48)
+    result = pass_render.render_passes(scene, cameras, [monkey], 48, 48)
     for view in range(6):
         mask = result.mask[view]
         assert mask.sum() > 100, view  # every camera sees Suzanne ...

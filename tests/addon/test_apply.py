@@ -7,8 +7,8 @@ import pytest
 
 import bpy
 from addon_helpers import add_monkey, data_counts
-from blender_addon import apply, capture
-from blender_addon.capture import CaptureError
+from blender_addon import apply, image_pixels
+from blender_addon.errors import CaptureError
 
 
 def painted_monkey(name="Paint"):
@@ -43,7 +43,7 @@ def snapshot(material) -> dict:
 
 
 def pixels(image) -> np.ndarray:
-    return capture.image_to_numpy(image)
+    return image_pixels.image_to_numpy(image)
 
 
 def texture_array(size=32, seed=0) -> np.ndarray:

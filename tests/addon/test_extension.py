@@ -79,7 +79,7 @@ def test_the_zip_holds_only_what_blender_runs(package):
                    if "__pycache__" not in p.parts}
     expected = {"blender_manifest.toml", "__init__.py", "zs_core/protocol.py"} | addon_files
     assert names == expected, f"extra: {sorted(names - expected)}, missing: {sorted(expected - names)}"
-    for forbidden in ("tests/", "bench/", "server/", ".venv/", "out/", "docs/", "__pycache__"):
+    for forbidden in ("tests/", "bench/", "server/", "zs_cli/", ".venv/", "out/", "docs/", "__pycache__"):
         assert not any(forbidden in name for name in names), forbidden
     print(f"extension zip: {package.stat().st_size / 1024:.1f} KiB, {len(names)} files")
 
@@ -144,7 +144,7 @@ def test_the_root_init_is_not_part_of_the_python_package(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "__init__.py", "blender_manifest.toml"):
         shutil.copy(ROOT / name, source / name)
-    for package in ("zs_core", "server", "blender_addon"):
+    for package in ("zs_core", "server", "blender_addon", "zs_cli"):
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                              "-w", str(tmp_path / "wheel"), str(source)], capture_output=True, text=True, timeout=300)
@@ -152,4 +152,4 @@ def test_the_root_init_is_not_part_of_the_python_package(tmp_path):
     (wheel,) = (tmp_path / "wheel").glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
         tops = {name.split("/")[0] for name in archive.namelist() if not name.split("/")[0].endswith(".dist-info")}
-    assert tops == {"zs_core", "server", "blender_addon"}
+    assert tops == {"zs_core", "server", "blender_addon", "zs_cli"}

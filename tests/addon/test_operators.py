@@ -24,8 +24,8 @@ from blender_addon.client import Client
 from zs_server_helpers import free_port
 
 import blender_addon
-from blender_addon import preferences, properties, rig
-from blender_addon.operators import generate, jobs, preview, server as server_ops
+from blender_addon import jobs, pass_render, preferences, properties, rig
+from blender_addon.operators import generate, preview, server as server_ops
 
 SIZE, STEPS, TEXTURE = 64, 2, 64
 RING = [(4.0, 0.0, 1.0), (0.0, 4.0, 1.0), (-4.0, 0.0, 1.0), (0.0, -4.0, 1.0)]
@@ -66,7 +66,7 @@ def suzanne_scene(material: bool = True):
     bpy.context.view_layer.objects.active = monkey
     settings = scene.zs_texturing
     settings.prompt = "rusty metal"
-    settings.view_resolution, settings.steps, settings.texture_size = SIZE, STEPS, TEXTURE
+    settings.view_size, settings.steps, settings.texture_size = SIZE, STEPS, TEXTURE
     settings.views_source = "CAMERAS"
     return monkey, cameras, settings
 
@@ -128,25 +128,16 @@ def test_register_and_unregister_leave_nothing_behind(scene):
     assert blender_addon.classes == ()
 
 
-def test_enum_choices_are_exactly_the_protocols():
-    from blender_addon.wire import protocol
-
-    assert [item[0] for item in properties.NOISE_ITEMS] == list(protocol.NOISE_MODES)
-    assert [item[0] for item in properties.ATTENTION_ITEMS] == list(protocol.ATTENTION_MODES)
-    assert [item[0] for item in properties.SCHEDULER_ITEMS] == list(protocol.SCHEDULERS)
-
-
 def test_settings_become_a_valid_request(addon):
     settings = bpy.context.scene.zs_texturing
-    settings.prompt, settings.seed, settings.steps, settings.guidance = "moss", 7, 12, 4.5
+    settings.prompt, settings.seed, settings.steps, settings.guidance_scale = "moss", 7, 12, 4.5
     settings.noise, settings.attention, settings.controlnet_scale = "iid", "neighbors", 0.7
-    settings.use_sync, settings.sync_strength, settings.texture_size = True, 0.6, 256
+    settings.sync_strength, settings.texture_size, settings.reference_weight = 0.6, 256, 2.5
     request = properties.build_request(settings)
     assert (request.prompt, request.seed, request.steps, request.guidance_scale) == ("moss", 7, 12, 4.5)
     assert (request.noise, request.attention, request.kind, request.texture_size) == ("iid", "neighbors", "texture", 256)
-    assert request.controlnet_scale == pytest.approx(0.7) and request.sync_strength == pytest.approx(0.6)
-    settings.use_sync = False
-    assert properties.build_request(settings).sync_strength == 0.0
+    # Single-precision properties come back as the decimals that were typed.
+    assert (request.controlnet_scale, request.sync_strength, request.reference_weight) == (0.7, 0.6, 2.5)
 
 
 class RecordingLayout:
@@ -189,13 +180,17 @@ def test_panels_draw_existing_properties_and_operators(addon):
             layout = RecordingLayout()
             panel.draw(type("Panel", (), {"layout": layout})(), bpy.context)
             if panel is ui.ZS_PT_main:
-                assert {"prompt", "negative_prompt", "seed", "steps", "guidance", "controlnet_scale",
-                        "views_source", "view_resolution"} <= set(layout.props)
+                assert {"prompt", "negative_prompt", "seed", "steps", "guidance_scale", "controlnet_scale",
+                        "views_source", "view_size"} <= set(layout.props)
                 assert {"zs.generate", "zs.check_server", "zs.start_server"} <= set(layout.operators)
-                assert ("rig_count" in layout.props) == (source == "RIG")
+                assert ("views" in layout.props) == (source == "RIG")
     layout = RecordingLayout()
     ui.ZS_PT_method.draw(type("Panel", (), {"layout": layout})(), bpy.context)
-    assert layout.props == ["noise", "attention", "scheduler", "use_sync", "sync_strength"]
+    assert layout.props == ["noise", "attention", "scheduler", "sync_strength"]
+    layout = RecordingLayout()
+    ui.ZS_PT_advanced.draw(type("Panel", (), {"layout": layout})(), bpy.context)
+    assert {"noise_alpha", "reference_view", "layout", "control_end", "sync_exponent_end"} <= set(layout.props)
+    assert not {"prompt", "attention", "sync_strength", "chunk", "pixel_sync"} & set(layout.props)
 
 
 # ----------------------------------------------------------------------------- rig
@@ -204,11 +199,11 @@ def test_panels_draw_existing_properties_and_operators(addon):
 def test_build_rig_operator_makes_n_cameras_and_rerunning_replaces_them(addon):
     monkey = add_monkey()
     settings = bpy.context.scene.zs_texturing
-    settings.rig_count, settings.rig_elevation, settings.rig_top_view = 5, 30.0, True
+    settings.views, settings.elevation, settings.top_view = 5, 30.0, True
     assert bpy.ops.zs.build_rig() == {"FINISHED"}
     cameras = rig.rig_cameras()
     assert len(cameras) == 6 and [c.name for c in cameras][-1] == "ZS Top 00"
-    settings.rig_count, settings.rig_top_view = 3, False
+    settings.views, settings.top_view = 3, False
     bpy.ops.zs.build_rig()
     assert [c.name for c in rig.rig_cameras()] == ["ZS Cam 00", "ZS Cam 01", "ZS Cam 02"]
     assert len(bpy.data.cameras) == 3 and monkey.name in bpy.data.objects
@@ -252,7 +247,7 @@ def test_generate_operator_applies_a_new_material_and_keeps_the_original(connect
 
 def test_session_polled_like_the_modal_timer_with_a_temporary_rig(connected, server):
     monkey, _cameras, settings = suzanne_scene()
-    settings.views_source, settings.rig_count, settings.steps = "RIG", 3, 4
+    settings.views_source, settings.views, settings.steps = "RIG", 3, 4
     before = snapshot()
     session = generate.GenerateSession(bpy.context.scene, generate.client_from_preferences(bpy.context))
     session.start(bpy.context)
@@ -343,7 +338,7 @@ def test_missing_uv_map_and_missing_cameras_are_clear_errors(connected):
         camera.select_set(False)
     with pytest.raises(RuntimeError, match="no camera selected"):
         bpy.ops.zs.generate()
-    settings.view_resolution = 100
+    settings.view_size = 100
     with pytest.raises(RuntimeError, match="multiple of 8"):
         bpy.ops.zs.generate()
 
@@ -586,11 +581,8 @@ def test_animation_settings_become_a_valid_request(addon):
         ("dependency", "keyframes", "middle", 5)
     assert (request.momentum, request.sync_strength, request.background_sync, request.pixel_sync) == \
         pytest.approx((0.2, 0.8, 0.6, 0.3))
-    assert [item[0] for item in properties.ANIMATION_ATTENTION_ITEMS] == ["self", "keyframes", "tma"]
-    from blender_addon.wire import protocol
-
-    assert [item[0] for item in properties.BACKGROUND_NOISE_ITEMS] == list(protocol.BACKGROUND_NOISE_MODES)
-    assert [item[0] for item in properties.KEYFRAME_ITEMS] == list(protocol.KEYFRAME_POLICIES)
+    items = properties.ZS_Settings.bl_rna.properties["anim_attention"].enum_items
+    assert [item.identifier for item in items] == ["self", "keyframes", "tma"]
     settings.mode = "TEXTURE"
     assert properties.build_request(settings).kind == "texture"
 
@@ -607,7 +599,7 @@ def test_panels_in_animation_mode_draw_the_shot_and_the_animation_method(addon):
         ui.ZS_PT_method.draw(type("Panel", (), {"layout": method})(), bpy.context)
         ui.ZS_PT_output.draw(type("Panel", (), {"layout": output})(), bpy.context)
         assert {"mode", "prompt", "use_scene_range", "anim_camera"} <= set(main.props)
-        assert not {"views_source", "view_resolution", "rig_count"} & set(main.props)
+        assert not {"views_source", "view_size", "views"} & set(main.props)
         range_props = {"frame_start", "frame_end"} if use_scene_range else {"anim_frame_start", "anim_frame_end"}
         assert range_props <= set(main.props)
         assert "No scene camera: add one or pick one" in main.labels  # the empty scene has none
@@ -680,7 +672,7 @@ def test_animation_mode_checks_frames_camera_and_uv_before_rendering(addon, monk
     addon.server_url = dead_url()  # the checks come before the server is asked
     scene, cube, camera, settings = shot_scene()
     renders = []
-    monkeypatch.setattr(generate.passes, "render_frame_passes", lambda *args, **kwargs: renders.append(args))
+    monkeypatch.setattr(pass_render, "render_frame_passes", lambda *args, **kwargs: renders.append(args))
     before = shot_snapshot(scene)
     settings.use_scene_range, settings.anim_frame_start, settings.anim_frame_end = False, 3, 8
     with pytest.raises(RuntimeError, match=r"frame\(s\) 5-8 are outside the frame range 1-4 of scene 'Scene'"):

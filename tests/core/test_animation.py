@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from zs_core import animation, attention, sampler, scene
+from zs_core import animation, attention, run, sampler, scene
 from zs_core.protocol import FRAME_PNG, METRICS_JSON, ProtocolError, Request
 
 TIMESTEP = 500
@@ -132,7 +132,7 @@ def shot():
 
 def animation_request(**changes) -> Request:
     settings = dict(kind="animation", prompt="a red fox", steps=3, seed=11, chunk=2, noise="surface",
-                    attention="tma")
+                    attention="tma", sync_strength=0.0, background_sync=0.0, pixel_sync=0.0)
     settings.update(changes)
     return Request(**settings)
 
@@ -170,8 +170,8 @@ def test_progress_reports_every_step_with_a_preview(tiny, shot):
     assert seen[-1].preview.ndim == 3 and seen[-1].preview.shape[-1] == 3
 
 
-def test_run_animation_writes_frames_metrics_and_sheet(tiny, shot, tmp_path):
-    out = animation.run_animation(tiny, animation_request(sync_strength=0.8), shot, tmp_path)
+def test_run_job_writes_frames_metrics_and_sheet(tiny, shot, tmp_path):
+    out = run.run_job(tiny, animation_request(sync_strength=0.8), shot, tmp_path)
     for index in range(shot.views):
         assert (tmp_path / FRAME_PNG.format(index=index)).is_file()
     written = json.loads((tmp_path / METRICS_JSON).read_text())
@@ -243,7 +243,7 @@ def test_an_object_too_small_to_measure_still_samples_and_reports(tiny, shot, tm
     with pytest.raises(ProtocolError) as raised:
         animation.sample_frames(tiny, animation_request(sync_strength=0.9), passes)
     assert raised.value.field == "mask" and "too small" in str(raised.value)
-    metrics = animation.run_animation(tiny, animation_request(pixel_sync=0.5, background_sync=0.5), passes, tmp_path)
+    metrics = run.run_job(tiny, animation_request(pixel_sync=0.5, background_sync=0.5), passes, tmp_path)
     assert metrics["texels_rgb"] == animation.FALLBACK_TEXELS and (tmp_path / "contact_sheet.png").is_file()
 
 

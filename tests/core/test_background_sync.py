@@ -6,53 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
+# The synthetic dolly lives in bench/background_uv.py, which prints the numbers docs/methods.md quotes.
+from bench.background_uv import FACTOR, FRAMES, SIZE, dolly_passes, error, floor_truth
 from zs_core import animation, sync
-from zs_core.protocol import ANIMATION_DEFAULTS, Passes, ProtocolError, Request
-
-FRAMES, SIZE, FACTOR = 8, 64, 8
-
-
-def dolly_passes() -> Passes:
-    """A camera moving towards a floor that fills the frame: the floor's UV about the image
-    centre shrinks by 12% a frame (magnification); the target is a small fixed square in a
-    corner. Vector = where each pixel's floor point is in the next frame."""
-    centre = SIZE / 2.0
-    rows, cols = np.mgrid[0:SIZE, 0:SIZE] + 0.5
-    scales = 0.5 * 0.88 ** np.arange(FRAMES)  # UV spanned by the image width
-    uv = np.stack([np.stack([0.5 + (cols - centre) / SIZE * s, 0.5 - (rows - centre) / SIZE * s], -1)
-                   for s in scales]).astype(np.float32)
-    vector = np.zeros((FRAMES, SIZE, SIZE, 2), np.float32)
-    for frame in range(FRAMES - 1):
-        ratio = scales[frame] / scales[frame + 1]
-        vector[frame, ..., 0] = (cols - centre) * (ratio - 1.0)
-        vector[frame, ..., 1] = (rows - centre) * (ratio - 1.0)
-    mask = np.zeros((FRAMES, SIZE, SIZE), bool)
-    mask[:, :8, :8] = True
-    background_id = np.where(mask, 0, 1).astype(np.int32)
-    uv[mask] = 0.25
-    return Passes(depth=np.full((FRAMES, SIZE, SIZE), 5.0, np.float32), mask=mask, uv=uv, vector=vector,
-                  background_id=background_id).validate()
-
-
-def floor_truth(passes: Passes, seed: int = 0) -> np.ndarray:
-    """Latents ``(F, 4, h, w)`` a perfectly consistent model would predict: a smooth random
-    texture on the floor, averaged over each latent's pixels."""
-    texels = 512
-    texture = ndimage.gaussian_filter(np.random.default_rng(seed).standard_normal((4, texels, texels)), (0, 2, 2))
-    texture /= texture.std()
-    cols = np.clip((passes.uv[..., 0] * texels).astype(int), 0, texels - 1)
-    rows = np.clip((passes.uv[..., 1] * texels).astype(int), 0, texels - 1)
-    pixels = texture[:, rows, cols]  # (4, F, H, W)
-    blocks = pixels.reshape(4, FRAMES, SIZE // FACTOR, FACTOR, SIZE // FACTOR, FACTOR).mean(axis=(3, 5))
-    return blocks.transpose(1, 0, 2, 3)
-
-
-def error(latents: torch.Tensor, truth: np.ndarray, floor: np.ndarray) -> float:
-    """Mean |latents - truth| on the latents wholly on the floor, relative to the truth's."""
-    diff = np.abs(latents.numpy() - truth).transpose(1, 0, 2, 3)[:, floor]
-    return float(diff.mean() / np.abs(truth.transpose(1, 0, 2, 3)[:, floor]).mean())
+from zs_core.protocol import ProtocolError, Request
 
 
 def test_floor_through_uv_keeps_the_truth_where_the_vector_chain_smears_it():
@@ -60,7 +18,7 @@ def test_floor_through_uv_keeps_the_truth_where_the_vector_chain_smears_it():
     truth = floor_truth(passes)
     x0 = torch.from_numpy(truth + 0.5 * truth.std() * np.random.default_rng(1).standard_normal(truth.shape)).float()
     floor = ~passes.mask.reshape(FRAMES, SIZE // FACTOR, FACTOR, SIZE // FACTOR, FACTOR).any(axis=(2, 4))
-    request = Request(kind="animation", **ANIMATION_DEFAULTS)
+    request = Request(kind="animation")
     surfaces = passes.background_id > 0
 
     through_uv = sync.UVSync(passes, request, FACTOR, mask=surfaces, layers=passes.background_id, strength=0.9,
@@ -81,7 +39,7 @@ def test_surfaces_keep_their_own_uv_spaces():
     passes.background_id[:, :, SIZE // 2:] = 2  # the right half is another object, with the same UVs mirrored
     passes.uv[:, :, SIZE // 2:] = passes.uv[:, :, SIZE // 2 - 1::-1][:, :, :SIZE // 2]
     passes.background_id[passes.mask] = 0
-    request = Request(kind="animation", **ANIMATION_DEFAULTS)
+    request = Request(kind="animation")
     x0 = torch.ones(FRAMES, 4, SIZE // FACTOR, SIZE // FACTOR)
     x0[..., SIZE // FACTOR // 2:] = -1.0
     fused = sync.UVSync(passes, request, FACTOR, mask=passes.background_id > 0, layers=passes.background_id,
@@ -100,7 +58,7 @@ def test_texture_sizes_follow_the_footprint():
 
 def test_background_uv_samples_and_needs_background_ids(tiny):
     passes = dolly_passes()
-    request = Request(kind="animation", steps=2, chunk=4, background_uv=True, **ANIMATION_DEFAULTS)
+    request = Request(kind="animation", steps=2, chunk=4, background_uv=True)
     result = animation.sample_frames(tiny, request, passes)
     assert result.images.shape == (FRAMES, SIZE, SIZE, 3) and np.isfinite(result.images).all()
     passes.background_id = None
@@ -114,6 +72,6 @@ def test_scattered_surface_pixels_still_sync():
     scattered = np.zeros_like(passes.background_id)
     scattered[:, 20::9, 20::9] = 1  # isolated pixels
     passes.background_id = scattered
-    hook = sync.UVSync(passes, Request(kind="animation", **ANIMATION_DEFAULTS), FACTOR, mask=scattered > 0,
+    hook = sync.UVSync(passes, Request(kind="animation"), FACTOR, mask=scattered > 0,
                        layers=scattered, strength=0.9, texels_per_latent=4.0)
     assert hook.texels > 0 and bool(hook.covered.any())

@@ -29,7 +29,8 @@ def ring_passes(views=VIEWS, size=SIZE) -> Passes:
 
 
 def request(**fields) -> Request:
-    base = dict(prompt="a red stone", negative_prompt="blurry", steps=3, seed=5, noise="iid", attention="self")
+    base = dict(prompt="a red stone", negative_prompt="blurry", steps=3, seed=5, noise="iid", attention="self",
+                sync_strength=0.0)
     base.update(fields)
     return Request(**base).validate()
 

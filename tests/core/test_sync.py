@@ -88,12 +88,11 @@ def test_strength_zero_is_a_no_op_and_half_is_between(passes):
 
 @pytest.mark.parametrize("scheduler_name", ["ddim", "dpmpp"])
 def test_synced_sampling_makes_final_latents_agree(tiny, passes, scheduler_name):
-    base = dict(prompt="stone", steps=4, seed=3, noise="iid", scheduler=scheduler_name, sync_end=0.0)
-    plain = sampler.sample(tiny, Request(**base), passes)
+    base = dict(prompt="stone", steps=4, seed=3, noise="iid", attention="self", scheduler=scheduler_name,
+                sync_end=0.0)
+    plain = sampler.sample(tiny, Request(sync_strength=0.0, **base), passes)
     synced = sampler.sample(tiny, Request(sync_strength=1.0, **base), passes)
     assert latent_disagreement(synced.latents, passes) < 0.3 * latent_disagreement(plain.latents, passes)
-    off = sampler.sample(tiny, Request(sync_strength=0.0, **base), passes)
-    np.testing.assert_array_equal(off.images, plain.images)
 
 
 def test_missing_uv_is_named(passes):

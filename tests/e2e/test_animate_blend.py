@@ -13,10 +13,11 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_addon import capture  # noqa: E402
+from blender_addon import image_pixels  # noqa: E402
 from blender_addon.client import Client  # noqa: E402
 from blender_scenes import ORIGINAL_COLOUR, moving_cube_shot  # noqa: E402
-from zs_core import cli, images, scene  # noqa: E402
+import zs_cli as cli  # noqa: E402
+from zs_core import images, scene  # noqa: E402
 from zs_server_helpers import ServerThread, make_settings  # noqa: E402
 
 SMALL = ["--steps", "2", "--chunk", "2", "--width", "64", "--height", "64"]
@@ -62,7 +63,7 @@ def check_animated_blend(out: Path, frames: list[int], size: int, target: str = 
         shown.append(Path(image.filepath_from_user(image_user=background.image_user)).resolve())
     assert shown == [path.resolve() for path in files]
     # image.pixels (no image user) holds the first file: the generated frame, as written.
-    assert np.abs(capture.image_to_numpy(image)[..., :3] - pictures[0]).max() <= 1 / 255 + 1e-6
+    assert np.abs(image_pixels.image_to_numpy(image)[..., :3] - pictures[0]).max() <= 1 / 255 + 1e-6
     (strip,) = scene_.sequence_editor.strips
     assert (strip.type, strip.frame_final_start, strip.frame_final_duration) == ("IMAGE", frames[0], len(frames))
     assert strip.directory == "//frames/"
@@ -137,9 +138,11 @@ def test_bad_input_is_a_clear_error(source_blend, tmp_path, capsys):
             cli.main(["animate", str(source_blend), "--frames", frames, "--out", str(out)])
         assert info.value.code == 2
         assert f"argument --frames: '{frames}'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main(["animate", str(source_blend), "--attention", "extended", "--out", str(out)])
-    assert "argument --attention: invalid choice: 'extended'" in capsys.readouterr().err
+    for option, value, words in (("--attention", "extended", "'extended' is for texture jobs"),
+                                 ("--width", "100", "100 is not a multiple of 8")):
+        with pytest.raises(SystemExit):
+            cli.main(["animate", str(source_blend), option, value, "--out", str(out)])
+        assert f"argument {option}: {words}" in capsys.readouterr().err
 
     def fails(*options) -> str:
         assert cli.main(["animate", *options, "--out", str(out), "--steps", "1"]) == 2
@@ -149,7 +152,6 @@ def test_bad_input_is_a_clear_error(source_blend, tmp_path, capsys):
                                                                                      "3-6")
     assert "camera 'Nobody' does not exist" in fails(str(source_blend), "--camera", "Nobody")
     assert "object 'Nobody' does not exist" in fails(str(source_blend), "--object", "Nobody")
-    assert "width: 100 is not a multiple of 8" in fails(str(source_blend), "--width", "100")
     bundle = tmp_path / "shot.npz"
     scene.animated_scene(frames=2, width=64, height=64).save(bundle)
     assert "--frames: only for .blend files" in fails(str(bundle), "--frames", "1-2")
@@ -160,7 +162,7 @@ def test_bad_input_is_a_clear_error(source_blend, tmp_path, capsys):
 
 def test_animation_demo_restyles_the_built_in_shot_in_blender(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--animation", "--out", str(out), "--frames", "3", "--size", "64", "--steps", "2"]) == 0
+    assert cli.main(["demo", "--animation", "--out", str(out), "--frames", "1-3", "--size", "64", "--steps", "2"]) == 0
     err = capsys.readouterr().err
     assert "Suzanne in Blender, 3 frames of 64x64" in err and str(out / "animated.blend") in err
     metrics = check_animated_blend(out, [1, 2, 3], 64, target="Suzanne", material="Clay",
@@ -177,7 +179,7 @@ def test_animation_demo_restyles_the_built_in_shot_in_blender(tmp_path, capsys):
 def test_animation_demo_without_bpy_runs_the_numpy_shot(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "bpy", None)
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--animation", "--out", str(out), "--frames", "3", "--size", "64", "--steps", "1"]) == 0
+    assert cli.main(["demo", "--animation", "--out", str(out), "--frames", "1-3", "--size", "64", "--steps", "1"]) == 0
     assert "numpy animated scene" in capsys.readouterr().err
     assert len(list((out / "frames").glob("*.png"))) == 3 and not (out / "animated.blend").exists()
     assert json.loads((out / "metrics.json").read_text())["frames"] == 3
@@ -189,17 +191,21 @@ def test_animate_blend_syncs_the_floor_through_its_uv(tmp_path, capsys):
     """The demo shot (Suzanne over a UV-mapped floor) with --background-uv: the capture tells
     the floor apart and the job fuses it through its UV; a scene without such meshes says so."""
     out = tmp_path / "out"
-    assert cli.main(["demo", "--animation", "--background-uv", "--out", str(out), "--frames", "3", "--size", "64",
+    assert cli.main(["demo", "--animation", "--background-uv", "--out", str(out), "--frames", "1-3", "--size", "64",
                      "--steps", "2"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["request"]["background_uv"] is True and metrics["frames"] == 3
     assert cli.main(["demo", "--background-uv", "--out", str(tmp_path / "texture")]) == 2  # animation only
-    assert "--background-uv: only for the animation demo" in capsys.readouterr().err
+    assert "--background-uv is for animation jobs, not texture" in capsys.readouterr().err
 
     moving_cube_shot(frames=3, size=64)  # a cube alone: no other UV-mapped mesh
     alone = tmp_path / "alone.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(alone))
     assert cli.main(["animate", str(alone), "--background-uv", "--out", str(tmp_path / "alone"),
+                     "--steps", "1"]) == 2
+    assert "every mesh that renders is a target, so none is left as background; name the targets (--object" \
+        in capsys.readouterr().err
+    assert cli.main(["animate", str(alone), "--background-uv", "--object", "Cube", "--out", str(tmp_path / "alone"),
                      "--steps", "1"]) == 2
     assert "background_uv: no mesh besides the targets has a UV map" in capsys.readouterr().err
     assert not (tmp_path / "alone").exists()  # refused before anything rendered

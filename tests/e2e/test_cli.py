@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from zs_core import cli, images, scene
+import zs_cli as cli
+from zs_core import images, scene
 
 SIZE, VIEWS, TEXTURE, STEPS = 128, 4, 128, 8
 

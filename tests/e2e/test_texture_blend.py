@@ -12,9 +12,10 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_addon import apply, capture, passes  # noqa: E402
+from blender_addon import apply, image_pixels, pass_render  # noqa: E402
 from blender_addon.client import Client  # noqa: E402
-from zs_core import bake, cli, geometry, images  # noqa: E402
+import zs_cli as cli  # noqa: E402
+from zs_core import bake, geometry, images  # noqa: E402
 from zs_server_helpers import ServerThread, free_port, make_settings  # noqa: E402
 
 ORIGINAL_COLOUR = (0.2, 0.4, 0.8, 1.0)
@@ -70,7 +71,7 @@ def check_textured_blend(out, views: int, view_size: int, texture_size: int) -> 
     assert uv_map == "UVMap"
     image = node.image
     assert image.filepath.startswith("//zs_textures/") and image.packed_file is None
-    texture = capture.image_to_numpy(image)[..., :3]  # loaded through the relative path
+    texture = image_pixels.image_to_numpy(image)[..., :3]  # loaded through the relative path
     assert texture.shape == (texture_size, texture_size, 3)
     assert np.abs(texture - images.load_png(out / "texture.png")).max() <= 1 / 255 + 1e-6
     assert texture.std() > 0.02
@@ -79,24 +80,24 @@ def check_textured_blend(out, views: int, view_size: int, texture_size: int) -> 
     # texel mask, and the texture seen through the cameras reproduces the generated views.
     cameras = sorted((obj for obj in bpy.data.objects if obj.type == "CAMERA"), key=lambda obj: obj.name)
     assert len(cameras) == views
-    seen_passes = passes.render_passes(bpy.context.scene, cameras, [monkey], view_size, view_size,
+    passes = pass_render.render_passes(bpy.context.scene, cameras, [monkey], view_size, view_size,
                                        texture_size=texture_size)
-    texel = np.floor(geometry.uv_to_texel(seen_passes.uv[seen_passes.mask], texture_size)).astype(int)
+    texel = np.floor(geometry.uv_to_texel(passes.uv[passes.mask], texture_size)).astype(int)
     texel = np.clip(texel, 0, texture_size - 1)
     seen = np.zeros((texture_size, texture_size), bool)
     seen[texel[:, 1], texel[:, 0]] = True
-    inside = (seen & seen_passes.texel_mask).sum() / seen.sum()
+    inside = (seen & passes.texel_mask).sum() / seen.sum()
     assert inside > 0.97
     # One texel per pixel centre is a lower bound of what the bake sees (it projects
     # every texel into the views, so texels finer than the pixels count too).
-    coverage = (seen & seen_passes.texel_mask).sum() / seen_passes.texel_mask.sum()
+    coverage = (seen & passes.texel_mask).sum() / passes.texel_mask.sum()
     assert metrics["texture_coverage"] >= coverage - 0.02 and metrics["texture_coverage"] > 0.5
     assert texture[seen].std() > 0.02  # seen texels carry the generated picture, not a fill
 
     generated = np.stack([images.load_png(out / "views" / f"{i:04d}.png") for i in range(views)])
-    mask = seen_passes.mask
-    shown = bake.render(texture, seen_passes.uv, mask)
-    flipped = bake.render(texture[::-1], seen_passes.uv, mask)
+    mask = passes.mask
+    shown = bake.render(texture, passes.uv, mask)
+    flipped = bake.render(texture[::-1], passes.uv, mask)
     error = float(np.abs(shown - generated)[mask].mean())
     error_flipped = float(np.abs(flipped - generated)[mask].mean())
     assert error < 0.12 and error < 0.7 * error_flipped
@@ -149,9 +150,10 @@ def test_errors_change_nothing(source_blend, tmp_path, capsys):
     assert f"cannot reach the ZS server at {url}" in capsys.readouterr().err
     assert cli.main(["texture", str(source_blend), "--prompt", "x", "--out", str(out)]) == 2
     assert "--object" in capsys.readouterr().err
-    assert cli.main(["texture", str(source_blend), "--object", "Suzanne", "--out", str(out),
-                     "--view-size", "100"]) == 2
-    assert "view_size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exiting:
+        cli.main(["texture", str(source_blend), "--object", "Suzanne", "--out", str(out), "--view-size", "100"])
+    assert exiting.value.code == 2
+    assert "argument --view-size: 100 is not a multiple of 8" in capsys.readouterr().err
     assert not (out / "textured.blend").exists() and not (out / "texture.png").exists()
     assert digest(source_blend) == before
 
@@ -170,7 +172,7 @@ def test_demo_is_the_blender_flow(tmp_path, capfd):
     assert (out / "blender.log").read_text().count("Saved:") == 3 * 3
     bpy.ops.wm.open_mainfile(filepath=str(out / "textured.blend"))
     node, _ = texture_node(bpy.data.objects["Suzanne"].material_slots[0].material)
-    assert capture.image_to_numpy(node.image).std() > 0.02
+    assert image_pixels.image_to_numpy(node.image).std() > 0.02
     assert "Clay" in bpy.data.materials
 
 

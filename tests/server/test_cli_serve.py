@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zs_core import cli
+import zs_cli as cli
 
 
 @pytest.fixture

@@ -20,14 +20,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServeProcess:
-    """`python -m zs_core.cli serve` in a subprocess, its output in a log file."""
+    """`python -m zs_cli serve` in a subprocess, its output in a log file."""
 
     def __init__(self, data_dir: Path, port: int, log_path: Path):
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
         self.log_path = log_path
         self.log = open(log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "zs_core.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
+            [sys.executable, "-m", "zs_cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
              "--device", "cpu", "--model", "tiny"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.base_url = f"http://127.0.0.1:{port}"

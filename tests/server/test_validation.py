@@ -99,6 +99,11 @@ def test_limits_on_views_and_resolution_name_the_field(server):
     assert_names(post(server, job_form(big_texels.to_npz_bytes(), GOOD)), 422, "texel_position")
 
 
+def test_limits_hold_for_background_id(server, small_passes):
+    wide = np.zeros((small_passes.views, small_passes.height, 264), np.int32)  # max_resolution=256
+    assert_names(post(server, job_form(npz_of(small_passes, background_id=wide), GOOD)), 422, "width")
+
+
 def test_malformed_forms(server, small_npz):
     assert_names(post(server, {"passes": ("p.npz", small_npz)}), 422, "request")
     assert_names(post(server, {"request": (None, GOOD.to_json())}), 422, "passes")

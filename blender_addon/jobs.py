@@ -2,18 +2,17 @@
 
 Blender's UI must never wait on the network, and bpy may only be touched from the main
 thread. So a :class:`RemoteJob` submits, follows the server-sent events and downloads
-the result (the texture, or every output of an animation) on its own thread, and reports
-through a queue; the main thread calls :meth:`RemoteJob.poll` (from a modal operator's
-timer) to drain it and act in Blender.
+the whole result (texture.png, views/ or frames/, metrics.json ...) on its own thread,
+and reports through a queue; the main thread calls :meth:`RemoteJob.poll` (from a modal
+operator's timer, or a blocking loop in scripts) to drain it and act in Blender.
 
-Messages (drained by ``poll``), as tuples:
-    ("submitted", job_id)
-    ("state", state)                       queued / running
-    ("progress", step, total, preview_png) preview_png: PNG bytes or None
-    ("done", result_path)                  the downloaded file (texture.png), or the folder
-                                           the whole result was extracted into (a Path)
-    ("failed", message)                    the job failed or the server could not be used
-    ("cancelled",)
+Events (drained by ``poll``) are ``(name, data)`` pairs, the server's own where it sends one:
+    ("submitted", {"job"})
+    ("queued", {"position", ...}), ("started", {"total", ...})
+    ("progress", {"step", "total", "preview"})   preview: PNG bytes or None
+    ("done", {"job", "folder", ...})              folder: where the result was extracted
+    ("failed", {"job", "error"})                  error: a user-facing message
+    ("cancelled", {"job"})
 
 Only one job runs at a time in a Blender session: :func:`active` / :func:`cancel_active`.
 """
@@ -26,7 +25,7 @@ import queue
 import threading
 from pathlib import Path
 
-from ..client import Client, ServerError
+from .client import Client, ServerError
 
 FINISHED = ("done", "failed", "cancelled")
 TEXTURE_FILE = "texture.png"
@@ -37,22 +36,19 @@ _active_lock = threading.Lock()
 
 class RemoteJob:
     """Submit ``request`` (a dict, ``Request.to_dict()``) with ``passes_npz`` to ``client``'s
-    server, follow it and download its ``result`` file (default ``texture.png``; None: the
-    whole result, e.g. an animation's ``frames/``) into ``folder`` on a worker thread.
+    server, follow it and download its whole result into ``folder`` on a worker thread.
 
     ``state`` (main-thread view, updated by :meth:`poll`): "starting", "queued",
     "running", then one of "done", "failed", "cancelled". ``step`` / ``total`` count
-    sampler steps; ``error`` is a user-facing message; ``result_path`` (the file, or
-    ``folder`` for a whole result) is set when done.
+    sampler steps; ``error`` is a user-facing message; ``result_path`` (``folder``) is set
+    when done.
     """
 
-    def __init__(self, client: Client, request: dict, passes_npz: bytes, folder: Path,
-                 result: str | None = TEXTURE_FILE):
+    def __init__(self, client: Client, request: dict, passes_npz: bytes, folder: Path):
         self.client = client
         self.request = request
         self.passes_npz = passes_npz
         self.folder = Path(folder)
-        self.result = result
         self.state = "starting"
         self.job_id: str | None = None
         self.step = 0
@@ -69,8 +65,8 @@ class RemoteJob:
 
     @property
     def texture_path(self) -> Path | None:
-        """The downloaded texture of a texture job (``result_path``)."""
-        return self.result_path
+        """The downloaded texture of a texture job."""
+        return None if self.result_path is None else self.result_path / TEXTURE_FILE
 
     def start(self) -> "RemoteJob":
         """Start the worker thread and make this the session's active job."""
@@ -95,36 +91,33 @@ class RemoteJob:
         """The worker thread still runs (a job nobody polls any more does not block others)."""
         return self._thread.is_alive()
 
-    def poll(self) -> list[tuple]:
-        """Drain the worker's messages (never blocks) -> them, in order; ``state``,
-        ``step``, ``job_id``, ``error`` and ``result_path`` are updated from them."""
-        messages = []
+    def poll(self) -> list[tuple[str, dict]]:
+        """Drain the worker's events (never blocks) -> them, in order; ``state``, ``step``,
+        ``job_id``, ``error`` and ``result_path`` are updated from them."""
+        events = []
         while True:
             try:
-                message = self._queue.get_nowait()
+                name, data = self._queue.get_nowait()
             except queue.Empty:
                 break
-            messages.append(message)
-            kind = message[0]
-            if kind == "submitted":
-                self.job_id = message[1]
-            elif kind == "state":
-                self.state = message[1]
-            elif kind == "progress":
-                self.state, self.step, self.total = "running", message[1], message[2]
-            elif kind == "done":
-                self.state, self.result_path = "done", message[1]
-            elif kind == "failed":
-                self.state, self.error = "failed", message[1]
-            elif kind == "cancelled":
-                self.state = "cancelled"
+            events.append((name, data))
+            if name == "submitted":
+                self.job_id = data["job"]
+            elif name in ("queued", "started"):
+                self.state = "queued" if name == "queued" else "running"
+            elif name == "progress":
+                self.state, self.step, self.total = "running", data["step"], data["total"]
+            elif name in FINISHED:
+                self.state = name
+                self.error = data.get("error")
+                self.result_path = data.get("folder")
         if self.finished:
             _release(self)
-        return messages
+        return events
 
     def cancel(self) -> None:
         """Ask the server to cancel (on a helper thread: never blocks) and stop following.
-        ``poll`` reports ("cancelled",) once the worker has let go."""
+        ``poll`` reports ("cancelled", ...) once the worker has let go."""
         if self._stop.is_set() or self.finished:
             return
         self._stop.set()
@@ -141,43 +134,45 @@ class RemoteJob:
 
     # ----------------------------------------------------------- worker thread
 
+    def _put(self, name: str, **data) -> None:
+        self._queue.put((name, dict(data, job=self.job_id)))
+
     def _run(self) -> None:
         try:
-            job_id = self.client.submit(self.request, self.passes_npz)
-            self.job_id = job_id
+            self.job_id = self.client.submit(self.request, self.passes_npz)
             self._submitted.set()
-            self._queue.put(("submitted", job_id))
+            self._put("submitted")
             if self._stop.is_set():  # cancelled while uploading: the cancel thread takes it down
-                self._queue.put(("cancelled",))
+                self._put("cancelled")
                 return
-            for name, data in self.client.events(job_id, stop=self._stop):
+            for name, data in self.client.events(self.job_id, stop=self._stop):
                 if name in ("queued", "started"):
-                    self._queue.put(("state", "queued" if name == "queued" else "running"))
+                    self._put(name, **data)
                 elif name == "progress":
-                    self._queue.put(("progress", int(data.get("step", 0)), int(data.get("total", self.total)),
-                                     _preview_bytes(data)))
+                    self._put("progress", step=int(data.get("step", 0)), total=int(data.get("total", self.total)),
+                              preview=_preview_bytes(data))
                 elif name == "done":
-                    self.folder.mkdir(parents=True, exist_ok=True)
-                    if self.result is None:
-                        path = self.client.download_result(job_id, self.folder)
-                    else:
-                        path = self.client.download_file(job_id, self.result, self.folder / self.result)
-                    self._queue.put(("done", Path(path)))
+                    self._put("done", **dict(data, folder=self.client.download_result(self.job_id, self.folder)))
                     return
                 elif name == "failed":
-                    self._queue.put(("failed", f"the job failed on the server: {data.get('error') or 'no reason given'}"))
+                    self._put("failed", error=f"job {self.job_id} failed on the server: "
+                                              f"{data.get('error') or 'no reason given'}")
                     return
                 elif name == "cancelled":
-                    self._queue.put(("cancelled",))
+                    self._put("cancelled")
                     return
             # The stream ended without a terminal event: only a stop request does that.
-            self._queue.put(("cancelled",) if self._stop.is_set() else
-                            ("failed", "the server's event stream ended before the job finished"))
+            if self._stop.is_set():
+                self._put("cancelled")
+            else:
+                self._put("failed", error="the server's event stream ended before the job finished")
         except ServerError as exc:
-            self._queue.put(("cancelled",) if self._stop.is_set() and exc.status is None else ("failed", str(exc)))
+            if self._stop.is_set() and exc.status is None:
+                self._put("cancelled")
+            else:
+                self._put("failed", error=str(exc))
         except Exception as exc:  # never die silently on a thread: the UI would wait forever
-            self._queue.put(("failed", f"unexpected error while talking to the server: "
-                                       f"{type(exc).__name__}: {exc}"))
+            self._put("failed", error=f"unexpected error while talking to the server: {type(exc).__name__}: {exc}")
         finally:
             self._submitted.set()
 

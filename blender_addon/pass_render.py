@@ -32,8 +32,15 @@ from typing import Callable, Iterable, Iterator, Sequence
 import bpy
 import numpy as np
 
-from . import capture, texels
-from .capture import CaptureError
+from . import texels
+from .camera_projection import camera_matrices
+from .datablocks import unique_name
+from .errors import CaptureError
+from .image_pixels import image_to_numpy
+from .scene_evaluation import capture_view_layer, evaluated_depsgraph
+from .scene_objects import background_surfaces, unused_pass_indices
+from .scene_state import object_mode, preserved_render_settings, render_resolution_modifiers, temporary_pass_index
+from .uv_layers import ensure_uv_map, temporary_render_uv
 from .wire import Passes
 
 # on_view(rendered, total): called after each view (or frame) is rendered and read back.
@@ -145,15 +152,15 @@ def view_arrays(raw: dict[str, np.ndarray], marker: int, with_vector: bool = Fal
 
 def render_passes(scene: bpy.types.Scene, cameras: Sequence[bpy.types.Object],
                   objects: Sequence[bpy.types.Object], width: int, height: int, uv_map: str | None = None,
-                  with_vector: bool = False, texture_size: int | None = None, smart_uv: bool = False,
+                  with_vector: bool = False, texture_size: int | None = None,
                   view_layer=None, on_view: ViewCallback | None = None) -> Passes:
     """Render every camera at the current frame -> validated :class:`Passes`.
 
     depth (V, H, W), normal / position (V, H, W, 3), uv (V, H, W, 2), mask (V, H, W) bool,
     world_to_camera / projection (V, 4, 4) [, vector (V, H, W, 2)] [, texel_position /
     texel_normal (T, T, 3), texel_mask (T, T) bool with ``texture_size`` T].
-    ``uv_map`` None uses each object's active render UV map; ``smart_uv`` adds a new
-    Smart UV Project map to objects without one (otherwise they are an error).
+    ``uv_map`` None uses each object's active render UV map; an object without the map is
+    an error (the flow adds a Smart UV map before the capture where asked).
     ``on_view(rendered, total)`` follows the progress (e.g. a progress bar).
     """
     cameras = list(cameras)
@@ -161,12 +168,12 @@ def render_passes(scene: bpy.types.Scene, cameras: Sequence[bpy.types.Object],
         raise CaptureError("no camera to render: add cameras (e.g. build a rig) first")
     frame = scene.frame_current
     return _capture(scene, [(camera, None) for camera in cameras], objects, width, height, uv_map,
-                    with_vector, texture_size, smart_uv, view_layer, bake_frame=frame, on_view=on_view)
+                    with_vector, texture_size, view_layer, bake_frame=frame, on_view=on_view)
 
 
 def render_frame_passes(scene: bpy.types.Scene, camera: bpy.types.Object, objects: Sequence[bpy.types.Object],
                         frames: Iterable[int], width: int, height: int, uv_map: str | None = None,
-                        with_vector: bool = True, texture_size: int | None = None, smart_uv: bool = False,
+                        with_vector: bool = True, texture_size: int | None = None,
                         view_layer=None, with_uv: bool = True, on_view: ViewCallback | None = None,
                         background_ids: bool = False) -> Passes:
     """Render one camera at each of ``frames`` -> validated :class:`Passes` (frames first).
@@ -177,14 +184,14 @@ def render_frame_passes(scene: bpy.types.Scene, camera: bpy.types.Object, object
     objects then need no UV map; ``uv`` is None and texel maps cannot be asked for).
     ``on_view(rendered, total)`` is called after each frame. ``background_ids`` (with
     the UV pass) tells the scene's other UV-mapped meshes apart: ``background_id``
-    (F, H, W) int32 numbers them 1.. by name (see :func:`capture.background_surfaces`),
+    (F, H, W) int32 numbers them 1.. by name (see :func:`.scene_objects.background_surfaces`),
     and ``uv`` holds their UV on their pixels.
     """
     frames = [int(f) for f in frames]
     if not frames:
         raise CaptureError("no frame to render: the frame range is empty")
     return _capture(scene, [(camera, f) for f in frames], objects, width, height, uv_map,
-                    with_vector, texture_size, smart_uv, view_layer, bake_frame=frames[0], with_uv=with_uv,
+                    with_vector, texture_size, view_layer, bake_frame=frames[0], with_uv=with_uv,
                     on_view=on_view, background_ids=background_ids and with_uv)
 
 
@@ -202,8 +209,8 @@ def bake_texel_maps(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object],
     """
     size = _checked_size("texture_size", texture_size, 16, 8192)
     position = normal = covered = None
-    with capture.render_resolution_modifiers(objects):  # the surface the passes render
-        depsgraph = capture.evaluated_depsgraph(scene, view_layer)
+    with render_resolution_modifiers(objects):  # the surface the passes render
+        depsgraph = evaluated_depsgraph(scene, view_layer)
         for obj in objects:
             tri_uv, tri_position, tri_normal = _mesh_triangles(obj, depsgraph, uv_maps[obj])
             position, normal, covered = texels.rasterize(tri_uv, tri_position, tri_normal, size, position, normal,
@@ -260,8 +267,7 @@ def _mesh_triangles(obj, depsgraph, uv_map: str) -> tuple[np.ndarray, np.ndarray
 # ------------------------------------------------------------------------- the capture
 
 
-def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_size, smart_uv,
-             view_layer, bake_frame, with_uv: bool = True, on_view: ViewCallback | None = None,
+def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_size, view_layer, bake_frame, with_uv: bool = True, on_view: ViewCallback | None = None,
              background_ids: bool = False) -> Passes:
     """Render ``shots`` [(camera, frame or None)] -> validated Passes; state restored."""
     width = _checked_size("width", width, 8, 16384)
@@ -270,16 +276,14 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
     for camera, _frame in shots:
         if camera is None or camera.type != "CAMERA":
             raise CaptureError(f"{getattr(camera, 'name', camera)!r} is not a camera object")
-    view_layer = view_layer or capture.capture_view_layer(scene)
-    # A requested Smart UV map is a deliberate, lasting edit: made before the state scope.
+    view_layer = view_layer or capture_view_layer(scene)
     if not with_uv and texture_size is not None:
         raise CaptureError("texel maps are baked on a UV map: a capture without UV cannot bake them")
-    uv_maps = ({obj: capture.ensure_uv_map(obj, uv_map, smart_project=smart_uv) for obj in objects}
-               if with_uv else {})
+    uv_maps = {obj: ensure_uv_map(obj, uv_map) for obj in objects} if with_uv else {}
     # Pass indices no other object uses: one for the targets (the mask), one per surface.
-    surfaces = capture.background_surfaces(scene, objects) if background_ids else []
-    indices = capture.unused_pass_indices(scene, objects + surfaces, 1 + len(surfaces),
-                                          capture.evaluated_depsgraph(scene, view_layer))
+    surfaces = background_surfaces(scene, objects) if background_ids else []
+    indices = unused_pass_indices(scene, objects + surfaces, 1 + len(surfaces),
+                                  evaluated_depsgraph(scene, view_layer))
     marker = indices[0]
     surface_ids = None
     if background_ids:
@@ -289,17 +293,16 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
     arrays = allocate_views(len(shots), height, width, with_vector, with_uv, background_ids)
     world_to_camera, projection = [], []
     with contextlib.ExitStack() as stack:
-        stack.enter_context(capture.preserved_render_settings(scene))
+        stack.enter_context(preserved_render_settings(scene))
         stack.enter_context(_context_for(scene, view_layer))
-        stack.enter_context(capture.object_mode())  # edit-mode changes reach the evaluated mesh
+        stack.enter_context(object_mode())  # edit-mode changes reach the evaluated mesh
         stack.enter_context(_no_new_render_result())
         texels = None
         if texture_size is not None:
             scene.frame_set(bake_frame)
             texels = bake_texel_maps(scene, objects, uv_maps, texture_size, view_layer)
-        stack.enter_context(capture.temporary_pass_index(objects + surfaces,
-                                                         [marker] * len(objects) + indices[1:]))
-        stack.enter_context(capture.temporary_render_uv(uv_maps))
+        stack.enter_context(temporary_pass_index(objects + surfaces, [marker] * len(objects) + indices[1:]))
+        stack.enter_context(temporary_render_uv(uv_maps))
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="zs-passes-"))
         _configure_render(scene, view_layer, width, height, names)
         output = stack.enter_context(_pass_compositor(scene, view_layer, names))
@@ -309,8 +312,7 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
             scene.camera = camera
             raw = _render_view(scene, view_layer, output, os.path.join(folder, f"{index:04d}"), names)
             decode_view(raw, marker, arrays, index, surface_ids)
-            matrices = capture.camera_matrices(scene, camera, width, height,
-                                               capture.evaluated_depsgraph(scene, view_layer))
+            matrices = camera_matrices(scene, camera, width, height, evaluated_depsgraph(scene, view_layer))
             world_to_camera.append(matrices[0])
             projection.append(matrices[1])
             if on_view is not None:
@@ -428,7 +430,7 @@ def _pass_compositor(scene, view_layer, names: Sequence[str]) -> Iterator[bpy.ty
     """A temporary compositor: render layers -> File Output (32-bit EXRs, see
     :data:`PACKED_FILES`). Yields the File Output node (set its ``directory`` per view);
     removed on exit."""
-    tree = bpy.data.node_groups.new(capture.unique_name(bpy.data.node_groups, "ZS Passes"),
+    tree = bpy.data.node_groups.new(unique_name(bpy.data.node_groups, "ZS Passes"),
                                     "CompositorNodeTree")
     try:
         layers = tree.nodes.new("CompositorNodeRLayers")
@@ -488,6 +490,6 @@ def _read_exr(path: str) -> np.ndarray:
     try:
         image.colorspace_settings.is_data = True  # raw values, no colour conversion
         image.alpha_mode = "CHANNEL_PACKED"  # alpha is data too: never (un)premultiplied
-        return capture.image_to_numpy(image, contiguous=False)
+        return image_to_numpy(image, contiguous=False)
     finally:
         bpy.data.images.remove(image)

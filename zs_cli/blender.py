@@ -1,0 +1,149 @@
+"""Running the Blender flow from the ``zs`` command: Blender's Python module (``bpy``)
+in this process, its console lines kept out of the terminal, and the sampling backend the
+flow calls (zs_core in this process, or a server)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from .progress import EventBars, StepBar
+
+BLENDER_LOG = "blender.log"
+SHORT_LOG = 4096  # bytes of Blender's log shown on stderr instead of kept, for a run that made no output
+NO_TOKEN_HINT = ("set ZS_TOKEN or pass --token (the server prints where its token file is when it starts; "
+                 "`zs serve` on this machine writes it into its data folder)")
+
+
+def bpy_available() -> bool:
+    try:
+        return importlib.util.find_spec("bpy") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def batch():
+    """``blender_addon.batch`` (needs ``bpy``), or a ValueError saying how to install it."""
+    try:
+        from blender_addon import batch as module
+    except ModuleNotFoundError as exc:
+        if exc.name != "bpy":
+            raise
+        raise ValueError("source: a .blend needs Blender's Python module; install it with "
+                         "pip install -e '.[blender]' (bpy 5.0.1, Python 3.11)") from None
+    return module
+
+
+@contextlib.contextmanager
+def log_to(out: Path):
+    """Blender's console lines go to ``out/blender.log`` instead of the terminal meanwhile.
+
+    Blender writes them from C to the process's stdout (fd 1): a "Saved:" line for every
+    temporary pass file (three per view or frame), the files it reads and saves. Every line of
+    ours, and the progress bars, go to stderr, so they stay. The log is written to a
+    temporary file and moved into ``out`` at the end when ``out`` exists (a run stopped
+    by bad input creates no output folder); its path is named on stderr. A short log of a
+    run that stopped before creating ``out`` is written to stderr instead of kept."""
+    _flush_stdout()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout to redirect (closed): Blender's lines go nowhere anyway
+        yield
+        return
+    handle, temporary = tempfile.mkstemp(prefix="zs-blender-", suffix=".log")
+    os.dup2(handle, 1)
+    os.close(handle)
+    try:
+        yield
+    finally:
+        _flush_stdout()
+        os.dup2(saved, 1)
+        os.close(saved)
+        _keep_log(Path(temporary), out)
+
+
+def _keep_log(path: Path, out: Path) -> None:
+    if out.is_dir():
+        try:
+            path = Path(shutil.move(str(path), out / BLENDER_LOG))
+        except OSError:
+            pass  # kept where it is; named below
+    elif path.stat().st_size <= SHORT_LOG:  # a run stopped early: show its few lines, keep no file
+        sys.stderr.write(path.read_text(errors="replace"))
+        path.unlink()
+        return
+    print(f"Blender's log: {path}", file=sys.stderr)
+
+
+def _flush_stdout() -> None:
+    """Python's and C's stdout buffers out, so no line lands on the wrong side of a switch."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):  # no C library to ask (Windows): Python's flush only
+        pass
+
+
+def run_with_bar(components, request, passes, out) -> dict:
+    """zs_core.run.run_job in this process with a progress bar -> the metrics."""
+    from zs_core import run
+
+    bar = StepBar(request.steps)
+    try:
+        return run.run_job(components, request, passes, out, progress=bar)
+    finally:
+        bar.close()
+
+
+def in_process_sampler(model: str, controlnet: str | None, device: str):
+    """sampler(request dict, passes, out_dir) -> metrics for the Blender flow: zs_core in
+    this process, with a progress bar. The model is loaded on the first call."""
+    from zs_core import models
+    from zs_core.protocol import Passes, Request
+
+    loaded = {}
+
+    def sample(request_dict: dict, passes, out_dir) -> dict:
+        if "components" not in loaded:
+            loaded["components"] = models.load(model, controlnet, device=device)
+        request = Request.from_dict(request_dict)
+        core_passes = Passes.from_arrays(passes.arrays()).validate()  # the add-on's own Passes class
+        return run_with_bar(loaded["components"], request, core_passes, out_dir)
+
+    return sample
+
+
+def local_token() -> str | None:
+    """ZS_TOKEN, else the token file of the local server's data folder, else None."""
+    if os.environ.get("ZS_TOKEN"):
+        return os.environ["ZS_TOKEN"]
+    from server.config import TOKEN_FILE, Settings
+
+    path = Settings.from_env().data_dir / TOKEN_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+@contextlib.contextmanager
+def sampling_backend(args, command: str):
+    """Yields the Blender flow's backend keywords: the server of ``--server``, else the
+    in-process sampler; progress bars for the pass render and the server's steps (the
+    in-process sampler has its own), closed at the end also when the run fails."""
+    bars = EventBars(command)
+    try:
+        if getattr(args, "server", None):  # zs demo has no --server
+            token = args.token or local_token()
+            if token is None:
+                raise ValueError(f"--token: no token for {args.server}; {NO_TOKEN_HINT}")
+            yield dict(server=args.server, token=token, progress=bars)
+        else:
+            yield dict(sampler=in_process_sampler(args.model, args.controlnet, args.device), progress=bars)
+    finally:
+        bars.close()

@@ -1,0 +1,208 @@
+"""The sub-commands: ``demo``, ``texture``, ``animate`` and ``serve``.
+
+A ``.blend`` source runs the Blender flow (``blender_addon.batch``) with the sampling in
+this process or on ``--server``; a passes bundle (``.npz``) is sampled here directly."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from zs_core.protocol import ANIMATION, TEXTURE, Passes, Request, offered, values_from_arguments
+
+from . import blender, report
+
+INSTALL_BLENDER = "pip install -e '.[blender]'"
+# Flags that only a .blend source takes (besides the capture settings of the table).
+BLEND_FLAGS = {"objects": "--object", "use_scene_cameras": "--use-scene-cameras", "frames": "--frames",
+               "camera": "--camera", "server": "--server", "passes_only": "--passes-only"}
+
+
+def demo(args: argparse.Namespace) -> int:
+    from .main import DEMO_DEFAULTS, DEMO_FRAMES, frame_range
+
+    kind = ANIMATION if args.animation else TEXTURE
+    if args.frames is not None and kind == TEXTURE:
+        raise ValueError("--frames: only for the animation demo (--animation)")
+    values = values_from_arguments(args, kind, capture=("views",), overrides=DEMO_DEFAULTS[kind])
+    out = Path(args.out)
+    if kind == ANIMATION:
+        return _demo_animation(args, out, values, args.frames or frame_range(DEMO_FRAMES))
+    if blender.bpy_available():
+        return _demo_blender(args, out, values)
+    print("zs demo: Blender's Python module (bpy) is not installed, so this runs the numpy sphere scene "
+          f"instead of the Blender flow; install it with: {INSTALL_BLENDER}", file=sys.stderr)
+    print(f"zs demo: built-in scene ({values['views']} views of {args.size}x{args.size}), model {args.model}",
+          file=sys.stderr)
+    from zs_core import scene
+
+    request = _request(TEXTURE, values)
+    passes = scene.sphere_scene(views=values["views"], width=args.size, height=args.size,
+                                texture_size=request.texture_size)
+    report.texture_outputs(out, blender.run_with_bar(_load_model(args), request, passes, out))
+    return 0
+
+
+def _demo_blender(args: argparse.Namespace, out: Path, values: dict) -> int:
+    """`zs demo` in Blender: Suzanne (with a material of her own) and an orbit rig."""
+    batch = blender.batch()
+    print(f"zs demo: Suzanne in Blender, {values['views']} cameras of {args.size}x{args.size}, model {args.model}",
+          file=sys.stderr)
+    with blender.log_to(out), blender.sampling_backend(args, "demo") as backend:
+        scene_path = batch.build_demo_scene(out / "scene.blend")
+        summary = batch.texture_blend(scene_path, out, [batch.DEMO_OBJECT], dict(values, view_size=args.size),
+                                      **backend)
+    report.textured_blend(summary)
+    return 0
+
+
+def _demo_animation(args: argparse.Namespace, out: Path, values: dict, frames: tuple[int, int]) -> int:
+    """`zs demo --animation`: Suzanne sliding and turning before a dollying camera,
+    re-styled into consistent frames (the numpy animated scene without bpy)."""
+    count = frames[1] - frames[0] + 1
+    if blender.bpy_available():
+        batch = blender.batch()
+        print(f"zs demo --animation: Suzanne in Blender, {count} frames of {args.size}x{args.size}, model "
+              f"{args.model}", file=sys.stderr)
+        with blender.log_to(out), blender.sampling_backend(args, "demo") as backend:
+            scene_path = batch.build_animated_demo_scene(out / "scene.blend", frames=frames, size=args.size)
+            summary = batch.animate_blend(scene_path, out, values, objects=[batch.DEMO_OBJECT], **backend)
+        report.animated_blend(summary)
+        return 0
+    if values["background_uv"]:
+        raise ValueError("--background-uv: the numpy scene has no UV-mapped floor; the Blender shot needs "
+                         f"Blender's Python module: {INSTALL_BLENDER}")
+    print("zs demo --animation: Blender's Python module (bpy) is not installed: the numpy animated scene instead",
+          file=sys.stderr)
+    from zs_core import scene
+
+    request = _request(ANIMATION, values)
+    passes = scene.animated_scene(frames=count, width=args.size, height=args.size)
+    report.animation_outputs(out, blender.run_with_bar(_load_model(args), request, passes, out))
+    return 0
+
+
+def texture(args: argparse.Namespace) -> int:
+    source = _source(args.source)
+    if source.suffix == ".blend":
+        return _texture_blend(args, source)
+    _only_for_blend(args, TEXTURE)
+    passes = Passes.load(source).validate()
+    values = values_from_arguments(args, TEXTURE, capture=False)
+    if args.texture_size is None and passes.texel_position is not None:
+        values["texture_size"] = passes.texel_position.shape[0]  # the bundle's texel maps
+    metrics = blender.run_with_bar(_load_model(args), _request(TEXTURE, values), passes, args.out)
+    report.texture_outputs(Path(args.out), metrics)
+    return 0
+
+
+def _texture_blend(args: argparse.Namespace, source: Path) -> int:
+    """`zs texture FILE.blend`: open, texture the objects, save out/textured.blend."""
+    if not args.objects:
+        raise ValueError("--object: name the object to texture (repeat --object for several)")
+    if args.use_scene_cameras and args.views is not None:
+        raise ValueError("--views: an orbit rig is not built with --use-scene-cameras; give one of the two")
+    batch = blender.batch()
+    values = values_from_arguments(args, TEXTURE)
+    with blender.log_to(Path(args.out)), _backend(args, "texture") as backend:
+        summary = batch.texture_blend(source, args.out, args.objects, values,
+                                      use_scene_cameras=args.use_scene_cameras, passes_only=args.passes_only,
+                                      **backend)
+    _report_blend(args, "texture", summary, report.textured_blend)
+    return 0
+
+
+def animate(args: argparse.Namespace) -> int:
+    source = _source(args.source)
+    if source.suffix == ".blend":
+        return _animate_blend(args, source)
+    _only_for_blend(args, ANIMATION)
+    passes = Passes.load(source).validate()
+    request = _request(ANIMATION, values_from_arguments(args, ANIMATION, capture=False))
+    print(f"zs animate: {passes.views} frames of {passes.width}x{passes.height} from {source}, model {args.model}",
+          file=sys.stderr)
+    metrics = blender.run_with_bar(_load_model(args), request, passes, args.out)
+    report.animation_outputs(Path(args.out), metrics)
+    return 0
+
+
+def _animate_blend(args: argparse.Namespace, source: Path) -> int:
+    """`zs animate FILE.blend`: open, re-style the camera's shot, save out/animated.blend."""
+    batch = blender.batch()
+    values = values_from_arguments(args, ANIMATION)
+    with blender.log_to(Path(args.out)), _backend(args, "animate") as backend:
+        summary = batch.animate_blend(source, args.out, values, camera=args.camera, frames=args.frames,
+                                      objects=args.objects, passes_only=args.passes_only, **backend)
+    _report_blend(args, "animate", summary, report.animated_blend)
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from server.app import create_app
+    from server.config import TOKEN_FILE, Settings
+
+    settings = Settings.from_env(host=args.host, port=args.port, model=args.model, controlnet=args.controlnet,
+                                 data_dir=args.data_dir, device=args.device)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.is_loopback:
+        print(f"zs serve: WARNING: binding {settings.host} makes the server reachable from other machines; "
+              "anyone who can reach it and has the token can run jobs. Use 127.0.0.1 unless you mean it.",
+              file=sys.stderr)
+    app = create_app(settings)
+    token_note = "from ZS_TOKEN" if settings.token else f"in {settings.data_dir / TOKEN_FILE}"
+    print(f"zs serve: http://{settings.host}:{settings.port} (API docs at /docs, token {token_note}, "
+          f"jobs in {settings.jobs_dir}); loading model {settings.model}", file=sys.stderr)
+    # A short graceful timeout: open event streams would otherwise hold up Ctrl+C.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=3)
+    return 0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _source(text: str) -> Path:
+    source = Path(text)
+    if source.suffix not in (".blend", ".npz"):
+        raise ValueError(f"source: expected a .blend file or a passes bundle (.npz), got {source.name!r}")
+    if not source.is_file():
+        raise ValueError(f"source: {source} does not exist")
+    return source
+
+
+def _only_for_blend(args: argparse.Namespace, kind: str) -> None:
+    """A bundle is sampled whole, in this process: .blend-only flags are an error."""
+    flags = dict(BLEND_FLAGS, **{parameter.name: parameter.flag for parameter in offered(kind, wire=False)})
+    for name, flag in flags.items():
+        if getattr(args, name, None) not in (None, False):
+            raise ValueError(f"{flag}: only for .blend files; a passes bundle is sampled whole, in this process")
+
+
+def _request(kind: str, values: dict) -> Request:
+    wire = {name: value for name, value in values.items() if name in Request.__dataclass_fields__}
+    return Request(kind=kind, **wire).validate()
+
+
+def _load_model(args: argparse.Namespace):
+    from zs_core import models
+
+    return models.load(args.model, args.controlnet, device=args.device)
+
+
+def _backend(args: argparse.Namespace, command: str):
+    """No sampling backend for a passes-only run."""
+    if args.passes_only:
+        return contextlib.nullcontext({})
+    return blender.sampling_backend(args, command)
+
+
+def _report_blend(args: argparse.Namespace, command: str, summary: dict, full) -> None:
+    if args.passes_only:
+        report.bundle(dict(summary, command=command))
+    else:
+        full(summary)

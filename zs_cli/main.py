@@ -1,0 +1,133 @@
+"""``zs``'s parser and entry point. The sampling flags come from the parameter table
+(:data:`zs_core.protocol.PARAMETERS`), so every front end offers the same names, defaults
+and ranges, and ``--help`` shows them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from zs_core.protocol import ANIMATION, TEXTURE, ProtocolError, add_arguments, parse_frame_range
+
+from . import commands
+
+# The demo's own defaults: a small, quick run that still shows every part of the flow.
+DEMO_PROMPT = "a weathered bronze statue, detailed texture"
+DEMO_DEFAULTS = {
+    TEXTURE: {"prompt": DEMO_PROMPT, "steps": 12, "attention": "self", "texture_size": 512},
+    ANIMATION: {"prompt": DEMO_PROMPT, "steps": 12},
+}
+DEMO_FRAMES = "1-16"
+
+
+def frame_range(text: str) -> tuple[int, int]:
+    """argparse ``type`` of ``--frames``: ``FIRST-LAST`` (or a single frame) -> (first, last)."""
+    try:
+        return parse_frame_range(text)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("frames: ")) from None
+
+
+def _model_options(parser) -> None:
+    group = parser.add_argument_group("model (sampling in this process)")
+    group.add_argument("--model", default="tiny",
+                       help="tiny, a diffusers folder, a hub id or a .safetensors file (default: tiny)")
+    group.add_argument("--controlnet", default=None,
+                       help="depth ControlNet (default: tiny for tiny, else SD1.5 depth)")
+    group.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (default: auto)")
+
+
+def _server_options(group) -> None:
+    group.add_argument("--server", default=None, help="sample on this ZS server (e.g. http://127.0.0.1:8765) "
+                                                      "instead of in this process")
+    group.add_argument("--token", default=None, help="the server's token (default: ZS_TOKEN or the local "
+                                                     "server's token file)")
+    group.add_argument("--passes-only", action="store_true",
+                       help="render the passes into OUT/passes.npz (with OUT/request.json) and stop: a bundle "
+                            "to sample later without Blender")
+
+
+def _demo_parser(commands_) -> None:
+    demo = commands_.add_parser("demo", help="run the built-in scene on the built-in model and write results",
+                                description="Texture Suzanne (or, with --animation, re-style an animated shot) "
+                                            "in Blender on the built-in tiny model.")
+    demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    demo.add_argument("--animation", action="store_true",
+                      help="the animation demo: an animated shot re-styled into consistent frames")
+    demo.add_argument("--size", type=int, default=192,
+                      help="view (frame) width and height, a multiple of 8 (default: 192)")
+    demo.add_argument("--frames", type=frame_range, default=None,
+                      help=f"FIRST-LAST frames of the animation demo's shot (default: {DEMO_FRAMES}); "
+                           "animation only")
+    _model_options(demo)
+    add_arguments(demo.add_argument_group("sampling"), (TEXTURE, ANIMATION), capture=("views",),
+                  overrides=DEMO_DEFAULTS)
+    demo.set_defaults(func=commands.demo)
+
+
+def _texture_parser(commands_) -> None:
+    texture = commands_.add_parser("texture", help="texture objects of a .blend file, or a passes bundle (.npz)")
+    texture.add_argument("source", help="FILE.blend, or passes.npz (a bundle: see docs/protocol.md)")
+    texture.add_argument("--out", required=True, help="output folder")
+    _model_options(texture)
+    add_arguments(texture.add_argument_group("sampling"), (TEXTURE,), capture=False)
+    blend = texture.add_argument_group(".blend files")
+    blend.add_argument("--object", dest="objects", action="append", default=None,
+                       help="object to texture (repeat for several)")
+    blend.add_argument("--use-scene-cameras", action="store_true",
+                       help="render every camera of the scene instead of an orbit rig")
+    add_arguments(blend, (TEXTURE,), capture=True, wire=False)
+    _server_options(blend)
+    texture.set_defaults(func=commands.texture)
+
+
+def _animate_parser(commands_) -> None:
+    animate = commands_.add_parser("animate", help="re-style a camera's shot of a .blend file, or an animation "
+                                                   "passes bundle (.npz), into consistent frames")
+    animate.add_argument("source", help="FILE.blend, or passes.npz (frames first, with uv, mask and vector)")
+    animate.add_argument("--out", required=True, help="output folder")
+    _model_options(animate)
+    add_arguments(animate.add_argument_group("sampling"), (ANIMATION,), capture=False)
+    blend = animate.add_argument_group(".blend files")
+    blend.add_argument("--frames", type=frame_range, default=None,
+                       help="FIRST-LAST, inside the scene's frame range (default: the scene's range)")
+    blend.add_argument("--camera", default=None, help="camera object (default: the scene's active camera)")
+    blend.add_argument("--object", dest="objects", action="append", default=None,
+                       help="target object whose surface the noise and UV sync follow (repeat for several; "
+                            "default: every mesh that renders)")
+    add_arguments(blend, (ANIMATION,), capture=True, wire=False)
+    _server_options(blend)
+    animate.set_defaults(func=commands.animate)
+
+
+def _serve_parser(commands_) -> None:
+    serve = commands_.add_parser("serve", help="run the local sampling server (HTTP on 127.0.0.1) for Blender")
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; anything else warns)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8765)")
+    serve.add_argument("--model", default=None, help="tiny, a diffusers folder, a hub id or a .safetensors file "
+                                                     "(default: tiny)")
+    serve.add_argument("--controlnet", default=None, help="depth ControlNet (default: tiny for tiny, else SD1.5 "
+                                                          "depth)")
+    serve.add_argument("--data-dir", default=None, help="jobs, results and the token (default: the user data "
+                                                        "folder)")
+    serve.add_argument("--device", default=None, help="auto (default), cuda, cuda:N, mps or cpu")
+    serve.set_defaults(func=commands.serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zs", description="ZS Texturing: consistent multi-view texturing")
+    commands_ = parser.add_subparsers(dest="command", required=True)
+    for add in (_demo_parser, _texture_parser, _animate_parser, _serve_parser):
+        add(commands_)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as exc:  # bad input and missing models get one clear line, not a traceback
+        if isinstance(exc, (ProtocolError, ValueError)) or type(exc).__name__ in ("ModelLoadError", "ServerError"):
+            print(f"zs {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
