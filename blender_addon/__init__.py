@@ -1,4 +1,4 @@
-"""The Blender extension: bpy, the standard library and numpy only (see DESIGN.md).
+"""The Blender extension: bpy, the standard library and numpy only (see docs/architecture.md).
 
 ``register()`` registers one ``classes`` tuple gathered from the modules (preferences,
 settings, operators, panels: dependencies first) and adds ``Scene.zs_texturing``;

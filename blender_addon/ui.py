@@ -23,15 +23,19 @@ _STATUS_ICONS = {"online": "CHECKMARK", "offline": "CANCEL", "error": "ERROR", "
 
 
 class _SidebarPanel:
-    """Where every ZS panel lives: the 3D View's sidebar, tab "ZS"."""
+    """Where every ZS panel lives: the 3D View's sidebar, tab "ZS" (a panel's id is its
+    class name)."""
 
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "ZS"
 
 
+class _SubPanel(_SidebarPanel):
+    bl_parent_id = "ZS_PT_main"
+
+
 class ZS_PT_main(_SidebarPanel, bpy.types.Panel):
-    bl_idname = "ZS_PT_main"
     bl_label = "ZS Texturing"
 
     @classmethod
@@ -101,10 +105,8 @@ class ZS_PT_main(_SidebarPanel, bpy.types.Panel):
             layout.label(text="Live preview: Image Editor > ZS Preview", icon="IMAGE_DATA")
 
 
-class ZS_PT_method(_SidebarPanel, bpy.types.Panel):
-    bl_idname = "ZS_PT_method"
+class ZS_PT_method(_SubPanel, bpy.types.Panel):
     bl_label = "Method"
-    bl_parent_id = "ZS_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
@@ -132,10 +134,8 @@ class ZS_PT_method(_SidebarPanel, bpy.types.Panel):
         layout.prop(settings, "sync_strength")
 
 
-class ZS_PT_output(_SidebarPanel, bpy.types.Panel):
-    bl_idname = "ZS_PT_output"
+class ZS_PT_output(_SubPanel, bpy.types.Panel):
     bl_label = "Output"
-    bl_parent_id = "ZS_PT_main"
 
     def draw(self, context):
         layout, settings = _settings_layout(self.layout, context)
@@ -160,13 +160,11 @@ DRAWN = {
 }
 
 
-class ZS_PT_advanced(_SidebarPanel, bpy.types.Panel):
+class ZS_PT_advanced(_SubPanel, bpy.types.Panel):
     """Every other parameter of the mode, as the parameter table lists them: a parameter
     the table gains shows up here without a change to the panels."""
 
-    bl_idname = "ZS_PT_advanced"
     bl_label = "Advanced"
-    bl_parent_id = "ZS_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):

@@ -85,16 +85,27 @@ def _demo_animation(args: argparse.Namespace, out: Path, values: dict, frames: t
 
 
 def texture(args: argparse.Namespace) -> int:
+    return _sample(args, TEXTURE, _texture_blend, report.texture_outputs)
+
+
+def animate(args: argparse.Namespace) -> int:
+    return _sample(args, ANIMATION, _animate_blend, report.animation_outputs)
+
+
+def _sample(args: argparse.Namespace, kind: str, blend_run, outputs) -> int:
+    """A .blend source runs the Blender flow (``blend_run``); a bundle is sampled here."""
     source = _source(args.source)
     if source.suffix == ".blend":
-        return _texture_blend(args, source)
-    _only_for_blend(args, TEXTURE)
+        return blend_run(args, source)
+    _only_for_blend(args, kind)
     passes = Passes.load(source).validate()
-    values = values_from_arguments(args, TEXTURE, capture=False)
-    if args.texture_size is None and passes.texel_position is not None:
+    values = values_from_arguments(args, kind, capture=False)
+    if kind == TEXTURE and args.texture_size is None and passes.texel_position is not None:
         values["texture_size"] = passes.texel_position.shape[0]  # the bundle's texel maps
-    metrics = blender.run_with_bar(_load_model(args), _request(TEXTURE, values), passes, args.out)
-    report.texture_outputs(Path(args.out), metrics)
+    unit = "frames" if kind == ANIMATION else "views"
+    print(f"zs {args.command}: {passes.views} {unit} of {passes.width}x{passes.height} from {source}, model "
+          f"{args.model}", file=sys.stderr)
+    outputs(Path(args.out), blender.run_with_bar(_load_model(args), _request(kind, values), passes, args.out))
     return 0
 
 
@@ -111,20 +122,6 @@ def _texture_blend(args: argparse.Namespace, source: Path) -> int:
                                       use_scene_cameras=args.use_scene_cameras, passes_only=args.passes_only,
                                       **backend)
     _report_blend(args, "texture", summary, report.textured_blend)
-    return 0
-
-
-def animate(args: argparse.Namespace) -> int:
-    source = _source(args.source)
-    if source.suffix == ".blend":
-        return _animate_blend(args, source)
-    _only_for_blend(args, ANIMATION)
-    passes = Passes.load(source).validate()
-    request = _request(ANIMATION, values_from_arguments(args, ANIMATION, capture=False))
-    print(f"zs animate: {passes.views} frames of {passes.width}x{passes.height} from {source}, model {args.model}",
-          file=sys.stderr)
-    metrics = blender.run_with_bar(_load_model(args), request, passes, args.out)
-    report.animation_outputs(Path(args.out), metrics)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Views -> UV texture (bake) and texture -> views (render). numpy, scipy.ndimage, OpenCV.
 
-Bake (DESIGN.md "Bake"): every texel's 3D position (the texel maps) is projected into
+Bake (docs/methods.md "Bake"): every texel's 3D position (the texel maps) is projected into
 every view; the texel is visible in a view when the view's position pass at the nearest
 pixel is the texel's own position (within a tolerance) and that pixel is on the target
 mask. Its colour is the weighted mean of the bilinearly sampled views, the weight being

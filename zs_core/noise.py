@@ -1,4 +1,4 @@
-"""(T) Initial noise for the views / frames of one job (DESIGN.md "The methods", Noise).
+"""(T) Initial noise for the views / frames of one job (docs/methods.md, "Initial noise").
 
 Every model returns a float32 CPU tensor ``(count, C, h, w)`` whose every value is
 N(0, 1); the models differ only in how the items (views or frames) are correlated:

@@ -16,6 +16,7 @@ from blender_addon import apply, image_pixels, pass_render  # noqa: E402
 from blender_addon.client import Client  # noqa: E402
 import zs_cli as cli  # noqa: E402
 from zs_core import bake, geometry, images  # noqa: E402
+from zs_core.protocol import Passes, Request  # noqa: E402
 from zs_server_helpers import ServerThread, free_port, make_settings  # noqa: E402
 
 ORIGINAL_COLOUR = (0.2, 0.4, 0.8, 1.0)
@@ -118,6 +119,25 @@ def test_texture_blend_in_process(source_blend, tmp_path, capsys):
         assert (out / name).is_file(), name
     numbers = check_textured_blend(out, views=6, view_size=96, texture_size=128)
     print("in-process:", numbers)
+
+
+def test_passes_only_writes_a_bundle_that_samples_without_blender(source_blend, tmp_path, capsys):
+    before = digest(source_blend)
+    bundle = tmp_path / "bundle"
+    assert cli.main(["texture", str(source_blend), "--object", "Suzanne", "--passes-only", "--out", str(bundle),
+                     "--views", "2", "--view-size", "64", "--texture-size", "64", "--seed", "4"]) == 0
+    assert "zs texture" in capsys.readouterr().err
+    passes = Passes.load(bundle / "passes.npz").validate()
+    assert passes.views == 2 and passes.texel_position.shape == (64, 64, 3) and passes.mask.any()
+    request = Request.from_json((bundle / "request.json").read_text())
+    assert (request.kind, request.seed, request.texture_size) == ("texture", 4, 64)
+    assert not (bundle / "textured.blend").exists() and digest(source_blend) == before
+    assert bpy.data.objects["Suzanne"].material_slots[0].material.name == "Original"  # nothing applied
+    out = tmp_path / "sampled"
+    assert cli.main(["texture", str(bundle / "passes.npz"), "--out", str(out), "--steps", "1"]) == 0
+    assert images.load_png(out / "texture.png").shape == (64, 64, 3)  # the bundle's texel maps' size
+    assert cli.main(["texture", str(bundle / "passes.npz"), "--out", str(out), "--view-size", "64"]) == 2
+    assert "--view-size: only for .blend files" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
