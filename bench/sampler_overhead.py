@@ -48,7 +48,8 @@ def main() -> None:
                  latents=latents.clone(), output_type="np")
 
     def ours(attention):
-        request = Request(noise="surface", attention=attention, **base)
+        # No UV sync: this measures the attention modes against the stock pipeline.
+        request = Request(noise="surface", attention=attention, sync_strength=0.0, **base)
         return lambda: sampler.sample(components, request, passes)
 
     stock()  # warm-up: first calls allocate

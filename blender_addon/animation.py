@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import bpy
 
-from . import apply, pass_render
+from . import apply, compat, pass_render
 from .datablocks import unique_name
 from .errors import CaptureError
 from .scene_objects import background_surfaces
@@ -224,6 +224,8 @@ def check_shot(scene: bpy.types.Scene, request, camera=None, objects=None, frame
     ``frames`` as :func:`frame_list`, ``camera`` as :func:`scene_camera`, ``objects``
     (None: every mesh that renders) as :func:`check_targets` against ``request``'s needs,
     ``width`` / ``height`` as :func:`frame_size`."""
+    if not compat.writes_motion_to_next_frame():
+        raise CaptureError(compat.NO_MOTION_TO_NEXT_FRAME)
     numbers = frame_list(frames, scene)
     camera = scene_camera(scene, camera, numbers)
     every_mesh = objects is None
@@ -246,11 +248,6 @@ def new_out_dir(base, name: str) -> Path:
     if base is None:
         return Path(tempfile.mkdtemp(prefix="zs-animation-"))
     return apply.free_path(Path(base), apply.file_stem(name), suffix="")
-
-
-def default_out_dir(name: str) -> Path:
-    """:func:`new_out_dir` in ``//zs_frames/`` next to the saved .blend, else temporary."""
-    return new_out_dir(Path(bpy.data.filepath).parent / FRAMES_FOLDER if bpy.data.filepath else None, name)
 
 
 # ------------------------------------------------------------------------- the result
@@ -334,7 +331,7 @@ def load_frames(scene: bpy.types.Scene, camera: bpy.types.Object, files: Sequenc
 
     editor = scene.sequence_editor or scene.sequence_editor_create()
     channel = free_channel(editor, frame_start, frame_start + count)
-    strip = editor.strips.new_image(name=name, filepath=str(files[0]), channel=channel, frame_start=frame_start,
+    strip = compat.strips(editor).new_image(name=name, filepath=str(files[0]), channel=channel, frame_start=frame_start,
                                     fit_method="FIT")
     for path in files[1:]:
         strip.elements.append(path.name)
@@ -347,7 +344,7 @@ def load_frames(scene: bpy.types.Scene, camera: bpy.types.Object, files: Sequenc
 
 def free_channel(editor, start: int, end: int) -> int:
     """The lowest Video Sequencer channel with no strip over frames [start, end)."""
-    busy = {strip.channel for strip in editor.strips
+    busy = {strip.channel for strip in compat.strips(editor)
             if strip.frame_final_start < end and strip.frame_final_end > start}
     for channel in range(1, MAX_CHANNEL + 1):
         if channel not in busy:
@@ -374,5 +371,5 @@ def _relative(path: Path) -> str:
 
 __all__ = ["parse_frames", "frame_list", "scene_camera", "scene_meshes", "check_targets", "frame_size",
            "Shot", "check_shot",
-           "new_out_dir", "default_out_dir", "count_frames", "frame_files", "load_frames", "LoadedFrames",
+           "new_out_dir", "count_frames", "frame_files", "load_frames", "LoadedFrames",
            "FRAMES_FOLDER"]

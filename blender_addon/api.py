@@ -33,6 +33,7 @@ from .client import DEFAULT_URL, Client
 from .flow import AnimationGeneration, Progress, Sampler, TextureGeneration
 from .scene_objects import resolve_objects
 from .settings import AnimationSettings, TextureSettings
+from .wire import protocol
 
 __all__ = ["texture", "animate", "backend", "TextureSettings", "AnimationSettings", "TextureResult",
            "AnimationResult", "Sampler", "Progress", "DEFAULT_URL"]
@@ -73,7 +74,7 @@ def texture(objects: Sequence, cameras: Sequence | None = None, settings: Textur
                                    image_folder=image_folder, name=name, out_dir=out_dir, progress=progress,
                                    **backend(sampler, server, token))
     materials, image = generation.run(stop)
-    return TextureResult(materials=materials, image=image, texture_path=generation.out_dir / "texture.png",
+    return TextureResult(materials=materials, image=image, texture_path=generation.out_dir / protocol.TEXTURE_PNG,
                          metrics=generation.metrics, out_dir=generation.out_dir, cameras=generation.cameras,
                          job_id=generation.job.job_id if generation.job else None)
 

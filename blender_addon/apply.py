@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import bpy
 import numpy as np
 
+from . import compat
 from .datablocks import unique_name
 from .errors import CaptureError
 from .image_pixels import array_to_pixels, image_to_numpy
@@ -145,17 +146,11 @@ def _principled(tree: bpy.types.NodeTree):
     return next((node for node in tree.nodes if node.bl_idname == "ShaderNodeBsdfPrincipled"), None)
 
 
-def _node_tree(material: bpy.types.Material) -> bpy.types.NodeTree:
-    if material.node_tree is None:  # Blender < 5 creates the tree on demand
-        material.use_nodes = True
-    return material.node_tree
-
-
 def wire_texture(material: bpy.types.Material, image: bpy.types.Image, uv_map: str) -> bpy.types.Node:
     """Add Image Texture (``image``) <- UV Map (``uv_map``) nodes to ``material`` and wire
     the colour into the Base Color of its Principled BSDF (one is added and connected to
     the output when the material has none) -> the image node."""
-    tree = _node_tree(material)
+    tree = compat.node_tree(material)
     shader = _principled(tree)
     if shader is None:
         output = _output_node(tree) or tree.nodes.new("ShaderNodeOutputMaterial")

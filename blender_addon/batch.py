@@ -47,7 +47,7 @@ from typing import Sequence
 import bpy
 
 from . import animation, api
-from .datablocks import object_fcurves
+from .compat import new_material, object_fcurves
 from .errors import CaptureError
 from .flow import AnimationGeneration, Generation, TextureGeneration
 from .scene_objects import target_objects
@@ -76,7 +76,8 @@ def texture_blend(blend_path, out_dir, object_names, settings: dict, *, use_scen
     scene = bpy.context.scene
     cameras = _scene_cameras(scene, blend_path) if use_scene_cameras else None
     generation = TextureGeneration(scene, options, objects, cameras, image_folder=out_dir / "zs_textures",
-                                   out_dir=out_dir, progress=progress, **_backend(sampler, server, token))
+                                   out_dir=out_dir, progress=progress,
+                                   **_backend(sampler, server, token, passes_only))
     if passes_only:
         return _bundle(generation, out_dir)
     materials, image = generation.run()
@@ -114,7 +115,7 @@ def animate_blend(blend_path, out_dir, settings: dict, *, camera: str | None = N
     chosen = None if objects is None else target_objects(names=[objects] if isinstance(objects, str)
                                                          else list(objects))
     generation = AnimationGeneration(scene, options, camera, chosen, frames, out_dir=out_dir, progress=progress,
-                                     **_backend(sampler, server, token))
+                                     **_backend(sampler, server, token, passes_only))
     if passes_only:
         return _bundle(generation, out_dir)
     loaded = generation.run()
@@ -136,11 +137,10 @@ def animate_blend(blend_path, out_dir, settings: dict, *, camera: str | None = N
                                                           "image", "strip", "strip_channel", "job_id", "seconds"))
 
 
-def _backend(sampler, server, token) -> dict:
-    """The flow's sampling keywords (none for a passes-only run)."""
-    if sampler is None and server is None:
-        return {}
-    return api.backend(sampler, server, token)
+def _backend(sampler, server, token, passes_only: bool) -> dict:
+    """The flow's sampling keywords (none for a passes-only run; else the sampler, or the
+    server at ``server``, by default the local one)."""
+    return {} if passes_only else api.backend(sampler, server, token)
 
 
 def _bundle(generation: Generation, out_dir: Path) -> dict:
@@ -207,7 +207,7 @@ def _suzanne_scene(subdivisions: int) -> bpy.types.Object:
     if subdivisions:
         modifier = monkey.modifiers.new("Subdivision", "SUBSURF")
         modifier.levels = modifier.render_levels = subdivisions
-    material = bpy.data.materials.new("Clay")
+    material = new_material("Clay")
     material.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (0.6, 0.45, 0.35, 1.0)
     monkey.data.materials.append(material)
     light_data = bpy.data.lights.new("Key", "SUN")

@@ -63,10 +63,12 @@ def check_server(client: Client) -> None:
 
 class Generation:
     """The steps both kinds share. ``settings`` is the kind's settings object
-    (``api.TextureSettings`` / ``api.AnimationSettings``); sampling runs in ``sampler`` when given, else on ``client``'s server (neither:
-    the run stops after capture). ``out_dir`` receives the job's outputs (None: a new
-    folder); :meth:`close` removes a folder it made when the job did not finish, or
-    always with ``temporary_outputs`` (the panel keeps only the applied texture)."""
+    (``api.TextureSettings`` / ``api.AnimationSettings``); sampling runs in ``sampler``
+    when given, else on ``client``'s server (neither: only check and capture can run).
+    ``out_dir`` receives the job's outputs (None: a new folder); :meth:`close` removes a
+    folder it made when the job did not finish, or always with ``temporary_outputs`` (the
+    panel keeps only the applied texture). :meth:`close` reverts a Smart UV map capture
+    added; an orbit rig built for a script stays (the result names its cameras)."""
 
     kind = ""
     unit = "view"
@@ -118,6 +120,8 @@ class Generation:
 
     def submit(self) -> "Generation":
         """Start sampling the captured passes into the output folder."""
+        if self.sampler is None and self.client is None:
+            raise CaptureError("nothing to sample with: give a sampler or a server")
         folder = self._output_folder()
         if self.sampler is not None:
             self.state = "running"
@@ -164,8 +168,8 @@ class Generation:
             raise ServerError(f"job {self.job.job_id} was cancelled")
 
     def run(self, stop: threading.Event | None = None):
-        """Every step to the end -> what :meth:`apply` returns; the scene is reverted on
-        any failure after the check."""
+        """Every step to the end -> what :meth:`apply` returns; :meth:`close` runs on any
+        failure after the check."""
         self.check()
         try:
             self.capture()
@@ -229,7 +233,9 @@ class TextureGeneration(Generation):
         self.cameras = None if cameras is None else list(cameras)
         self.temporary_rig = temporary_rig
         self.image_folder = image_folder
-        self.uv_maps: dict = {}
+        # Object name -> UV map; names, not objects: the panel applies after a long job, and an
+        # object deleted meanwhile must be a clear error, not a dead reference.
+        self.uv_maps: dict[str, str] = {}
         self._new_uv_maps: list[tuple[str, str]] = []  # (object name, UV map) added by capture
 
     @property
@@ -259,9 +265,9 @@ class TextureGeneration(Generation):
         settings, scene = self.settings, self.scene
         for obj in self.objects:
             before = {layer.name for layer in obj.data.uv_layers}
-            self.uv_maps[obj] = ensure_uv_map(obj, settings.uv_map or None, smart_project=settings.smart_uv)
-            if self.uv_maps[obj] not in before:
-                self._new_uv_maps.append((obj.name, self.uv_maps[obj]))
+            self.uv_maps[obj.name] = ensure_uv_map(obj, settings.uv_map or None, smart_project=settings.smart_uv)
+            if self.uv_maps[obj.name] not in before:
+                self._new_uv_maps.append((obj.name, self.uv_maps[obj.name]))
         # One name for all objects, or else each object's active render map, which is what
         # ensure_uv_map picked: render_passes with None renders exactly those.
         names = set(self.uv_maps.values())
@@ -295,7 +301,8 @@ class TextureGeneration(Generation):
         texture = self.out_dir / protocol.TEXTURE_PNG
         if not texture.is_file():
             raise CaptureError(f"the job wrote no {protocol.TEXTURE_PNG} into {self.out_dir}; nothing to apply")
-        result = apply.apply_texture(self.objects, texture, self.uv_maps, name=self.name, folder=self.image_folder)
+        objects = [_object(name) for name in self.uv_maps]
+        result = apply.apply_texture(objects, texture, self.uv_maps, name=self.name, folder=self.image_folder)
         self.applied = True
         return result
 
@@ -327,6 +334,7 @@ class AnimationGeneration(Generation):
         self.frames = frames
         self.frames_base = frames_base
         self.shot: animation.Shot | None = None
+        self.camera_name = ""
         self.frame_paths: list[Path] = []
 
     def _check_scene(self):
@@ -335,6 +343,7 @@ class AnimationGeneration(Generation):
         request.fps = scene.render.fps / scene.render.fps_base
         self.shot = animation.check_shot(scene, request, self.camera, self.objects, self.frames,
                                          self.settings.uv_map or None, self.settings.width, self.settings.height)
+        self.camera_name = self.shot.camera.name  # by name: the camera may go while the job runs
         return request
 
     def _render(self, on_view) -> Passes:
@@ -350,9 +359,17 @@ class AnimationGeneration(Generation):
         """Load the frames as a new image sequence (camera background, Video Sequencer)."""
         shot = self.shot
         self.frame_paths = animation.frame_files(self.out_dir / Path(protocol.FRAME_PNG).parent, len(shot.frames))
-        loaded = animation.load_frames(self.scene, shot.camera, self.frame_paths, shot.frames[0], name=self.name)
+        loaded = animation.load_frames(self.scene, _object(self.camera_name), self.frame_paths, shot.frames[0],
+                                       name=self.name)
         self.applied = True
         return loaded
+
+
+def _object(name: str) -> bpy.types.Object:
+    obj = bpy.data.objects.get(name)
+    if obj is None:
+        raise CaptureError(f"object {name!r} no longer exists (renamed or deleted during the job?)")
+    return obj
 
 
 def _remove_rig(scene: bpy.types.Scene, scene_camera) -> None:

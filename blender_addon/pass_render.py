@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import bpy
 import numpy as np
 
-from . import texels
+from . import compat, texels
 from .camera_projection import camera_matrices
 from .datablocks import unique_name
 from .errors import CaptureError
@@ -279,6 +279,8 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
     view_layer = view_layer or capture_view_layer(scene)
     if not with_uv and texture_size is not None:
         raise CaptureError("texel maps are baked on a UV map: a capture without UV cannot bake them")
+    if with_vector and not compat.writes_motion_to_next_frame():
+        raise CaptureError(compat.NO_MOTION_TO_NEXT_FRAME)
     uv_maps = {obj: ensure_uv_map(obj, uv_map) for obj in objects} if with_uv else {}
     # Pass indices no other object uses: one for the targets (the mask), one per surface.
     surfaces = background_surfaces(scene, objects) if background_ids else []
@@ -430,41 +432,28 @@ def _pass_compositor(scene, view_layer, names: Sequence[str]) -> Iterator[bpy.ty
     """A temporary compositor: render layers -> File Output (32-bit EXRs, see
     :data:`PACKED_FILES`). Yields the File Output node (set its ``directory`` per view);
     removed on exit."""
-    tree = bpy.data.node_groups.new(unique_name(bpy.data.node_groups, "ZS Passes"),
-                                    "CompositorNodeTree")
-    try:
+    with compat.compositor(scene, unique_name(bpy.data.node_groups, "ZS Passes")) as tree:
         layers = tree.nodes.new("CompositorNodeRLayers")
         layers.scene = scene
         layers.layer = view_layer.name
         output = tree.nodes.new("CompositorNodeOutputFile")
-        output.format.media_type = "IMAGE"  # before file_format: multilayer is the default
-        output.format.file_format = "OPEN_EXR"
-        output.format.color_depth = "32"
-        output.format.exr_codec = "NONE"  # temporary files: speed over size
-        output.format.color_mode = "RGBA"
-        output.save_as_render = False  # data, not colour: no view transform
-        output.file_name = ""
+        compat.prepare_file_output(output)
         for file_name, held in file_layout(names).items():
             if len(held) == 1:
-                output.file_output_items.new(RENDER_PASSES[held[0]][0], file_name)
-                tree.links.new(layers.outputs[held[0]], output.inputs[file_name])
+                tree.links.new(compat.render_layer_output(layers, held[0]),
+                               compat.add_file_output_input(output, RENDER_PASSES[held[0]][0], file_name))
                 continue
-            join = tree.nodes.new("CompositorNodeSetAlpha")
-            join.inputs["Type"].default_value = "Replace Alpha"
-            tree.links.new(layers.outputs[held[0]], join.inputs["Image"])
-            tree.links.new(layers.outputs[held[1]], join.inputs["Alpha"])
-            output.file_output_items.new("RGBA", file_name)
-            tree.links.new(join.outputs["Image"], output.inputs[file_name])
-        scene.compositing_node_group = tree
+            join = compat.replace_alpha_node(tree)
+            tree.links.new(compat.render_layer_output(layers, held[0]), join.inputs["Image"])
+            tree.links.new(compat.render_layer_output(layers, held[1]), join.inputs["Alpha"])
+            tree.links.new(join.outputs["Image"], compat.add_file_output_input(output, "RGBA", file_name))
         yield output
-    finally:
-        bpy.data.node_groups.remove(tree)
 
 
 def _render_view(scene, view_layer, output, folder: str, names: Sequence[str]) -> dict[str, np.ndarray]:
     """Render the current camera / frame -> name -> (H, W, C) float32, rows top to bottom."""
     os.makedirs(folder, exist_ok=True)
-    output.directory = folder + os.sep
+    compat.set_file_output_folder(output, folder + os.sep)
     result = bpy.ops.render.render(scene=scene.name, layer=view_layer.name)
     if "FINISHED" not in result:
         raise CaptureError(f"the pass render of camera {scene.camera.name!r} did not finish ({result})")

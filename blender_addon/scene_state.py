@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 import bpy
 
-from .datablocks import object_fcurves
+from .compat import object_fcurves
 
 # Everything capture may change, by owner path relative to the scene.
 _SETTINGS: dict[str, tuple[str, ...]] = {
@@ -61,7 +61,6 @@ def preserved_render_settings(scene: bpy.types.Scene) -> Iterator[None]:
         saved.extend((view_layer, name, getattr(view_layer, name)) for name in _VIEW_LAYER_SETTINGS)
     frame = (scene.frame_current, scene.frame_subframe)
     camera = scene.camera
-    node_group = scene.compositing_node_group
     try:
         yield
     finally:
@@ -71,7 +70,6 @@ def preserved_render_settings(scene: bpy.types.Scene) -> Iterator[None]:
             scene.frame_set(frame[0], subframe=frame[1])
         # After the frame: camera markers may switch the camera on frame changes.
         _restore(scene, "camera", camera)
-        _restore(scene, "compositing_node_group", node_group)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bpy
 
-from blender_addon import datablocks, rig
+from blender_addon import compat, rig
 
 ORIGINAL_COLOUR = (0.2, 0.4, 0.8, 1.0)
 
@@ -39,10 +39,10 @@ def moving_cube_shot(frames: int = 4, size: int = 64, start: int = 1, reset: boo
     for frame, x in ((start, -1.0), (start + frames - 1, 1.0)):
         cube.location.x = x
         cube.keyframe_insert("location", index=0, frame=frame)
-    for curve in datablocks.object_fcurves(cube):
+    for curve in compat.object_fcurves(cube):
         for key in curve.keyframe_points:
             key.interpolation = "LINEAR"
-    material = bpy.data.materials.new("Original")
+    material = compat.new_material("Original")
     material.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = ORIGINAL_COLOUR
     cube.data.materials.append(material)
     camera = add_camera(scene, "Camera", (0.0, -6.0, 1.5))

@@ -10,10 +10,18 @@ import contextlib
 import sys
 from pathlib import Path
 
-from zs_core.protocol import ANIMATION, TEXTURE, Passes, Request, offered, values_from_arguments
+from zs_core.protocol import (ANIMATION, TEXTURE, Passes, ProtocolError, Request, offered, parse_frame_range,
+                              values_from_arguments)
 
 from . import blender, report
 
+# The demo's own defaults: a small, quick run that still shows every part of the flow.
+DEMO_PROMPT = "a weathered bronze statue, detailed texture"
+DEMO_DEFAULTS = {
+    TEXTURE: {"prompt": DEMO_PROMPT, "steps": 12, "attention": "self", "texture_size": 512},
+    ANIMATION: {"prompt": DEMO_PROMPT, "steps": 12},
+}
+DEMO_FRAMES = "1-16"
 INSTALL_BLENDER = "pip install -e '.[blender]'"
 # Flags that only a .blend source takes (besides the capture settings of the table).
 BLEND_FLAGS = {"objects": "--object", "use_scene_cameras": "--use-scene-cameras", "frames": "--frames",
@@ -21,8 +29,6 @@ BLEND_FLAGS = {"objects": "--object", "use_scene_cameras": "--use-scene-cameras"
 
 
 def demo(args: argparse.Namespace) -> int:
-    from .main import DEMO_DEFAULTS, DEMO_FRAMES, frame_range
-
     kind = ANIMATION if args.animation else TEXTURE
     if args.frames is not None and kind == TEXTURE:
         raise ValueError("--frames: only for the animation demo (--animation)")
@@ -161,6 +167,14 @@ def serve(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def frame_range(text: str) -> tuple[int, int]:
+    """argparse ``type`` of ``--frames``: ``FIRST-LAST`` (or a single frame) -> (first, last)."""
+    try:
+        return parse_frame_range(text)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("frames: ")) from None
 
 
 def _source(text: str) -> Path:

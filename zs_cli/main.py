@@ -7,25 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zs_core.protocol import ANIMATION, TEXTURE, ProtocolError, add_arguments, parse_frame_range
+from zs_core.protocol import ANIMATION, TEXTURE, ProtocolError, add_arguments
 
 from . import commands
-
-# The demo's own defaults: a small, quick run that still shows every part of the flow.
-DEMO_PROMPT = "a weathered bronze statue, detailed texture"
-DEMO_DEFAULTS = {
-    TEXTURE: {"prompt": DEMO_PROMPT, "steps": 12, "attention": "self", "texture_size": 512},
-    ANIMATION: {"prompt": DEMO_PROMPT, "steps": 12},
-}
-DEMO_FRAMES = "1-16"
-
-
-def frame_range(text: str) -> tuple[int, int]:
-    """argparse ``type`` of ``--frames``: ``FIRST-LAST`` (or a single frame) -> (first, last)."""
-    try:
-        return parse_frame_range(text)
-    except ProtocolError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("frames: ")) from None
+from .commands import DEMO_DEFAULTS, DEMO_FRAMES, frame_range
 
 
 def _model_options(parser) -> None:

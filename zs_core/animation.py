@@ -38,9 +38,8 @@ import torch
 
 from . import attention, geometry, images, metrics, noise, sampler, sync, temporal
 from .models import Components
-from .protocol import ANIMATION, CONTACT_SHEET_PNG, Passes, ProtocolError, Request
+from .protocol import ANIMATION, ANIMATION_MP4, CONTACT_SHEET_PNG, Passes, ProtocolError, Request
 
-MP4_NAME = "animation.mp4"
 # Background surface texels per latent pixel width (a texel = 2 image pixels). Finer keeps
 # more of each frame's own detail, coarser matches more frames; on the demo shot's passes
 # with consistent latents plus per-frame noise, 4 came out best of 1, 2, 4 and 8 overall.
@@ -347,12 +346,12 @@ def write_outputs(components: Components, request: Request, passes: Passes, resu
     :func:`zs_core.run.run_job`): ``animation.mp4`` at ``request.fps`` when imageio-ffmpeg is
     installed and ``contact_sheet.png`` -> its own metrics (``temporal_warp_error``,
     ``latent_temporal_warp_error``, seconds per frame, attention memory stats)."""
-    mp4 = write_mp4(result.images, out_dir / MP4_NAME, fps=request.fps)
+    mp4 = write_mp4(result.images, out_dir / ANIMATION_MP4, fps=request.fps)
     out = {
         "seconds_per_frame": round(sampling_seconds / passes.views, 4),
         "background_noise": background_mode(request, passes) if request.noise == "surface" else None,
         "attention_stats": result.attention_stats,
-        "mp4": MP4_NAME if mp4 is not None else None,
+        "mp4": ANIMATION_MP4 if mp4 is not None else None,
     }
     out.update(temporal_metrics(result, passes, components.vae_scale_factor))
     images.save_png(contact_strip(result, passes), out_dir / CONTACT_SHEET_PNG)

@@ -293,7 +293,6 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
 )}
 
 WIRE_PARAMETERS = tuple(p for p in PARAMETERS.values() if p.wire)
-CAPTURE_PARAMETERS = tuple(p for p in PARAMETERS.values() if not p.wire)
 
 NOISE_MODES = PARAMETERS["noise"].values()
 BACKGROUND_NOISE_MODES = PARAMETERS["background_noise"].values()

@@ -66,6 +66,7 @@ class GenerateSession:
         self.generation: flow.Generation | None = None
         self.error: str | None = None
         self.applied = False
+        self._latest_preview: bytes | None = None  # the newest preview of a poll: only it is decoded
 
     @property
     def scene(self) -> bpy.types.Scene | None:
@@ -153,13 +154,11 @@ class GenerateSession:
         elif name == "progress" and data.get("preview") is not None:
             self._latest_preview = data["preview"]
 
-    _latest_preview: bytes | None = None
-
     def poll(self) -> str:
         """Drain the job; update status, progress, job id and the preview -> state."""
         generation = self.generation
         state = generation.poll()
-        if self._latest_preview is not None:  # only the newest of a poll is worth decoding
+        if self._latest_preview is not None:
             try:
                 preview.show(self._latest_preview)
             except ValueError:
@@ -193,7 +192,7 @@ class GenerateSession:
         """Apply the downloaded texture with ``zs.apply_result`` (one undo step) -> the
         operator's result."""
         generation = self.generation
-        items = [{"name": obj.name, "uv_map": generation.uv_maps[obj]} for obj in generation.objects]
+        items = [{"name": name, "uv_map": uv_map} for name, uv_map in generation.uv_maps.items()]
         folder = self._image_folder()
         result = bpy.ops.zs.apply_result(filepath=str(generation.out_dir / protocol.TEXTURE_PNG), objects=items,
                                          folder=str(folder) if folder else "")
@@ -267,7 +266,7 @@ class AnimationSession(GenerateSession):
         """Load the downloaded frames with ``zs.load_animation`` -> the operator's result."""
         shot = self.generation.shot
         result = bpy.ops.zs.load_animation(directory=str(self.frames_dir), frame_start=shot.frames[0],
-                                           frame_count=len(shot.frames), camera=shot.camera.name,
+                                           frame_count=len(shot.frames), camera=self.generation.camera_name,
                                            scene=self.scene_name, name=self.NAME)
         self._applied("FINISHED" in result, f"Done: {len(shot.frames)} frames from frame {shot.frames[0]} "
                                             f"(camera background, Video Sequencer)")
@@ -407,6 +406,8 @@ class ZS_OT_generate(bpy.types.Operator):
 
     def _finish(self, state: str, report: bool = True):
         session = self._session
+        if session is None:  # finished already (an error inside the last timer event ends twice)
+            return {"CANCELLED"}
         try:
             if state == "done":
                 result = session.apply()
@@ -417,7 +418,7 @@ class ZS_OT_generate(bpy.types.Operator):
                 session._set_status("Cancelled", 0.0)
                 self.report({"WARNING"}, "ZS job cancelled")
             return {"CANCELLED"}
-        except RuntimeError as exc:  # zs.apply_result reported an error
+        except (RuntimeError, ReferenceError) as exc:  # the apply reported an error; a datablock is gone
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         finally:

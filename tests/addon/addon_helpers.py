@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import bpy
 import numpy as np
+import pytest
+
+from blender_addon import compat
 
 from blender_scenes import add_camera, moving_cube_shot  # noqa: F401  (shared with the e2e tests)
+
+
+# Animation captures need the whole vector pass, which only Blender 5's compositor writes out.
+needs_motion_vectors = pytest.mark.skipif(not compat.writes_motion_to_next_frame(),
+                                          reason="animation capture needs Blender 5.0+: " + compat.NO_MOTION_TO_NEXT_FRAME)
 
 
 def add_monkey(location=(0.0, 0.0, 0.0)):
@@ -28,3 +36,21 @@ def data_counts() -> dict[str, int]:
     """How many datablocks of each kind capture could leave behind."""
     kinds = ("images", "materials", "node_groups", "meshes", "objects", "cameras", "collections", "textures")
     return {kind: len(getattr(bpy.data, kind)) for kind in kinds}
+
+
+def add_user_compositor(scene) -> None:
+    """The artist's own compositing: a node group of their own (Blender 5) or a File Output
+    node in the scene's tree (4.x), which a pass capture must neither run nor change."""
+    if hasattr(scene, "compositing_node_group"):
+        scene.compositing_node_group = bpy.data.node_groups.new("User Tree", "CompositorNodeTree")
+        return
+    scene.use_nodes = True
+    scene.node_tree.nodes.new("CompositorNodeOutputFile").name = "User Output"
+
+
+def compositor_state(scene):
+    """What :func:`add_user_compositor` set, to compare before and after a capture."""
+    if hasattr(scene, "compositing_node_group"):
+        return scene.compositing_node_group
+    tree = scene.node_tree  # no tree and an empty one are the same compositing
+    return scene.use_nodes, [] if tree is None else sorted((node.name, node.mute) for node in tree.nodes)

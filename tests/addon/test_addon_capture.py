@@ -114,7 +114,7 @@ def _settings_snapshot(scene):
                 filter_type=cycles.pixel_filter_type, denoise=cycles.use_denoising,
                 transparent=render.film_transparent, view=scene.view_settings.view_transform,
                 camera=scene.camera, frame=scene.frame_current, compositing=render.use_compositing,
-                tree=scene.compositing_node_group, z=layer.use_pass_z, uv=layer.use_pass_uv,
+                z=layer.use_pass_z, uv=layer.use_pass_uv,
                 index=layer.use_pass_object_index, blur=render.use_motion_blur,
                 persistent=render.use_persistent_data, bounces=cycles.max_bounces,
                 combined=layer.use_pass_combined)
@@ -131,7 +131,6 @@ def _scramble(scene, camera):
     scene.camera = camera
     scene.frame_set(42)
     scene.render.use_compositing = False
-    scene.compositing_node_group = None
     layer = scene.view_layers[0]
     layer.use_pass_z = layer.use_pass_uv = layer.use_pass_object_index = True
     scene.render.use_motion_blur = True
@@ -143,12 +142,11 @@ def _scramble(scene, camera):
 def _user_settings(scene):
     user_camera = add_camera(scene, "User Cam", eye=(0, -6, 1))
     scene.camera = user_camera
-    scene.render.engine = "BLENDER_EEVEE"
+    scene.render.engine = "BLENDER_WORKBENCH"
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 123, 77, 50
     scene.cycles.samples, scene.cycles.filter_width = 17, 1.7
     scene.cycles.use_denoising = True
     scene.frame_set(3)
-    scene.compositing_node_group = bpy.data.node_groups.new("User Tree", "CompositorNodeTree")
     return user_camera
 
 

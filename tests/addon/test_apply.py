@@ -7,14 +7,14 @@ import pytest
 
 import bpy
 from addon_helpers import add_monkey, data_counts
-from blender_addon import apply, image_pixels
+from blender_addon import apply, compat, image_pixels
 from blender_addon.errors import CaptureError
 
 
 def painted_monkey(name="Paint"):
     """Suzanne with a user material whose Image Texture node shows a user image."""
     monkey = add_monkey()
-    material = bpy.data.materials.new(name)
+    material = compat.new_material(name)
     tree = material.node_tree
     image = bpy.data.images.new("User Image", 8, 8)
     image.pixels.foreach_set(np.linspace(0, 1, 8 * 8 * 4, dtype=np.float32))
@@ -143,7 +143,7 @@ def test_png_path_and_folder(scene, tmp_path):
 
 def test_every_slot_and_shared_meshes(scene):
     monkey, red, _ = painted_monkey("Red")
-    blue = bpy.data.materials.new("Blue")
+    blue = compat.new_material("Blue")
     # An emission-only material: no Principled BSDF to wire into.
     tree = blue.node_tree
     tree.nodes.remove(tree.nodes["Principled BSDF"])

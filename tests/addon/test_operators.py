@@ -19,12 +19,12 @@ import pytest
 
 import addon_utils
 import bpy
-from addon_helpers import add_camera, add_monkey, moving_cube_shot
+from addon_helpers import add_camera, add_monkey, moving_cube_shot, needs_motion_vectors
 from blender_addon.client import Client
 from zs_server_helpers import free_port
 
 import blender_addon
-from blender_addon import jobs, pass_render, preferences, properties, rig
+from blender_addon import compat, jobs, pass_render, preferences, properties, rig
 from blender_addon.operators import generate, preview, server as server_ops
 
 SIZE, STEPS, TEXTURE = 64, 2, 64
@@ -57,7 +57,7 @@ def suzanne_scene(material: bool = True):
     scene = bpy.context.scene
     monkey = add_monkey()
     if material:
-        original = bpy.data.materials.new("Original")
+        original = compat.new_material("Original")
         original.diffuse_color = (0.2, 0.4, 0.6, 1.0)
         monkey.data.materials.append(original)
     cameras = [add_camera(scene, f"Cam {index}", eye) for index, eye in enumerate(RING)]
@@ -562,7 +562,7 @@ def shot_snapshot(scene) -> dict:
     """snapshot() plus what loading frames adds: strips and camera background images."""
     state = snapshot()
     editor = scene.sequence_editor
-    state["strips"] = sorted(strip.name for strip in editor.strips) if editor is not None else []
+    state["strips"] = sorted(strip.name for strip in compat.strips(editor)) if editor is not None else []
     state["backgrounds"] = {camera.name: len(camera.background_images) for camera in bpy.data.cameras}
     return state
 
@@ -610,6 +610,7 @@ def test_panels_in_animation_mode_draw_the_shot_and_the_animation_method(addon):
         assert output.props == ["uv_map", "frames_folder"]
 
 
+@needs_motion_vectors
 def test_generate_in_animation_mode_loads_the_frames(connected, server, tmp_path):
     scene, cube, camera, settings = shot_scene()
     settings.frames_folder = str(tmp_path / "frames")
@@ -620,7 +621,7 @@ def test_generate_in_animation_mode_loads_the_frames(connected, server, tmp_path
     out = tmp_path / "frames" / "ZS_Animation"  # a new folder under the Frames setting
     files = [out / "frames" / f"{index:04d}.png" for index in range(4)]
     assert all(path.is_file() for path in files) and (out / "metrics.json").is_file()
-    (strip,) = scene.sequence_editor.strips
+    (strip,) = compat.strips(scene.sequence_editor)
     assert (strip.type, strip.frame_final_start, strip.frame_final_duration) == ("IMAGE", 1, 4)
     assert Path(bpy.path.abspath(strip.directory)).resolve() == (out / "frames").resolve()
     (background,) = camera.data.background_images
@@ -634,13 +635,14 @@ def test_generate_in_animation_mode_loads_the_frames(connected, server, tmp_path
 
     # The load operator on its own: the same frames again, from frame 10, on the next free channel.
     assert bpy.ops.zs.load_animation(directory=str(out / "frames"), frame_start=10) == {"FINISHED"}
-    strips = sorted(scene.sequence_editor.strips, key=lambda s: s.frame_final_start)
+    strips = sorted(compat.strips(scene.sequence_editor), key=lambda s: s.frame_final_start)
     assert [(s.frame_final_start, s.frame_final_duration, s.channel) for s in strips] == [(1, 4, 1), (10, 4, 1)]
     assert len(camera.data.background_images) == 2
     with pytest.raises(RuntimeError, match="no frames"):
         bpy.ops.zs.load_animation(directory=str(tmp_path))
 
 
+@needs_motion_vectors
 def test_animation_session_progress_per_step_and_one_undo_step(connected, server):
     scene, _cube, camera, settings = shot_scene()
     settings.steps = 3
@@ -668,6 +670,7 @@ def test_animation_session_progress_per_step_and_one_undo_step(connected, server
     assert shot_snapshot(bpy.context.scene) == after
 
 
+@needs_motion_vectors
 def test_animation_mode_checks_frames_camera_and_uv_before_rendering(addon, monkeypatch):
     addon.server_url = dead_url()  # the checks come before the server is asked
     scene, cube, camera, settings = shot_scene()
@@ -705,6 +708,7 @@ def test_animation_mode_checks_frames_camera_and_uv_before_rendering(addon, monk
     assert shot_snapshot(scene) == before
 
 
+@needs_motion_vectors
 def test_cancelled_animation_leaves_no_frames_folder(connected, server, tmp_path):
     scene, _cube, camera, settings = shot_scene()
     settings.steps, settings.frames_folder = 200, str(tmp_path)

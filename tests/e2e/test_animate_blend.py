@@ -13,7 +13,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_addon import image_pixels  # noqa: E402
+from blender_addon import compat, image_pixels  # noqa: E402
 from blender_addon.client import Client  # noqa: E402
 from blender_scenes import ORIGINAL_COLOUR, moving_cube_shot  # noqa: E402
 import zs_cli as cli  # noqa: E402
@@ -64,7 +64,7 @@ def check_animated_blend(out: Path, frames: list[int], size: int, target: str = 
     assert shown == [path.resolve() for path in files]
     # image.pixels (no image user) holds the first file: the generated frame, as written.
     assert np.abs(image_pixels.image_to_numpy(image)[..., :3] - pictures[0]).max() <= 1 / 255 + 1e-6
-    (strip,) = scene_.sequence_editor.strips
+    (strip,) = compat.strips(scene_.sequence_editor)
     assert (strip.type, strip.frame_final_start, strip.frame_final_duration) == ("IMAGE", frames[0], len(frames))
     assert strip.directory == "//frames/"
     assert [Path(bpy.path.abspath(strip.directory), strip.strip_elem_from_frame(f).filename).resolve()

@@ -12,7 +12,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_addon import apply, image_pixels, pass_render  # noqa: E402
+from blender_addon import apply, compat, image_pixels, pass_render  # noqa: E402
 from blender_addon.client import Client  # noqa: E402
 import zs_cli as cli  # noqa: E402
 from zs_core import bake, geometry, images  # noqa: E402
@@ -31,7 +31,7 @@ def source_blend(tmp_path):
     bpy.ops.mesh.primitive_monkey_add()
     monkey = bpy.context.active_object
     assert [layer.name for layer in monkey.data.uv_layers] == ["UVMap"]
-    material = bpy.data.materials.new("Original")
+    material = compat.new_material("Original")
     material.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = ORIGINAL_COLOUR
     monkey.data.materials.append(material)
     path = tmp_path / "source" / "monkey.blend"
