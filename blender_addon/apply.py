@@ -175,14 +175,21 @@ def wire_texture(material: bpy.types.Material, image: bpy.types.Image, uv_map: s
     return texture
 
 
+# On every material this module makes: the name of the artist's material it copies ("" for
+# none), so a texture generated again names its material after that one, not after the copy.
+SOURCE_PROPERTY = "zs_source_material"
+
+
 def new_material(name: str, source: bpy.types.Material | None, image, uv_map: str) -> bpy.types.Material:
     """A NEW material: a copy of ``source`` (or a fresh Principled one) reading ``image``
-    through ``uv_map``. ``source`` itself is not modified."""
-    if source is not None:
-        material = source.copy()
-        material.name = unique_name(bpy.data.materials, f"{source.name} {name}")
-    else:
-        material = bpy.data.materials.new(unique_name(bpy.data.materials, name))
+    through ``uv_map``, named "<the artist's material> <name>" (for a source made here, its
+    own source's name: "Clay ZS Texture", never "Clay ZS Texture ZS Texture"). ``source``
+    itself is not modified."""
+    origin = "" if source is None else str(source.get(SOURCE_PROPERTY, source.name))
+    wanted = unique_name(bpy.data.materials, f"{origin} {name}".strip())  # before the copy takes a name
+    material = source.copy() if source is not None else bpy.data.materials.new(wanted)
+    material.name = wanted
+    material[SOURCE_PROPERTY] = origin
     wire_texture(material, image, uv_map)
     return material
 

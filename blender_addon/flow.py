@@ -36,7 +36,7 @@ from .client import Client, ServerError
 from .errors import CaptureError
 from .jobs import FINISHED, RemoteJob
 from .uv_layers import ensure_uv_map
-from .wire import PROTOCOL_VERSION, Passes, protocol
+from .wire import PROTOCOL_VERSION, Passes, ProtocolError, protocol
 
 # sampler(request dict, passes, out_dir) -> metrics dict; writes the result layout
 # (texture.png, views/NNNN.png or frames/NNNN.png, metrics.json ...) into out_dir.
@@ -51,14 +51,31 @@ POLL_INTERVAL = 0.1  # seconds between polls while running to the end
 TEMPORARY_RIG = "ZS Rig (temporary)"
 
 
-def check_server(client: Client) -> None:
-    """The server answers, speaks this protocol and accepts the token (ServerError otherwise)."""
+def check_server(client: Client) -> dict[str, int]:
+    """The server answers, speaks this protocol and accepts the token (ServerError
+    otherwise) -> its limits (``max_steps``, ``max_views``, ... ; empty from an older server)."""
     quick = Client(client.url, client.token, timeout=min(client.timeout, SERVER_CHECK_TIMEOUT))
-    spoken = quick.health().get("protocol")
+    health = quick.health()
+    spoken = health.get("protocol")
     if spoken is not None and spoken != PROTOCOL_VERSION:
         raise ServerError(f"the server at {client.url} speaks protocol {spoken}, this add-on {PROTOCOL_VERSION}; "
                           "update the one that is older")
     quick.models()  # needs the token: a wrong one is a 401 now, not after the render
+    return dict(health.get("limits") or {})
+
+
+def check_limits(limits: dict[str, int], request, views: int, width: int, height: int, unit: str) -> None:
+    """A job within the server's ``limits`` (from :func:`check_server`), checked before the
+    capture: ProtocolError names the setting that is over."""
+    wanted = [("steps", request.steps, "max_steps"), ("texture_size", request.texture_size, "max_texture_size"),
+              (f"{unit}s", views, "max_frames" if unit == "frame" else "max_views"),
+              ("width", width, "max_resolution"), ("height", height, "max_resolution")]
+    if request.kind == protocol.ANIMATION:
+        wanted = [entry for entry in wanted if entry[0] != "texture_size"]
+    for name, value, limit in wanted:
+        if limit in limits and value > limits[limit]:
+            raise ProtocolError(name, f"{value} is over this server's limit of {limits[limit]} ({limit}); lower it, "
+                                      f"or start the server with a higher ZS_{limit.upper()}")
 
 
 class Generation:
@@ -110,7 +127,7 @@ class Generation:
         ServerError naming what is wrong."""
         self.request = self._check_scene()
         if self.client is not None:
-            check_server(self.client)
+            check_limits(check_server(self.client), self.request, *self._size(), unit=self.unit)
         return self
 
     def capture(self) -> Passes:
@@ -211,6 +228,10 @@ class Generation:
     def _check_scene(self):
         raise NotImplementedError
 
+    def _size(self) -> tuple[int, int, int]:
+        """(views or frames, width, height) the capture will render."""
+        raise NotImplementedError
+
     def _render(self, on_view) -> Passes:
         raise NotImplementedError
 
@@ -241,6 +262,9 @@ class TextureGeneration(Generation):
     @property
     def views(self) -> int:
         return len(self.cameras) if self.cameras else self.settings.views + self.settings.top_view
+
+    def _size(self) -> tuple[int, int, int]:
+        return self.views, self.settings.view_size, self.settings.view_size
 
     def _check_scene(self):
         request = self.settings.check()
@@ -345,6 +369,9 @@ class AnimationGeneration(Generation):
                                          self.settings.uv_map or None, self.settings.width, self.settings.height)
         self.camera_name = self.shot.camera.name  # by name: the camera may go while the job runs
         return request
+
+    def _size(self) -> tuple[int, int, int]:
+        return len(self.shot.frames), self.shot.width, self.shot.height
 
     def _render(self, on_view) -> Passes:
         return self.shot.render(self.scene, on_view=on_view)

@@ -60,6 +60,11 @@ class Health(BaseModel):
     model_loaded: bool
     queue_length: int
     running: str | None
+    # This server's limits, so a client can refuse a job before capturing its passes.
+    limits: dict[str, int]
+
+
+LIMITS = ("max_steps", "max_views", "max_frames", "max_resolution", "max_texture_size")
 
 
 class ModelInfo(BaseModel):
@@ -137,7 +142,8 @@ async def health(request: HttpRequest) -> Health:
                   device=str(components.device) if components is not None else "none",
                   model=state.settings.model, model_loaded=components is not None,
                   queue_length=store.queue_length() if store else 0,
-                  running=store.running_job() if store else None)
+                  running=store.running_job() if store else None,
+                  limits={name: int(getattr(state.settings, name)) for name in LIMITS})
 
 
 @protected.get("/models", response_model=ModelList)

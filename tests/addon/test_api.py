@@ -46,6 +46,9 @@ def test_checks_run_before_the_scene_changes(scene, sampler, server):
     down = fails(ServerError, "cannot reach the ZS server", server=f"http://127.0.0.1:{free_port()}")
     assert down.status is None
     assert fails(ServerError, "token rejected", server=server.base_url, token="wrong").status == 401
+    over = fails(ProtocolError, "steps: 500 is over this server's limit of 200", server=server.base_url,
+                 token=server.token, settings={"steps": 500})  # refused before the capture, not after
+    assert over.field == "steps"
     assert data_counts() == counts and rig.RIG_COLLECTION not in bpy.data.collections
     assert len(bare.data.uv_layers) == 0 and sampler.requests == []
 
@@ -72,6 +75,21 @@ def test_sampler_path_scene_cameras_and_smart_uv(scene, sampler, tmp_path):
     assert image_matches_png(result.image, result.texture_path)
     assert result.image.packed_file is not None  # the file was never saved
     assert rig.RIG_COLLECTION not in bpy.data.collections  # cameras were given: no rig
+
+
+def test_a_job_that_fails_after_the_capture_removes_the_smart_uv_map_it_added(scene, tmp_path):
+    plane = add_plane()
+    plane.data.uv_layers.remove(plane.data.uv_layers[0])
+    camera = add_camera(scene, "Front", (0.0, -4.0, 3.0))
+
+    def broken(request, passes, out_dir):
+        assert [layer.name for layer in plane.data.uv_layers] == ["ZS UV"]  # there while sampling
+        raise RuntimeError("the sampler broke")
+
+    with pytest.raises(RuntimeError, match="the sampler broke"):
+        api.texture([plane], [camera], api.TextureSettings(smart_uv=True, **SMALL), sampler=broken,
+                     out_dir=tmp_path / "job")
+    assert len(plane.data.uv_layers) == 0 and not (tmp_path / "job").exists()
 
 
 def test_server_path_reports_progress_and_builds_a_rig(scene, server, tmp_path):

@@ -99,6 +99,15 @@ def test_new_material_and_image_leave_the_old_ones_alone(scene):
     assert image.packed_file is not None
 
 
+def test_a_texture_generated_again_is_named_after_the_artists_material(scene):
+    monkey, original, _user_image = painted_monkey()
+    (first,), _ = apply.apply_texture([monkey], texture_array(), "UVMap")
+    (second,), _ = apply.apply_texture([monkey], texture_array(), "UVMap")
+    assert first.name == f"{original.name} ZS Texture"
+    assert second.name == f"{original.name} ZS Texture.001" and monkey.material_slots[0].material == second
+    assert first.name in bpy.data.materials and bpy.data.materials[original.name] == original
+
+
 def test_saved_file_writes_png_next_to_the_blend_and_never_overwrites(scene, tmp_path):
     monkey, original, _ = painted_monkey()
     blend = tmp_path / "scene.blend"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -317,16 +318,18 @@ def test_rejected_token_reports_an_error_and_changes_nothing(connected):
     assert snapshot() == before
 
 
-def test_refused_job_reverts_the_smart_uv_map(connected, server):
-    """A job the server refuses after the capture (steps over its limit of 200): the
-    Smart UV map Generate added is removed again and nothing else changed."""
+def test_a_job_over_the_servers_limits_is_refused_before_the_capture(connected, server):
+    """Steps over the server's limit of 200 (read from its health route): refused before
+    anything is rendered or added (not even the Smart UV map), and no folder is left."""
     monkey, _cameras, settings = suzanne_scene()
     monkey.data.uv_layers.remove(monkey.data.uv_layers[0])
     settings.smart_uv, settings.steps = True, 500
     before = snapshot()
+    folders = set(Path(tempfile.gettempdir()).glob("zs-*"))
     with pytest.raises(RuntimeError, match="steps"):
         bpy.ops.zs.generate()
     assert snapshot() == before
+    assert set(Path(tempfile.gettempdir()).glob("zs-*")) <= folders  # no download folder left behind
 
 
 def test_missing_uv_map_and_missing_cameras_are_clear_errors(connected):
