@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import bpy
 
 from blender_addon import compat, rig
@@ -49,3 +52,16 @@ def moving_cube_shot(frames: int = 4, size: int = 64, start: int = 1, reset: boo
     scene.camera = camera
     scene.frame_set(start)
     return scene, cube, camera
+
+
+def save_source(tmp_path, name: str) -> Path:
+    """The open file saved as ``tmp_path/source/name`` (a test's source .blend) -> its path."""
+    path = tmp_path / "source" / name
+    path.parent.mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    return path
+
+
+def digest(path) -> str:
+    """SHA-256 of a file: a source .blend must come out of a run unchanged."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

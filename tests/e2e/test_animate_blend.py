@@ -3,7 +3,6 @@ reopening the written animated.blend, and `zs animate PASSES.npz` on the animate
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ bpy = pytest.importorskip("bpy")
 
 from blender_addon import compat, image_pixels  # noqa: E402
 from blender_addon.client import Client  # noqa: E402
-from blender_scenes import ORIGINAL_COLOUR, moving_cube_shot  # noqa: E402
+from blender_scenes import ORIGINAL_COLOUR, digest, moving_cube_shot, save_source  # noqa: E402
 import zs_cli as cli  # noqa: E402
 from zs_core import images, scene  # noqa: E402
 from zs_server_helpers import ServerThread, make_settings  # noqa: E402
@@ -27,14 +26,7 @@ SMALL = ["--steps", "2", "--chunk", "2", "--width", "64", "--height", "64"]
 def source_blend(tmp_path):
     """The moving cube over frames 1-4 (scene output 128x128), saved to a .blend."""
     moving_cube_shot(frames=4, size=128)
-    path = tmp_path / "source" / "shot.blend"
-    path.parent.mkdir()
-    bpy.ops.wm.save_as_mainfile(filepath=str(path))
-    return path
-
-
-def digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return save_source(tmp_path, "shot.blend")
 
 
 def check_animated_blend(out: Path, frames: list[int], size: int, target: str = "Cube",

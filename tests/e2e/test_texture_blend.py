@@ -3,7 +3,6 @@ and `zs demo`, checked by reopening the written .blend."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 
@@ -17,9 +16,9 @@ from blender_addon.client import Client  # noqa: E402
 import zs_cli as cli  # noqa: E402
 from zs_core import bake, geometry, images  # noqa: E402
 from zs_core.protocol import Passes, Request  # noqa: E402
+from blender_scenes import ORIGINAL_COLOUR, digest, save_source  # noqa: E402
 from zs_server_helpers import ServerThread, free_port, make_settings  # noqa: E402
 
-ORIGINAL_COLOUR = (0.2, 0.4, 0.8, 1.0)
 METRIC_KEYS = ("views", "steps", "texture_size", "texture_coverage", "bake_residual", "cross_view_disagreement",
                "sampling_seconds", "request", "blend")
 
@@ -34,14 +33,7 @@ def source_blend(tmp_path):
     material = compat.new_material("Original")
     material.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = ORIGINAL_COLOUR
     monkey.data.materials.append(material)
-    path = tmp_path / "source" / "monkey.blend"
-    path.parent.mkdir()
-    bpy.ops.wm.save_as_mainfile(filepath=str(path))
-    return path
-
-
-def digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return save_source(tmp_path, "monkey.blend")
 
 
 def texture_node(material):
