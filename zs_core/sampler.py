@@ -19,6 +19,7 @@ processor is installed on UNet and ControlNet for the duration of the loop.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol, Sequence
 
@@ -370,6 +371,35 @@ def _poll(cancel: Callable[[], bool] | None, where: str) -> None:
         raise Cancelled(f"cancelled {where}")
 
 
+@contextlib.contextmanager
+def cancel_inside(models, cancel: Callable[[], bool] | None, where: list[str]):
+    """Poll ``cancel`` before every down, mid and up block of ``models`` (UNet, ControlNet)
+    too, so one long step (a large view on the CPU takes minutes) stops within a block:
+    :class:`Cancelled` says where (``where[0]``, the call under way)."""
+    if cancel is None:
+        yield
+        return
+
+    def check(_module, _inputs) -> None:
+        if cancel():
+            raise Cancelled(f"cancelled {where[0]}, inside the model")
+
+    blocks = [block for model in models for name in ("down_blocks", "mid_block", "up_blocks")
+              for block in _as_list(getattr(model, name, None))]
+    handles = [block.register_forward_pre_hook(check) for block in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _as_list(blocks) -> list:
+    if blocks is None:
+        return []
+    return list(blocks) if isinstance(blocks, torch.nn.ModuleList) else [blocks]
+
+
 def denoise(
     components: Components,
     request: Request,
@@ -405,14 +435,17 @@ def denoise(
     timesteps = scheduler.timesteps
     current = start_noise.to(components.device, components.dtype) * scheduler.init_noise_sigma
 
-    with torch.inference_mode(), attention.install_processor([components.unet, components.controlnet],
-                                                             predictor.processor):
+    models = [components.unet, components.controlnet]
+    where = [""]  # the model call under way, for a cancel inside it
+    with torch.inference_mode(), attention.install_processor(models, predictor.processor), \
+            cancel_inside(models, cancel, where):
         for index, timestep in enumerate(timesteps):
             scale = request.controlnet_scale * controlnet_keep(index, len(timesteps), request.control_start,
                                                                 request.control_end)
             noise_pred = torch.empty_like(current)
             for span, (start, stop) in enumerate(predictor.spans):
-                _poll(cancel, predictor.where(index, len(timesteps), span))
+                where[0] = predictor.where(index, len(timesteps), span)
+                _poll(cancel, where[0])
                 noise_pred[start:stop] = predictor(scheduler, index, span, timestep, current[start:stop], scale)
             current = finish_step(components, scheduler, hooks, index, current, noise_pred, progress, shown)
 

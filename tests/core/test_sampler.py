@@ -93,6 +93,20 @@ def test_cancel_stops_within_one_step(tiny, passes):
     assert len(seen) == 2
 
 
+def test_cancel_reaches_inside_a_step(tiny, passes):
+    """A cancel during the first model call stops it at the next UNet / ControlNet block,
+    before any step completes (one step of a large view on the CPU takes minutes)."""
+    seen, calls = [], []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 3  # the first poll is before the step; the next ones are blocks
+
+    with pytest.raises(sampler.Cancelled, match="before step 1 of 5, inside the model"):
+        sampler.sample(tiny, request(steps=5), passes, progress=seen.append, cancel=cancel)
+    assert seen == [] and len(calls) == 4
+
+
 def test_guidance_window_outside_means_no_control(tiny, passes):
     latents = noise.iid(VIEWS, (4, 8, 8), seed=1)
     off_window = sampler.sample(tiny, request(control_start=1.0, control_end=1.0), passes, latents=latents)
