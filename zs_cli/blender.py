@@ -121,6 +121,27 @@ def in_process_sampler(model: str, controlnet: str | None, device: str):
     return sample
 
 
+def build_extension(out: Path) -> Path:
+    """The extension's zip, built into ``out`` by Blender's own extension tool (the one
+    ``blender --command extension build`` runs, shipped inside the bpy module) -> its path."""
+    import subprocess
+
+    import bpy
+
+    scripts = Path(bpy.utils.system_resource("SCRIPTS"))
+    tool = scripts / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
+    tags = scripts / "modules" / "_bpy_internal" / "extensions" / "tags.py"
+    source = Path(__file__).resolve().parents[1]
+    out.mkdir(parents=True, exist_ok=True)
+    before = set(out.glob("*.zip"))
+    done = subprocess.run([sys.executable, str(tool), "build", "--valid-tags", str(tags), "--source-dir", str(source),
+                           "--output-dir", str(out)], capture_output=True, text=True, timeout=300)
+    built = sorted(set(out.glob("*.zip")) - before) or sorted(out.glob("*.zip"))
+    if done.returncode != 0 or not built:
+        raise ValueError(f"extension: Blender's extension tool failed: {(done.stdout + done.stderr).strip()[-1500:]}")
+    return built[-1]
+
+
 def local_token() -> str | None:
     """ZS_TOKEN, else the token file of the local server's data folder, else None."""
     if os.environ.get("ZS_TOKEN"):

@@ -142,6 +142,20 @@ def _animate_blend(args: argparse.Namespace, source: Path) -> int:
     return 0
 
 
+def extension(args: argparse.Namespace) -> int:
+    """`zs extension`: the zip to install in Blender, and how."""
+    if not blender.bpy_available():
+        raise ValueError(f"extension: building the zip uses Blender's own tool from its Python module; install it "
+                         f"with {INSTALL_BLENDER}")
+    path = blender.build_extension(Path(args.out))
+    print(f"extension: {path}", file=sys.stderr)
+    print("install it in Blender 4.2 or newer: drag the zip into Blender's window, or Edit > Preferences > "
+          "Get Extensions > (the arrow at the top right) > Install from Disk...; then start a server "
+          "(`zs serve`, or the add-on preferences' launch command set to this .venv's zs) and press Connect in the "
+          "3D Viewport's ZS tab (N)", file=sys.stderr)
+    return 0
+
+
 def serve(args: argparse.Namespace) -> int:
     import logging
 

@@ -99,10 +99,16 @@ def _serve_parser(commands_) -> None:
     serve.set_defaults(func=commands.serve)
 
 
+def _extension_parser(commands_) -> None:
+    extension = commands_.add_parser("extension", help="build the Blender extension zip to install in Blender")
+    extension.add_argument("--out", default="dist", help="folder for the zip (default: dist)")
+    extension.set_defaults(func=commands.extension)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zs", description="ZS Texturing: consistent multi-view texturing")
     commands_ = parser.add_subparsers(dest="command", required=True)
-    for add in (_demo_parser, _texture_parser, _animate_parser, _serve_parser):
+    for add in (_demo_parser, _texture_parser, _animate_parser, _serve_parser, _extension_parser):
         add(commands_)
     return parser
 

@@ -164,8 +164,10 @@ def launch(prefs) -> subprocess.Popen:
         _process = subprocess.Popen(args, env=launch_environment(prefs), stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     except OSError as exc:
-        raise ValueError(f"cannot run {args[0]!r} ({exc.strerror or exc}); install the server "
-                         f"(pip install zs-texturing) or put the full path in the add-on preferences") from None
+        raise ValueError(f"cannot run {args[0]!r} ({exc.strerror or exc}): set the server up once from the ZS "
+                         f"Texturing folder (`make demo` builds it in .venv, see the README), then put the full "
+                         f"path of its command in the add-on preferences, e.g. /path/to/zs-texturing/.venv/bin/zs "
+                         f"serve") from None
     finally:
         log.close()  # the child has its own handle
     return _process
