@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ from typing import Sequence
 
 import bpy
 
-from . import animation, api
+from . import api
 from .compat import new_material, object_fcurves
 from .errors import CaptureError
 from .flow import AnimationGeneration, Generation, TextureGeneration
@@ -284,19 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _frames_argument(text: str) -> tuple[int, int]:
-    try:
-        return animation.parse_frames(text)
-    except CaptureError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_animate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blender_addon.batch animate",
                                      description="re-style a camera's shot of a .blend file on a ZS server")
     _common_arguments(parser, protocol.ANIMATION, "target object (repeat for several; default: every mesh that "
                                                   "renders)", objects_required=False)
-    parser.add_argument("--frames", type=_frames_argument, default=None,
+    parser.add_argument("--frames", type=protocol.frame_range_argument, default=None,
                         help="FIRST-LAST, inside the scene's range (default: the scene's range)")
     parser.add_argument("--camera", default=None, help="camera object (default: the scene's camera)")
     return parser
@@ -323,9 +315,8 @@ def _run(args, kind: str, work, report) -> int:
     if not blend:
         print("batch: error: no .blend file given and none is open", file=sys.stderr)
         return 2
-    backend = {} if args.passes_only else dict(server=args.server or api.DEFAULT_URL,
-                                               token=args.token or os.environ.get("ZS_TOKEN"),
-                                               progress=_print_progress)
+    # api.backend fills in the local server and ZS_TOKEN when they are not given.
+    backend = {} if args.passes_only else dict(server=args.server, token=args.token, progress=_print_progress)
     try:
         summary = work(blend, protocol.values_from_arguments(args, kind), backend)
     except (ValueError, RuntimeError) as exc:  # CaptureError, ProtocolError, ServerError

@@ -1,10 +1,8 @@
 """Naming new datablocks: a free name (:func:`unique_name`), so nothing existing is ever
-overwritten. Imports: bpy and the standard library only.
+overwritten. Imports: the standard library only.
 """
 
 from __future__ import annotations
-
-import bpy
 
 
 def unique_name(collection, base: str) -> str:

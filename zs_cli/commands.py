@@ -10,8 +10,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from zs_core.protocol import (ANIMATION, TEXTURE, Passes, ProtocolError, Request, offered, parse_frame_range,
-                              values_from_arguments)
+from zs_core.protocol import ANIMATION, TEXTURE, Passes, Request, offered, parse_frame_range, values_from_arguments
 
 from . import blender, report
 
@@ -35,7 +34,7 @@ def demo(args: argparse.Namespace) -> int:
     values = values_from_arguments(args, kind, capture=("views",), overrides=DEMO_DEFAULTS[kind])
     out = Path(args.out)
     if kind == ANIMATION:
-        return _demo_animation(args, out, values, args.frames or frame_range(DEMO_FRAMES))
+        return _demo_animation(args, out, values, args.frames or parse_frame_range(DEMO_FRAMES))
     if blender.bpy_available():
         return _demo_blender(args, out, values)
     print("zs demo: Blender's Python module (bpy) is not installed, so this runs the numpy sphere scene "
@@ -181,14 +180,6 @@ def serve(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def frame_range(text: str) -> tuple[int, int]:
-    """argparse ``type`` of ``--frames``: ``FIRST-LAST`` (or a single frame) -> (first, last)."""
-    try:
-        return parse_frame_range(text)
-    except ProtocolError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("frames: ")) from None
 
 
 def _source(text: str) -> Path:

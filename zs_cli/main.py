@@ -7,10 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zs_core.protocol import ANIMATION, TEXTURE, ProtocolError, add_arguments
+from zs_core.protocol import ANIMATION, TEXTURE, ProtocolError, add_arguments, frame_range_argument
 
 from . import commands
-from .commands import DEMO_DEFAULTS, DEMO_FRAMES, frame_range
+from .commands import DEMO_DEFAULTS, DEMO_FRAMES
 
 
 def _model_options(parser) -> None:
@@ -41,7 +41,7 @@ def _demo_parser(commands_) -> None:
                       help="the animation demo: an animated shot re-styled into consistent frames")
     demo.add_argument("--size", type=int, default=192,
                       help="view (frame) width and height, a multiple of 8 (default: 192)")
-    demo.add_argument("--frames", type=frame_range, default=None,
+    demo.add_argument("--frames", type=frame_range_argument, default=None,
                       help=f"FIRST-LAST frames of the animation demo's shot (default: {DEMO_FRAMES}); "
                            "animation only")
     _model_options(demo)
@@ -74,7 +74,7 @@ def _animate_parser(commands_) -> None:
     _model_options(animate)
     add_arguments(animate.add_argument_group("sampling"), (ANIMATION,), capture=False)
     blend = animate.add_argument_group(".blend files")
-    blend.add_argument("--frames", type=frame_range, default=None,
+    blend.add_argument("--frames", type=frame_range_argument, default=None,
                        help="FIRST-LAST, inside the scene's frame range (default: the scene's range)")
     blend.add_argument("--camera", default=None, help="camera object (default: the scene's active camera)")
     blend.add_argument("--object", dest="objects", action="append", default=None,

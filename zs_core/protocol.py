@@ -519,6 +519,15 @@ def parse_frame_range(text: str) -> tuple[int, int]:
     return first, last
 
 
+def frame_range_argument(text: str) -> tuple[int, int]:
+    """argparse ``type`` of a ``--frames`` flag: :func:`parse_frame_range` with its error
+    as argparse's."""
+    try:
+        return parse_frame_range(text)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("frames: ")) from None
+
+
 # ----------------------------------------------------------------------------- the passes
 
 # name -> (trailing shape after the leading view axis, dtype kind); None = any size.
