@@ -48,7 +48,8 @@ from scipy import ndimage  # noqa: E402
 
 from blender_addon import animation as shot_capture  # noqa: E402
 from blender_addon import batch  # noqa: E402
-from zs_cli.main import DEMO_DEFAULTS, DEMO_FRAMES, build_parser, frame_range  # noqa: E402
+from zs_cli.main import DEMO_DEFAULTS, DEMO_FRAMES, build_parser  # noqa: E402
+from zs_core.protocol import parse_frame_range  # noqa: E402
 from zs_core import animation, models  # noqa: E402
 from zs_core.protocol import ANIMATION, PARAMETERS, Passes, Request, values_from_arguments  # noqa: E402
 
@@ -78,7 +79,7 @@ def demo_settings() -> tuple[dict, tuple[int, int], int]:
     parser -> (request values, (first, last) frame, frame size)."""
     args = build_parser().parse_args(["demo", "--animation"])
     values = values_from_arguments(args, ANIMATION, capture=("views",), overrides=DEMO_DEFAULTS[ANIMATION])
-    return values, args.frames or frame_range(DEMO_FRAMES), args.size
+    return values, args.frames or parse_frame_range(DEMO_FRAMES), args.size
 
 
 def demo_shot(folder: Path, request: Request, frames: tuple[int, int], size: int) -> Passes:
