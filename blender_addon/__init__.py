@@ -1,7 +1,9 @@
 """The Blender extension: bpy, the standard library and numpy only (see docs/architecture.md).
 
 ``register()`` registers one ``classes`` tuple gathered from the modules (preferences,
-settings, operators, panels: dependencies first) and adds ``Scene.zs_texturing``;
+settings, operators, panels: dependencies first), adds ``Scene.zs_texturing`` and
+``ViewLayer.zs_passes``, the render handlers of the ZS passes setting and the save handler
+that moves an unsaved file's frames next to it (``temporary_frames``);
 ``unregister()`` undoes it in reverse order.
 
 The bpy-side modules are imported inside :func:`_gather` rather than at the top, so the
@@ -16,14 +18,16 @@ classes: tuple = ()
 
 def _gather() -> tuple:
     """The classes to register, in dependency order (a PropertyGroup before what points to it)."""
-    from . import operators, preferences, properties, ui
+    from . import operators, preferences, properties, ui, ui_passes, zs_passes
 
-    return (*preferences.classes, *properties.classes, *operators.classes, *ui.classes)
+    return (*preferences.classes, *properties.classes, *zs_passes.classes, *operators.classes, *ui.classes,
+            *ui_passes.classes)
 
 
 def register() -> None:
     import bpy
 
+    from . import render_hook, temporary_frames, zs_passes
     from .properties import ZS_Settings
 
     global classes
@@ -31,16 +35,25 @@ def register() -> None:
     for cls in classes:
         bpy.utils.register_class(cls)
     bpy.types.Scene.zs_texturing = bpy.props.PointerProperty(type=ZS_Settings)
+    bpy.types.ViewLayer.zs_passes = bpy.props.PointerProperty(type=zs_passes.ZS_PassesSettings)
+    zs_passes.register_handlers()
+    render_hook.register_handlers()
+    temporary_frames.register_handlers()
 
 
 def unregister() -> None:
     import bpy
 
-    from . import jobs
+    from . import jobs, render_hook, temporary_frames, zs_passes
 
     global classes
     # A job still running would write into unregistered properties: stop it first.
     jobs.cancel_active()
+    temporary_frames.unregister_handlers()
+    render_hook.unregister_handlers()
+    zs_passes.unregister_handlers()
+    if hasattr(bpy.types.ViewLayer, "zs_passes"):
+        del bpy.types.ViewLayer.zs_passes
     if hasattr(bpy.types.Scene, "zs_texturing"):
         del bpy.types.Scene.zs_texturing
     for cls in reversed(classes):

@@ -12,8 +12,9 @@ adds, without touching anything that exists:
 - a NEW image strip in the Video Sequencer, on the first channel that is free over the
   range, starting at the range's first frame.
 
-No ``bpy.ops`` inside: called from an operator with ``{'REGISTER', 'UNDO'}`` the whole
-load is one undo step. Imports: bpy, the standard library and numpy only.
+No ``bpy.ops`` inside, so the whole load falls into one undo step: the one an operator
+with ``{'REGISTER', 'UNDO'}`` pushes when run from the interface, or the one Generate
+pushes after it. Imports: bpy, the standard library and numpy only.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from .uv_layers import has_uv
 from .wire import protocol
 
 FRAMES_FOLDER = "zs_frames"  # next to the .blend: //zs_frames/<name>/frames/NNNN.png
+# An unsaved file's outputs: <temp>/zs-animation-*/ (moved next to the file when it is saved:
+# see temporary_frames.py).
+TEMPORARY_PREFIX = "zs-animation-"
 MAX_CHANNEL = 128  # the Video Sequencer's channel count
 
 
@@ -246,7 +250,7 @@ def new_out_dir(base, name: str) -> Path:
     """A new folder for one animation's outputs: ``base/<name>`` (``<name>_001`` ... when
     taken; not created yet), or a new temporary folder when ``base`` is None."""
     if base is None:
-        return Path(tempfile.mkdtemp(prefix="zs-animation-"))
+        return Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX))
     return apply.free_path(Path(base), apply.file_stem(name), suffix="")
 
 
@@ -372,4 +376,4 @@ def _relative(path: Path) -> str:
 __all__ = ["parse_frames", "frame_list", "scene_camera", "scene_meshes", "check_targets", "frame_size",
            "Shot", "check_shot",
            "new_out_dir", "count_frames", "frame_files", "load_frames", "LoadedFrames",
-           "FRAMES_FOLDER"]
+           "FRAMES_FOLDER", "TEMPORARY_PREFIX"]

@@ -16,6 +16,11 @@ in-process this way, so this module never imports torch) or on a ZS server over 
 frames as a new image sequence. The settings have one field per parameter of the wire
 format's table (see :mod:`.settings`).
 
+Undo: these functions push no undo step. A script run from Blender's Text Editor
+(``text.run_script``) is one undo step with all it did; a ``blender -b`` run has no undo
+history; a script of its own that wants one calls ``bpy.ops.ed.undo_push(message=...)``
+after the call. (The panel's Generate pushes one step, "ZS Generate", itself.)
+
 Imports: bpy, the standard library and numpy only.
 """
 

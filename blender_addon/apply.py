@@ -7,8 +7,9 @@ wired into Base Color. The new materials go into the object's slots; the origina
 materials and images are left exactly as they were (an original that would be left
 without users gets a fake user, so saving the file keeps it).
 
-No ``bpy.ops`` inside: called from an operator with ``{'REGISTER', 'UNDO'}`` the whole
-apply is one undo step. Imports: bpy, the standard library and numpy only.
+No ``bpy.ops`` inside, so the whole apply falls into one undo step: the one an operator
+with ``{'REGISTER', 'UNDO'}`` pushes when run from the interface, or the one Generate
+pushes after it. Imports: bpy, the standard library and numpy only.
 """
 
 from __future__ import annotations

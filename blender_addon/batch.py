@@ -49,6 +49,7 @@ from . import api
 from .compat import new_material, object_fcurves
 from .errors import CaptureError
 from .flow import AnimationGeneration, Generation, TextureGeneration
+from .jobs import queue_text
 from .scene_objects import target_objects
 from .wire import protocol
 
@@ -331,6 +332,9 @@ def _print_progress(name: str, data: dict) -> None:
         print(f"rendered {data['unit']} {data['done']}/{data['total']}", file=sys.stderr)
     elif name == "progress":
         print(f"step {data['step']}/{data['total']}", file=sys.stderr)
+    elif name in ("queued", "queue"):  # behind other jobs: the place and what runs ahead
+        print(f"job {data.get('job', '')}: {queue_text(data.get('position'), data.get('waiting_on'))}",
+              file=sys.stderr)
     else:
         print(f"job {data.get('job', '')}: {name}", file=sys.stderr)
 

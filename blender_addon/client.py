@@ -72,13 +72,15 @@ class Client:
         """GET /v1/models: the loaded model. Needs the token, so it also checks it."""
         return self._json("GET", "/v1/models")
 
-    def submit(self, request: dict, passes_npz: bytes) -> str:
-        """POST /v1/jobs: the request dict (``Request.to_dict()``) and the passes .npz
-        bytes as a multipart form -> the new job's id."""
+    def submit(self, request: dict, passes: bytes, field: str = "passes") -> str:
+        """POST /v1/jobs: the request dict (``Request.to_dict()``) and the passes as a
+        multipart form -> the new job's id. ``passes``: the .npz bytes, or with ``field``
+        "exr_sequence" a zip of a ZS-passes render's EXR files and sidecars."""
         text = request if isinstance(request, str) else json.dumps(request)
+        file_name = {"passes": "passes.npz", "exr_sequence": "frames.zip"}[field]
         body, content_type = encode_multipart(
             [("request", None, "application/json", text.encode("utf-8")),
-             ("passes", "passes.npz", "application/octet-stream", bytes(passes_npz))])
+             (field, file_name, "application/octet-stream", bytes(passes))])
         answer = self._json("POST", "/v1/jobs", body=body, headers={"Content-Type": content_type},
                             timeout=max(self.timeout, TRANSFER_TIMEOUT))
         return str(answer["id"])
@@ -191,8 +193,9 @@ class Client:
                               f"{timeout or self.timeout:g} s; is it busy or stuck? Check its log") from None
         except (urllib.error.URLError, ConnectionError, http.client.HTTPException, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ServerError(f"cannot reach the ZS server at {self.url}: start it with `zs serve` or "
-                              f"from the ZS panel ({reason})") from None
+            raise ServerError(f"cannot reach the ZS server at {self.url} ({reason}): press Start in the ZS panel "
+                              f"(the first time, Set Up Server in the add-on preferences), or run `zs serve` "
+                              f"(the ZS Texturing folder's .venv/bin/zs) in a terminal") from None
 
     def _json(self, method: str, path: str, **options) -> dict:
         response = self._open(method, path, **options)

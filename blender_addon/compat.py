@@ -14,6 +14,8 @@ version number, so a later release that keeps an API keeps working:
 - the Video Sequencer: ``strips`` from 4.4 on, ``sequences`` before;
 - materials: 5.0 makes their node tree at once, 4.x only with ``use_nodes``;
 - F-curves: layered actions (slots, channel bags) from 5.0 on, ``action.fcurves`` before;
+- path properties: 4.5 asks a property to declare that it takes ``//`` paths
+  (:data:`BLEND_RELATIVE_PATH`); 4.2 knows no such option;
 - the vector pass: 5.0's compositor hands all four of its values to a file; 4.x's vector
   sockets carry three, so the next frame's vertical motion never reaches the file and an
   animation capture (which needs it) is refused there with :data:`NO_MOTION_TO_NEXT_FRAME`.
@@ -32,6 +34,10 @@ NO_MOTION_TO_NEXT_FRAME = (
     "an animation needs each pixel's motion to the next frame (the vector pass), which the compositor of "
     f"Blender {bpy.app.version_string} cannot write out (its vector sockets drop the pass's fourth value); "
     "re-style animations in Blender 5.0 or newer (texturing works in this version)")
+
+# The options of a path property that takes ``//`` (blend-relative) paths.
+BLEND_RELATIVE_PATH = ({"PATH_SUPPORTS_BLEND_RELATIVE"}
+                       if "is_path_supports_blend_relative" in bpy.types.Property.bl_rna.properties else set())
 
 # Render Layers outputs that are named differently in 4.x (5.0 name -> 4.x name).
 _RENDER_LAYER_NAMES_4 = {"Object Index": "IndexOB"}
@@ -166,5 +172,5 @@ def object_fcurves(obj: bpy.types.Object) -> list:
             for curve in bag.fcurves]
 
 
-__all__ = ["NO_MOTION_TO_NEXT_FRAME", "writes_motion_to_next_frame", "compositor", "render_layer_output", "set_file_output_folder", "add_file_output_input",
+__all__ = ["NO_MOTION_TO_NEXT_FRAME", "BLEND_RELATIVE_PATH", "writes_motion_to_next_frame", "compositor", "render_layer_output", "set_file_output_folder", "add_file_output_input",
            "prepare_file_output", "replace_alpha_node", "strips", "new_material", "node_tree", "object_fcurves"]

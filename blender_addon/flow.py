@@ -42,8 +42,8 @@ from .wire import PROTOCOL_VERSION, Passes, ProtocolError, protocol
 # (texture.png, views/NNNN.png or frames/NNNN.png, metrics.json ...) into out_dir.
 Sampler = Callable[[dict, Passes, Path], dict]
 # progress(event name, data): "rendering" {"done", "total", "unit": "view" | "frame"} after
-# each rendered view or frame, then the sampling job's events (submitted, queued, started,
-# progress, done ...; the server's, or only "done" from an in-process sampler).
+# each rendered view or frame, then the sampling job's events (submitted, queued, queue while
+# it waits, started, progress, done ...; the server's, or only "done" from an in-process sampler).
 Progress = Callable[[str, dict], None]
 
 SERVER_CHECK_TIMEOUT = 5.0  # seconds: the checks before rendering must not freeze the UI for long
@@ -146,7 +146,8 @@ class Generation:
             self.state = "done"
             self._emit("done", {"folder": folder})
             return self
-        self.job = RemoteJob(self.client, self.request.to_dict(), self.passes.to_npz_bytes(), folder).start()
+        payload, field = self._upload()
+        self.job = RemoteJob(self.client, self.request.to_dict(), payload, folder, field).start()
         self.state = "starting"
         return self
 
@@ -237,6 +238,10 @@ class Generation:
 
     def _revert(self) -> None:
         pass
+
+    def _upload(self) -> tuple[bytes, str]:
+        """What goes to the server -> (bytes, form field): the captured passes as .npz."""
+        return self.passes.to_npz_bytes(), "passes"
 
 
 class TextureGeneration(Generation):

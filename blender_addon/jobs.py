@@ -8,7 +8,8 @@ operator's timer, or a blocking loop in scripts) to drain it and act in Blender.
 
 Events (drained by ``poll``) are ``(name, data)`` pairs, the server's own where it sends one:
     ("submitted", {"job"})
-    ("queued", {"position", ...}), ("started", {"total", ...})
+    ("queued", {"position", "waiting_on", ...}), ("started", {"total", ...})
+    ("queue", {"position", "waiting_on"})         the queue moved (the server's live queue state)
     ("progress", {"step", "total", "preview"})   preview: PNG bytes or None
     ("done", {"job", "folder", ...})              folder: where the result was extracted
     ("failed", {"job", "error"})                  error: a user-facing message
@@ -41,13 +42,16 @@ class RemoteJob:
     ``state`` (main-thread view, updated by :meth:`poll`): "starting", "queued",
     "running", then one of "done", "failed", "cancelled". ``step`` / ``total`` count
     sampler steps; ``error`` is a user-facing message; ``result_path`` (``folder``) is set
-    when done.
+    when done. While queued, ``queue_position`` (1 runs next) and ``waiting_on`` (the job
+    the server runs meanwhile: ``id``, ``kind``, ``step``, ``total``, ``cancelling``; None
+    between jobs) say what it waits for: :func:`queue_text` puts that into words.
     """
 
-    def __init__(self, client: Client, request: dict, passes_npz: bytes, folder: Path):
+    def __init__(self, client: Client, request: dict, passes_npz: bytes, folder: Path, field: str = "passes"):
         self.client = client
         self.request = request
         self.passes_npz = passes_npz
+        self.field = field  # "exr_sequence": passes_npz holds a zip of a ZS-passes render
         self.folder = Path(folder)
         self.state = "starting"
         self.job_id: str | None = None
@@ -55,6 +59,8 @@ class RemoteJob:
         self.total = int(request.get("steps", 0))
         self.error: str | None = None
         self.result_path: Path | None = None
+        self.queue_position: int | None = None
+        self.waiting_on: dict | None = None
         self._queue: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._submitted = threading.Event()  # job_id is known to the worker thread
@@ -103,8 +109,11 @@ class RemoteJob:
             events.append((name, data))
             if name == "submitted":
                 self.job_id = data["job"]
-            elif name in ("queued", "started"):
-                self.state = "queued" if name == "queued" else "running"
+            elif name in ("queued", "queue"):
+                self.state = "queued"
+                self.queue_position, self.waiting_on = data.get("position"), data.get("waiting_on")
+            elif name == "started":
+                self.state = "running"
             elif name == "progress":
                 self.state, self.step, self.total = "running", data["step"], data["total"]
             elif name in FINISHED:
@@ -139,14 +148,14 @@ class RemoteJob:
 
     def _run(self) -> None:
         try:
-            self.job_id = self.client.submit(self.request, self.passes_npz)
+            self.job_id = self.client.submit(self.request, self.passes_npz, self.field)
             self._submitted.set()
             self._put("submitted")
             if self._stop.is_set():  # cancelled while uploading: the cancel thread takes it down
                 self._put("cancelled")
                 return
             for name, data in self.client.events(self.job_id, stop=self._stop):
-                if name in ("queued", "started"):
+                if name in ("queued", "queue", "started"):
                     self._put(name, **data)
                 elif name == "progress":
                     self._put("progress", step=int(data.get("step", 0)), total=int(data.get("total", self.total)),
@@ -196,6 +205,29 @@ def _preview_bytes(data: dict) -> bytes | None:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         return None  # a damaged preview is skipped, not fatal
+
+
+def queue_text(position: int | None, waiting_on: dict | None) -> str:
+    """A queued job's place and what it waits on, for the artist: "Queued: 2nd in line;
+    waiting on a texture job at step 3/20" (``position`` and ``waiting_on`` as the server
+    sends them; see :class:`RemoteJob`)."""
+    if not position:
+        return "Queued on the server"
+    text = f"Queued: {_ordinal(position)} in line"
+    if not waiting_on:
+        return text
+    if waiting_on.get("cancelling"):
+        return f"{text}; waiting for a cancelled job to stop"
+    kind = str(waiting_on.get("kind") or "")
+    job = f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} job" if kind else "another job"
+    step, total = int(waiting_on.get("step") or 0), int(waiting_on.get("total") or 0)
+    return f"{text}; waiting on {job} " + (f"at step {step}/{total}" if step else "that is starting")
+
+
+def _ordinal(number: int) -> str:
+    """1 -> "1st", 2 -> "2nd", 11 -> "11th", 23 -> "23rd"."""
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
 
 
 def _release(job: RemoteJob) -> None:

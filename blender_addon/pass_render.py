@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import bpy
 import numpy as np
 
-from . import compat, texels
+from . import compat, texels, zs_passes
 from .camera_projection import camera_matrices
 from .datablocks import unique_name
 from .errors import CaptureError
@@ -41,12 +41,15 @@ from .scene_evaluation import capture_view_layer, evaluated_depsgraph
 from .scene_objects import background_surfaces, unused_pass_indices
 from .scene_state import object_mode, preserved_render_settings, render_resolution_modifiers, temporary_pass_index
 from .uv_layers import ensure_uv_map, temporary_render_uv
-from .wire import Passes
+from .wire import Passes, render_passes
+
+# The numpy decoder is shared with the EXR-sequence reader (zs_core/render_passes.py).
+BACKGROUND_DEPTH = render_passes.BACKGROUND_DEPTH
+allocate_views, decode_view, view_arrays = render_passes.allocate_views, render_passes.decode_view, render_passes.view_arrays
 
 # on_view(rendered, total): called after each view (or frame) is rendered and read back.
 ViewCallback = Callable[[int, int], None]
 
-BACKGROUND_DEPTH = 1e10  # what Cycles writes where no geometry is hit
 FILTER_WIDTH = 0.01  # Cycles' smallest pixel filter: the one sample sits on the pixel centre
 
 # Render-layer output -> (File Output socket type, view layer pass flag).
@@ -58,93 +61,6 @@ RENDER_PASSES: dict[str, tuple[str, str]] = {
     "Object Index": ("FLOAT", "use_pass_object_index"),
     "Vector": ("RGBA", "use_pass_vector"),  # 4 components: previous and next motion
 }
-
-
-# ----------------------------------------------------------------------------- numpy core
-
-
-def wrap_uv(uv: np.ndarray, tolerance: float = 1e-4) -> None:
-    """UV (..., 2) float32 -> [0, 1] in place, the way a repeating texture reads it (inside
-    values unchanged). Values within ``tolerance`` outside the square are rounding noise of
-    an island on its border: clamped, not wrapped to the opposite side."""
-    if uv.min(initial=0.0) >= 0.0 and uv.max(initial=1.0) <= 1.0:
-        return  # the common case: every UV inside the square
-    uv[(uv < 0.0) & (uv > -tolerance)] = 0.0
-    uv[(uv > 1.0) & (uv < 1.0 + tolerance)] = 1.0
-    outside = (uv < 0.0) | (uv > 1.0)
-    if outside.any():  # rare: only UV islands placed outside the unit square
-        uv[outside] -= np.floor(uv[outside])
-
-
-def motion_to_next(vector: np.ndarray, out: np.ndarray) -> None:
-    """Cycles' Vector pass (H, W, 4) -> ``out`` (H, W, 2) float32: motion to the next frame
-    as [col, row] pixels with rows top to bottom (Blender's y points up)."""
-    np.negative(vector[..., 2], out=out[..., 0])
-    out[..., 1] = vector[..., 3]
-
-
-def allocate_views(count: int, height: int, width: int, with_vector: bool = False,
-                   with_uv: bool = True, background_ids: bool = False) -> dict[str, np.ndarray]:
-    """Zeroed wire arrays for ``count`` views, filled one view at a time by :func:`decode_view`:
-    depth (V, H, W) float32, mask (V, H, W) bool, normal / position (V, H, W, 3) float32
-    [, uv (V, H, W, 2)] [, vector (V, H, W, 2)] [, background_id (V, H, W) int32, with uv].
-    Filling in place avoids a stacking copy."""
-    shape = (count, height, width)
-    arrays = {"depth": np.zeros(shape, np.float32), "mask": np.zeros(shape, bool)}
-    if with_uv:
-        arrays["uv"] = np.zeros(shape + (2,), np.float32)
-        if background_ids:
-            arrays["background_id"] = np.zeros(shape, np.int32)
-    arrays["normal"] = np.zeros(shape + (3,), np.float32)
-    arrays["position"] = np.zeros(shape + (3,), np.float32)
-    if with_vector:
-        arrays["vector"] = np.zeros(shape + (2,), np.float32)
-    return arrays
-
-
-def decode_view(raw: dict[str, np.ndarray], marker: int, arrays: dict[str, np.ndarray], index: int,
-                surface_ids: np.ndarray | None = None) -> None:
-    """One view's EXR pixels (name -> (H, W, C) float32, rows top to bottom) -> view ``index``
-    of ``arrays`` (from :func:`allocate_views`, still zero there).
-
-    depth planar, 1e10 where nothing is hit (every object counts: ControlNet sees the
-    whole scene); mask where the object index is ``marker``; normal, position and uv on
-    target pixels only (0 elsewhere); vector everywhere. A ``background_id`` array is
-    filled through ``surface_ids`` (pass index -> background id, 0 for none; indices past
-    its end are 0; given whenever that array is), and uv is kept on those pixels too.
-    """
-    mask = arrays["mask"][index]
-    object_index = raw["Object Index"][..., 0]
-    np.less(np.abs(object_index - marker), 0.5, out=mask)
-    depth = arrays["depth"][index]
-    np.copyto(depth, raw["Depth"][..., 0])
-    depth[~(np.isfinite(depth) & (depth < BACKGROUND_DEPTH))] = BACKGROUND_DEPTH
-    on = mask[..., None]  # only target pixels carry surface data
-    for key, name in (("normal", "Normal"), ("position", "Position")):
-        np.copyto(arrays[key][index], raw[name][..., :3], where=on)
-    if "background_id" in arrays:
-        ids = arrays["background_id"][index]
-        lookup = np.asarray(surface_ids, np.int32)
-        pass_index = np.rint(np.nan_to_num(object_index, nan=0.0, posinf=0.0, neginf=0.0)).astype(np.int64)
-        pass_index[(pass_index < 0) | (pass_index >= len(lookup))] = 0
-        np.take(lookup, pass_index, out=ids)
-        ids[mask] = 0
-        on = on | (ids > 0)[..., None]
-    if "uv" in arrays:
-        np.copyto(arrays["uv"][index], raw["UV"][..., :2], where=on)
-        wrap_uv(arrays["uv"][index])
-    if "vector" in arrays:
-        motion_to_next(raw["Vector"], arrays["vector"][index])
-
-
-def view_arrays(raw: dict[str, np.ndarray], marker: int, with_vector: bool = False,
-                with_uv: bool = True, surface_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """One view's EXR pixels -> its wire arrays (H, W[, C]), as :func:`decode_view` fills
-    them (``background_id`` too when ``surface_ids`` is given)."""
-    height, width = raw["Depth"].shape[:2]
-    arrays = allocate_views(1, height, width, with_vector, with_uv, surface_ids is not None)
-    decode_view(raw, marker, arrays, 0, surface_ids)
-    return {name: array[0] for name, array in arrays.items()}
 
 
 # ------------------------------------------------------------------------ public entry
@@ -299,6 +215,7 @@ def _capture(scene, shots, objects, width, height, uv_map, with_vector, texture_
         stack.enter_context(_context_for(scene, view_layer))
         stack.enter_context(object_mode())  # edit-mode changes reach the evaluated mesh
         stack.enter_context(_no_new_render_result())
+        stack.enter_context(zs_passes.suspended())  # our renders are not the artist's: no sidecars
         texels = None
         if texture_size is not None:
             scene.frame_set(bake_frame)

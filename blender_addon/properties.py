@@ -17,6 +17,7 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
+from . import compat
 from .settings import AnimationSettings, TextureSettings
 from .wire import Request, protocol
 
@@ -96,6 +97,7 @@ PANEL_STATE = {
                          description="Texture the objects, or re-style an animation"),
     "views_source": EnumProperty(name="Views", items=VIEW_SOURCES, default="RIG"),
     "output_folder": StringProperty(name="Output", default="//zs_textures/", subtype="DIR_PATH",
+                                    options=compat.BLEND_RELATIVE_PATH,
                                     description="Folder for the texture images (// is next to the .blend; "
                                                 "an unsaved file packs them)"),
     "use_scene_range": BoolProperty(name="Scene Frame Range", default=True,
@@ -105,8 +107,10 @@ PANEL_STATE = {
     "anim_camera": PointerProperty(name="Camera", type=bpy.types.Object, poll=_is_camera,
                                    description="Camera whose shot is re-styled (empty: the scene's camera)"),
     "frames_folder": StringProperty(name="Frames", default="//zs_frames/", subtype="DIR_PATH",
+                                    options=compat.BLEND_RELATIVE_PATH,
                                     description="Folder for the generated frames (// is next to the .blend; an "
-                                                "unsaved file uses a temporary folder)"),
+                                                "unsaved file uses a temporary folder, moved here when it is "
+                                                "saved)"),
     # The last job, for the panel (written by the Generate operator). Whether a job is
     # running is not stored here: a saved file would keep claiming it (see jobs.active).
     "status": StringProperty(name="Status", default=""),

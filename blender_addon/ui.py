@@ -16,7 +16,7 @@ import bpy
 from . import animation, properties
 from .errors import CaptureError
 from . import jobs
-from .operators import server
+from .operators import server, server_setup
 
 _STATUS_ICONS = {"online": "CHECKMARK", "offline": "CANCEL", "error": "ERROR", "checking": "SORTTIME",
                  "starting": "SORTTIME", "unknown": "QUESTION"}
@@ -60,6 +60,9 @@ class ZS_PT_main(_SidebarPanel, bpy.types.Panel):
             _wrapped(layout.box(), status.message)
         elif status.message:
             layout.label(text=status.message)
+        if server_setup.STATE.running:  # Set Up Server of the add-on preferences
+            setup = server_setup.STATE
+            layout.progress(factor=setup.factor, text=f"Server set-up: step {setup.step}/{setup.count}")
 
         column = layout.column()
         column.enabled = not running
@@ -91,7 +94,10 @@ class ZS_PT_main(_SidebarPanel, bpy.types.Panel):
             row = layout.row(align=True)
             row.scale_y = 1.4
             row.operator("zs.cancel", text="Cancel", icon="X")
-            layout.progress(factor=settings.progress, text=settings.status or "Running")
+            if job.state == "queued":  # what the queue waits on: too long for a progress bar
+                _wrapped(layout, settings.status or "Queued")
+            else:
+                layout.progress(factor=settings.progress, text=settings.status or "Running")
         else:
             row = layout.row()
             row.scale_y = 1.4

@@ -19,6 +19,12 @@ jobs are served as before, and a job that was running is marked failed with the 
 :data:`RESTART_REASON` — its partial outputs are discarded, since the sampler cannot resume
 mid-denoising.
 
+Queue view: a queued job's place in the queue and the job the worker runs meanwhile
+(:meth:`JobStore.queue_view`). It is part of the status and of the ``queued`` event, and the
+event streams send it live (``queue`` events, see :mod:`.sse`); it is not logged, since it
+changes with every step of the running job. Listeners hear about every queued job after
+anything that moves the queue (a job taken, a step, a cancel, a finish).
+
 Thread safety: one lock guards the in-memory state and the small status/event writes;
 nothing holds it while a job samples, so HTTP handlers only ever wait microseconds.
 """
@@ -54,6 +60,7 @@ PARTIAL_OUTPUT_DIR = "out.partial"
 RESULT_ZIP = "result.zip"
 
 _JOB_ID = re.compile(r"^[0-9a-f]{20}$")
+DEFAULT_KIND = "texture"  # a request without "kind" is a texture job (zs_core.protocol.Request)
 EVENTS_KEPT_IN_MEMORY = 32  # finished jobs; their progress previews add up otherwise
 
 
@@ -79,6 +86,7 @@ class Job:
     created: float
     state: str
     total: int
+    kind: str = DEFAULT_KIND  # the request's job kind: texture or animation
     step: int = 0
     started: float | None = None
     finished: float | None = None
@@ -96,7 +104,7 @@ class Job:
     def status(self) -> dict:
         """What status.json holds (and the base of GET /v1/jobs/{id})."""
         return {
-            "id": self.id, "seq": self.seq, "state": self.state, "created": self.created,
+            "id": self.id, "seq": self.seq, "kind": self.kind, "state": self.state, "created": self.created,
             "started": self.started, "finished": self.finished, "step": self.step,
             "total": self.total, "error": self.error,
         }
@@ -154,6 +162,22 @@ def read_event_log(path: Path, repair: bool = False) -> list[Event]:
     return events
 
 
+def request_kind(request_json: str | bytes) -> str:
+    """The job kind a request names (its default when it names none or cannot be read)."""
+    try:
+        kind = json.loads(request_json).get("kind")
+    except (ValueError, AttributeError):
+        kind = None
+    return kind if isinstance(kind, str) and kind else DEFAULT_KIND
+
+
+def _kind_on_disk(folder: Path) -> str:
+    try:
+        return request_kind((folder / REQUEST_FILE).read_bytes())
+    except OSError:
+        return DEFAULT_KIND
+
+
 def folder_size(path: Path) -> int:
     total = 0
     for root, _, files in os.walk(path):
@@ -173,6 +197,7 @@ class JobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._jobs: dict[str, Job] = {}
         self._queue: deque[str] = deque()
+        self._running: Job | None = None  # the job the worker samples now
         self._next_seq = 1
         self._changed = threading.Condition()  # guards everything above; worker waits on it
         self._listeners: list[Callable[[str], None]] = []
@@ -226,6 +251,8 @@ class JobStore:
         if job.id != folder.name or job.state not in STATES:
             log.warning("discarding job folder %s: inconsistent status", folder.name)
             return None
+        # Status files written before the kind was recorded: the request still names it.
+        job.kind = status.get("kind") or _kind_on_disk(folder)
         if job.state in (QUEUED, RUNNING):
             job.events = read_event_log(folder / EVENTS_FILE, repair=True)  # more events will follow
         return job
@@ -233,15 +260,17 @@ class JobStore:
     # ------------------------------------------------------------ listeners
 
     def add_listener(self, listener: Callable[[str], None]) -> None:
-        """``listener(job_id)`` is called (from any thread) after each new event of a job."""
+        """``listener(job_id)`` is called (from any thread) after each new event of a job,
+        and for every queued job after a change of its queue view."""
         self._listeners.append(listener)
 
-    def _notify(self, job_id: str) -> None:
-        for listener in self._listeners:
-            try:
-                listener(job_id)
-            except Exception:  # a listener must never break the worker
-                log.exception("event listener failed")
+    def _notify(self, *job_ids: str) -> None:
+        for job_id in job_ids:
+            for listener in self._listeners:
+                try:
+                    listener(job_id)
+                except Exception:  # a listener must never break the worker
+                    log.exception("event listener failed")
 
     # ------------------------------------------------------------ submission
 
@@ -274,7 +303,7 @@ class JobStore:
             write_atomic(staging / REQUEST_FILE, request_json)
             with self._changed:
                 job = Job(id=new_job_id(), seq=self._next_seq, created=time.time(), state=QUEUED, total=total,
-                          events=[])
+                          kind=request_kind(request_json), events=[])
                 job.folder = self.root / job.id
                 self._next_seq += 1
                 if not self._queue:
@@ -283,7 +312,7 @@ class JobStore:
                 os.replace(staging, job.folder)  # the job exists from here on, complete
                 self._jobs[job.id] = job
                 self._queue.append(job.id)
-                self._append_event_locked(job, QUEUED, {"state": QUEUED, "position": len(self._queue)})
+                self._append_event_locked(job, QUEUED, {"state": QUEUED, **self._queue_view_locked(job)})
                 self._changed.notify_all()
         except BaseException:
             self.discard(staging)
@@ -305,9 +334,27 @@ class JobStore:
         with self._changed:
             job = self.get(job_id)
             out = job.status()
+            view = self._queue_view_locked(job) or {}
             out.update(eta_seconds=job.eta_seconds, cancel_requested=job.cancel_requested,
-                       queue_position=self._queue.index(job.id) + 1 if job.state == QUEUED else None)
+                       queue_position=view.get("position"), waiting_on=view.get("waiting_on"))
             return out
+
+    def queue_view(self, job_id: str) -> dict | None:
+        """A queued job's view of the queue -> ``{"position", "waiting_on"}`` (None once it
+        has left the queue): ``position`` 1 runs next; ``waiting_on`` is the running job
+        (``id``, ``kind``, ``step``, ``total``, ``cancelling``), or None between jobs."""
+        with self._changed:
+            return self._queue_view_locked(self.get(job_id))
+
+    def _queue_view_locked(self, job: Job) -> dict | None:
+        if job.state != QUEUED:
+            return None
+        running = self._running
+        waiting_on = None if running is None else {
+            "id": running.id, "kind": running.kind, "step": running.step, "total": running.total,
+            # Cancelled but still stopping: the queue waits for it to let go of the model.
+            "cancelling": running.cancel_requested}
+        return {"position": self._queue.index(job.id) + 1, "waiting_on": waiting_on}
 
     def recent(self, limit: int) -> list[dict]:
         """Newest first."""
@@ -322,7 +369,7 @@ class JobStore:
 
     def running_job(self) -> str | None:
         with self._changed:
-            return next((job.id for job in self._jobs.values() if job.state == RUNNING), None)
+            return None if self._running is None else self._running.id
 
     def events_after(self, job_id: str, after: int) -> tuple[list[Event], bool]:
         """Events with id > ``after``, and whether the job has finished (no more will come)."""
@@ -352,9 +399,11 @@ class JobStore:
                 return None
             job = self._jobs[self._queue.popleft()]
             job.state, job.started = RUNNING, time.time()
+            self._running = job
             self._write_status_locked(job)
             self._append_event_locked(job, "started", {"state": RUNNING, "total": job.total})
-        self._notify(job.id)
+            waiting = list(self._queue)
+        self._notify(job.id, *waiting)
         return job
 
     def wake(self) -> None:
@@ -367,15 +416,19 @@ class JobStore:
             job.step, job.total, job.eta_seconds = step, total, eta_seconds
             self._append_event_locked(job, "progress", {"step": step, "total": total,
                                                         "eta_seconds": eta_seconds, **preview})
-        self._notify(job.id)
+            waiting = list(self._queue)
+        self._notify(job.id, *waiting)  # the queued jobs see the step they wait on
 
     def finish(self, job: Job, state: str, *, error: str | None = None, extra: dict | None = None) -> None:
         with self._changed:
             self._finish_locked(job, state, error=error, extra=extra)
-        self._notify(job.id)
+            waiting = list(self._queue)
+        self._notify(job.id, *waiting)
 
     def _finish_locked(self, job: Job, state: str, *, error: str | None = None, extra: dict | None = None) -> None:
         job.state, job.finished, job.error, job.eta_seconds = state, time.time(), error, None
+        if self._running is job:
+            self._running = None
         self._write_status_locked(job)
         data = {"state": state}
         if error is not None:
@@ -397,7 +450,8 @@ class JobStore:
             if job.state == QUEUED:
                 self._queue.remove(job.id)
                 self._finish_locked(job, CANCELLED)
-        self._notify(job.id)
+            waiting = list(self._queue)  # the jobs behind it move up, or now wait on a cancel
+        self._notify(job.id, *waiting)
         return self.snapshot(job_id)
 
     # ------------------------------------------------------------ pruning

@@ -87,9 +87,19 @@ class Accepted(BaseModel):
     events_url: str
 
 
+class WaitingOn(BaseModel):
+    """The job the worker runs while a queued job waits: what the queue waits on."""
+    id: str
+    kind: str
+    step: int
+    total: int
+    cancelling: bool  # cancelled, not stopped yet
+
+
 class JobStatus(BaseModel):
     id: str
     seq: int
+    kind: str | None = None  # texture or animation
     state: str
     created: float
     started: float | None
@@ -99,7 +109,8 @@ class JobStatus(BaseModel):
     eta_seconds: float | None
     error: str | None
     cancel_requested: bool
-    queue_position: int | None
+    queue_position: int | None  # queued: 1 runs next
+    waiting_on: WaitingOn | None = None  # queued: the running job, None between jobs
     files: list[str] | None = None
 
 
@@ -160,7 +171,7 @@ _SUBMIT_BODY = {
         "required": True,
         "content": {"multipart/form-data": {"schema": {
             "type": "object",
-            "required": list(uploads.FORM_FIELDS),
+            "required": ["request"],  # and exactly one of passes / exr_sequence
             "properties": {
                 "request": {"type": "string", "contentMediaType": "application/json",
                             "contentSchema": request_schema(),
@@ -168,6 +179,9 @@ _SUBMIT_BODY = {
                                            "(zs_core.protocol.PARAMETERS); a field left out takes its default "
                                            "for the kind"},
                 "passes": {"type": "string", "format": "binary", "description": "passes.npz in the wire layout"},
+                "exr_sequence": {"type": "string", "format": "binary",
+                                 "description": "instead of passes, for an animation: a zip of the NNNN.exr files "
+                                                "and NNNN.json sidecars a render with the ZS passes setting wrote"},
             },
         }}},
     },
@@ -177,18 +191,23 @@ _SUBMIT_BODY = {
 @protected.post("/jobs", status_code=202, response_model=Accepted, openapi_extra=_SUBMIT_BODY,
                 responses=ERRORS)
 async def submit_job(request: HttpRequest) -> JSONResponse:
-    """Queue a job: multipart form with ``request`` (JSON) and ``passes`` (.npz)."""
+    """Queue a job: multipart form with ``request`` (JSON) and ``passes`` (.npz), or for an
+    animation ``exr_sequence`` (a zip of the EXR files and sidecars a ZS-passes render wrote)."""
     state = _state(request)
     settings = state.settings
     body = await uploads.read_body(request, settings.max_upload_bytes)
     fields = await run_in_threadpool(uploads.parse_multipart, body, request.headers.get("content-type"))
     del body  # the parts are copies: drop the raw body before the heavy checks
     store: JobStore = state.store
-    # Writing the passes to disk and checking them are both slow and independent: overlap them.
-    checked, staged = await asyncio.gather(
-        run_in_threadpool(uploads.validate_job, fields, settings, state.components),
-        run_in_threadpool(store.stage, fields.get("passes", b"")),
-        return_exceptions=True)
+    if "passes" in fields:
+        # Writing the passes to disk and checking them are both slow and independent: overlap them.
+        checked, staged = await asyncio.gather(
+            run_in_threadpool(uploads.validate_job, fields, settings, state.components),
+            run_in_threadpool(store.stage, fields["passes"]),
+            return_exceptions=True)
+    else:  # an EXR sequence: the passes exist only once decoded
+        checked = await run_in_threadpool(uploads.validate_job, fields, settings, state.components)
+        staged = await run_in_threadpool(store.stage, checked.passes.to_npz_bytes())
     if isinstance(checked, BaseException) or isinstance(staged, BaseException):
         if not isinstance(staged, BaseException):
             store.discard(staged)
@@ -213,7 +232,8 @@ async def list_jobs(request: HttpRequest, limit: int | None = Query(None, ge=1, 
 
 @protected.get("/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
 async def job_status(request: HttpRequest, job_id: str) -> JobStatus:
-    """State, step of total, ETA and, when failed, the reason."""
+    """State, step of total, ETA and, when failed, the reason; a queued job's place in the
+    queue and the running job it waits on (``waiting_on``)."""
     store: JobStore = _state(request).store
     job = _job_or_404(store, job_id)
     snapshot = store.snapshot(job_id)
@@ -227,7 +247,8 @@ async def job_events(request: HttpRequest, job_id: str,
                      after: int | None = Query(None, ge=0, description="resume after this event id "
                                                                          "(for clients that cannot set headers)")):
     """Server-sent events: queued, started, progress (with a PNG preview), done / failed /
-    cancelled. Each event has an id; reconnect with Last-Event-ID to resume."""
+    cancelled. Each event has an id; reconnect with Last-Event-ID to resume. While the job
+    is queued, ``queue`` events (without an id) follow its place and the job it waits on."""
     state = _state(request)
     _job_or_404(state.store, job_id)
     resume_from = after or 0

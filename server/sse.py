@@ -3,14 +3,23 @@
 The worker lives in a plain thread and the streams in the event loop, so the bridge is
 ``loop.call_soon_threadsafe``: each job has at most one :class:`asyncio.Event` that every
 waiting stream shares; a new job event sets it and a fresh one is made for the next wait.
+
+A queued job's stream also sends ``queue`` events: its place in the queue and the job it
+waits on (:meth:`JobStore.queue_view`), whenever that differs from what the client last
+saw (the ``queued`` event, or the previous ``queue`` event). They carry no ``id:``: they are
+the queue's state now, not part of the job's log, so ``Last-Event-ID`` keeps pointing at
+the last logged event and a client that reconnects gets the state of that moment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import AsyncIterator
 
-from .jobs import Event, JobNotFound, JobStore
+from .jobs import QUEUED, Event, JobNotFound, JobStore
+
+QUEUE_EVENT = "queue"
 
 KEEPALIVE_SECONDS = 15.0
 RETRY_MILLISECONDS = 1000
@@ -51,23 +60,44 @@ def format_event(event: Event) -> bytes:
     return f"id: {event.id}\nevent: {event.type}\ndata: {event.data}\n\n".encode()
 
 
+def format_queue_event(job_id: str, view: dict) -> bytes:
+    """A ``queue`` event: no ``id:`` line, so the client's last event id stays as it was."""
+    data = json.dumps({"type": QUEUE_EVENT, "job": job_id, "state": QUEUED, **view}, separators=(",", ":"))
+    return f"event: {QUEUE_EVENT}\ndata: {data}\n\n".encode()
+
+
+def _view_in(event: Event) -> dict:
+    """The queue view a logged ``queued`` event told the client."""
+    data = json.loads(event.data)
+    return {"position": data.get("position"), "waiting_on": data.get("waiting_on")}
+
+
 async def event_stream(store: JobStore, notifier: Notifier, job_id: str, after: int) -> AsyncIterator[bytes]:
     """Every event of the job with id > ``after``, then new ones as they come, until the
     job has finished (or the server shuts down)."""
     yield f"retry: {RETRY_MILLISECONDS}\n\n".encode()
+    shown = None  # the queue view the client has seen
     while not notifier.closed.is_set():
         # Take the waiter before reading, so an event logged in between still wakes us.
         waiter = notifier.waiter(job_id)
         try:
             events, finished = store.events_after(job_id, after)
+            # Read after the events: a view of a queued job comes before its "started".
+            view = None if finished else store.queue_view(job_id)
         except JobNotFound:  # pruned while someone watched it
             return
         for event in events:
             yield format_event(event)
             after = event.id
+            if event.type == QUEUED:
+                shown = _view_in(event)
         if finished:
             return
-        if not events:
+        changed = view is not None and view != shown
+        if changed:
+            yield format_queue_event(job_id, view)
+            shown = view
+        if not events and not changed:
             try:
                 await asyncio.wait_for(waiter.wait(), KEEPALIVE_SECONDS)
             except asyncio.TimeoutError:

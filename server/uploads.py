@@ -1,16 +1,21 @@
 """Job uploads: read a size-capped body, split the multipart form, validate request and passes.
 
-The form has two parts: ``request`` (the request JSON) and ``passes`` (the .npz), split
-by python-multipart's parser once the size-capped body is in memory; the validation is
-:mod:`zs_core.protocol`'s plus the server's limits.
-Before any array is decompressed, the .npz headers are read and checked against the
-limits, so a small upload cannot expand into gigabytes of memory.
+The form has two parts: ``request`` (the request JSON) and the passes, either ``passes``
+(the .npz) or, for an animation, ``exr_sequence`` (a zip of the EXR files and JSON
+sidecars an ordinary render with the "ZS passes" setting writes, decoded here by
+:mod:`zs_core.exr_sequence`). python-multipart's parser splits the size-capped body once
+it is in memory; the validation is :mod:`zs_core.protocol`'s plus the server's limits.
+Before any array is decompressed, the .npz (or zip and EXR) headers are checked against
+the limits, so a small upload cannot expand into gigabytes of memory.
 """
 
 from __future__ import annotations
 
 import io
+import re
+import tempfile
 import zipfile
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +23,15 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request as HttpRequest
 
-from zs_core import run
+from zs_core import exr_sequence, run
 from zs_core.protocol import TEXEL_ARRAYS, VIEW_ARRAYS, Passes, ProtocolError, Request
 
 from .config import Settings
 from .errors import ApiError
 
-FORM_FIELDS = ("request", "passes")
+FORM_FIELDS = ("request", "passes", "exr_sequence")
+PASSES_FIELDS = ("passes", "exr_sequence")  # exactly one of them
+SEQUENCE_MEMBER = re.compile(r"[\w .-]{1,200}\.(exr|json)")  # plain file names only: no folders
 
 
 @dataclass
@@ -127,14 +134,20 @@ def validate_job(fields: dict[str, bytes], settings: Settings, components) -> Va
     """
     unknown = sorted(set(fields) - set(FORM_FIELDS))
     if unknown:
-        raise ProtocolError(unknown[0], f"unknown form field; expected {' and '.join(FORM_FIELDS)}")
-    for name in FORM_FIELDS:
-        if name not in fields:
-            raise ProtocolError(name, "missing form field")
+        raise ProtocolError(unknown[0], "unknown form field; expected request and passes (or exr_sequence)")
+    if "request" not in fields:
+        raise ProtocolError("request", "missing form field")
+    given = [name for name in PASSES_FIELDS if name in fields]
+    if len(given) != 1:
+        raise ProtocolError("passes", "give exactly one of the form fields passes (.npz) and exr_sequence (.zip); "
+                                      f"got {' and '.join(given) or 'neither'}")
     request = Request.from_json(bytes(fields["request"]))
     check_request_limits(request, settings)
-    check_npz_headers(fields["passes"], settings, animation=request.kind == "animation")
-    passes = Passes.load(fields["passes"])
+    if given[0] == "exr_sequence":
+        passes = read_exr_sequence(fields["exr_sequence"], settings, request)
+    else:
+        check_npz_headers(fields["passes"], settings, animation=request.kind == "animation")
+        passes = Passes.load(fields["passes"])
     # The sampler's own input checks (validates both again, plus model-specific rules such
     # as multiples of the VAE factor) so anything it would reject is a 4xx here, not a failed job.
     run.check_inputs(components, request, passes)
@@ -194,3 +207,35 @@ def check_npz_headers(npz: bytes | bytearray, settings: Settings, animation: boo
         if shape and max(shape[:2]) > settings.max_texture_size:
             raise ProtocolError(name, f"{max(shape[:2])} texels a side; this server takes at most "
                                       f"{settings.max_texture_size}")
+
+
+def read_exr_sequence(archive_bytes: bytes | bytearray, settings: Settings, request: Request) -> Passes:
+    """A zip of ``NNNN.exr`` + ``NNNN.json`` (an ordinary render's ZS passes) -> the animation's
+    Passes. The zip's directory is checked (plain names, count, unpacked size) before
+    anything is extracted, and every EXR header before its pixels are read."""
+    if request.kind != "animation":
+        raise ProtocolError("exr_sequence", "an EXR sequence is an animation's frames; this request is a "
+                                            f"{request.kind} job")
+    try:
+        with zipfile.ZipFile(io.BytesIO(archive_bytes)) as archive:
+            members = archive.infolist()
+            bad = [info.filename for info in members if not SEQUENCE_MEMBER.fullmatch(info.filename)]
+            if bad:
+                raise ProtocolError("exr_sequence", f"member {bad[0]!r}: expected plain NNNN.exr / NNNN.json names")
+            if len(members) > 2 * settings.max_frames:
+                raise ProtocolError("frames", f"{len(members)} files; this server takes at most {settings.max_frames} "
+                                              "frames (an EXR and a sidecar each)")
+            unpacked = sum(info.file_size for info in members)
+            if unpacked > settings.max_unpacked_bytes:
+                raise ProtocolError("exr_sequence", f"unpacks to {unpacked} bytes; this server takes at most "
+                                                    f"{settings.max_unpacked_bytes} (max_unpacked_bytes)")
+            with tempfile.TemporaryDirectory(prefix="zs-exr-") as folder:
+                archive.extractall(folder)
+                shot = exr_sequence.read_shot(Path(folder), max_frames=settings.max_frames,
+                                              max_size=settings.max_resolution)
+    except ProtocolError:
+        raise
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise ProtocolError("exr_sequence", f"not a readable zip archive ({type(exc).__name__}: {exc})") from None
+    request.fps = shot.fps
+    return shot.passes

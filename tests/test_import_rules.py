@@ -1,10 +1,10 @@
 """The import rules of docs/architecture.md: the arrows between the top-level packages go
 
-    zs_cli ──► server ──► zs_core        blender_addon ──► (zs_core/protocol.py, by file path)
+    zs_cli ──► server ──► zs_core        blender_addon ──► (zs_core/protocol.py, render_passes.py, by path)
     zs_cli ──► blender_addon
 
 zs_core imports no other package of the project; server imports zs_core only; the add-on
-imports none of them (it loads the one stdlib + numpy file protocol.py on its own) and never
+imports none of them (it loads the stdlib + numpy files protocol.py and render_passes.py on its own) and never
 pulls in torch, diffusers, transformers, pydantic or fastapi; light modules stay light.
 Imports hidden in ``importlib.import_module("...")`` or ``__import__("...")`` strings count too."""
 
@@ -26,9 +26,10 @@ FORBIDDEN = {
     "blender_addon": {"torch", "diffusers", "transformers", "pydantic", "fastapi", "uvicorn", "starlette",
                       "safetensors", "scipy", "cv2", "PIL", "zs_core", "server", "zs_cli"},
 }
-LIGHT_MODULES = ("zs_core", "zs_core.protocol", "zs_core.geometry", "zs_core.bake", "zs_core.metrics",
+LIGHT_MODULES = ("zs_core", "zs_core.protocol", "zs_core.render_passes", "zs_core.exr_sequence", "zs_core.geometry", "zs_core.bake", "zs_core.metrics",
                  "zs_core.scene", "zs_core.images", "zs_cli")
 IMPORT_FUNCTIONS = {"import_module", "__import__"}
+LOADED_BY_PATH = ("zs_core/protocol.py", "zs_core/render_passes.py")  # blender_addon/wire.py loads these
 
 
 def imported_top_levels(source: str, filename: str = "<source>") -> set[str]:
@@ -95,6 +96,14 @@ def test_packages_import_only_what_their_rules_allow(package):
 ])
 def test_the_rule_sees_import_statements_and_import_strings(source, found):
     assert imported_top_levels(source) == found
+
+
+@pytest.mark.parametrize("path", LOADED_BY_PATH)
+def test_files_the_add_on_loads_by_path_need_only_the_standard_library_and_numpy(path):
+    source = (ROOT / path).read_text()
+    assert imported_top_levels(source, path) <= set(sys.stdlib_module_names) | {"numpy", "__future__"}
+    relative = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom) and node.level]
+    assert not relative, f"{path} is loaded as a lone file: no relative imports"
 
 
 def test_zs_core_and_server_import_without_blender_or_the_command():

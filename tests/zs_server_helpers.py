@@ -106,7 +106,8 @@ def submit(client: httpx.Client, npz: bytes, request: Request) -> str:
 
 def read_events(client: httpx.Client, job_id: str, last_event_id: int | None = None,
                 on_event=None, timeout: float = 120.0) -> list[dict]:
-    """Follow a job's SSE stream until the server ends it; -> [{"id", "event", "data"}].
+    """Follow a job's SSE stream until the server ends it; -> [{"id", "event", "data"}]
+    (``id`` None for an event without one: a queued job's ``queue`` events).
     ``on_event(event)`` is called as each one arrives."""
     headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
     events, current = [], {}
@@ -116,7 +117,8 @@ def read_events(client: httpx.Client, job_id: str, last_event_id: int | None = N
         for line in response.iter_lines():
             if not line:
                 if "data" in current:
-                    event = {"id": int(current["id"]), "event": current["event"], "data": json.loads(current["data"])}
+                    event = {"id": int(current["id"]) if "id" in current else None, "event": current["event"],
+                             "data": json.loads(current["data"])}
                     events.append(event)
                     if on_event is not None:
                         on_event(event)

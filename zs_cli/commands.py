@@ -1,7 +1,8 @@
 """The sub-commands: ``demo``, ``texture``, ``animate`` and ``serve``.
 
 A ``.blend`` source runs the Blender flow (``blender_addon.batch``) with the sampling in
-this process or on ``--server``; a passes bundle (``.npz``) is sampled here directly."""
+this process or on ``--server``; a passes bundle (``.npz``) and, for ``animate``, an EXR
+sequence rendered with the "ZS passes" setting (``shot_####.exr``) are sampled here directly."""
 
 from __future__ import annotations
 
@@ -99,12 +100,21 @@ def animate(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace, kind: str, blend_run, outputs) -> int:
     """A .blend source runs the Blender flow (``blend_run``); a bundle is sampled here."""
-    source = _source(args.source)
+    source = _source(args.source, kind)
     if source.suffix == ".blend":
         return blend_run(args, source)
     _only_for_blend(args, kind)
-    passes = Passes.load(source).validate()
     values = values_from_arguments(args, kind, capture=False)
+    if source.suffix == ".exr":
+        from zs_core import exr_sequence
+
+        shot = exr_sequence.read_shot(source)
+        passes = shot.passes
+        values["fps"] = shot.fps
+        print(f"zs {args.command}: frames {shot.frames[0]}-{shot.frames[-1]} of camera {shot.camera!r} from "
+              f"{len(shot.files)} EXR files", file=sys.stderr)
+    else:
+        passes = Passes.load(source).validate()
     if kind == TEXTURE and args.texture_size is None and passes.texel_position is not None:
         values["texture_size"] = passes.texel_position.shape[0]  # the bundle's texel maps
     unit = "frames" if kind == ANIMATION else "views"
@@ -148,10 +158,11 @@ def extension(args: argparse.Namespace) -> int:
                          f"with {INSTALL_BLENDER}")
     path = blender.build_extension(Path(args.out))
     print(f"extension: {path}", file=sys.stderr)
+    zs = Path(sys.executable).with_name("zs.exe" if sys.platform == "win32" else "zs")  # this environment's
     print("install it in Blender 4.2 or newer: drag the zip into Blender's window, or Edit > Preferences > "
-          "Get Extensions > (the arrow at the top right) > Install from Disk...; then start a server "
-          "(`zs serve`, or the add-on preferences' launch command set to this .venv's zs) and press Connect in the "
-          "3D Viewport's ZS tab (N)", file=sys.stderr)
+          "Get Extensions > (the arrow at the top right) > Install from Disk...; then set up a server once: Edit > "
+          "Preferences > Add-ons > ZS Texturing > Set Up Server (or set the Launch Command there to "
+          f"{zs} serve); press Start, then Connect, in the 3D Viewport's ZS tab (N)", file=sys.stderr)
     return 0
 
 
@@ -182,11 +193,14 @@ def serve(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _source(text: str) -> Path:
+def _source(text: str, kind: str) -> Path:
     source = Path(text)
-    if source.suffix not in (".blend", ".npz"):
-        raise ValueError(f"source: expected a .blend file or a passes bundle (.npz), got {source.name!r}")
-    if not source.is_file():
+    suffixes = (".blend", ".npz", ".exr") if kind == ANIMATION else (".blend", ".npz")
+    if source.suffix not in suffixes:
+        expected = "a .blend file, a passes bundle (.npz) or an EXR sequence (shot_####.exr)" if kind == ANIMATION \
+            else "a .blend file or a passes bundle (.npz)"
+        raise ValueError(f"source: expected {expected}, got {source.name!r}")
+    if source.suffix != ".exr" and not source.is_file():  # a sequence pattern names no one file
         raise ValueError(f"source: {source} does not exist")
     return source
 

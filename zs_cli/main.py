@@ -69,7 +69,8 @@ def _texture_parser(commands_) -> None:
 def _animate_parser(commands_) -> None:
     animate = commands_.add_parser("animate", help="re-style a camera's shot of a .blend file, or an animation "
                                                    "passes bundle (.npz), into consistent frames")
-    animate.add_argument("source", help="FILE.blend, or passes.npz (frames first, with uv, mask and vector)")
+    animate.add_argument("source", help="FILE.blend; passes.npz (frames first, with uv, mask and vector); or an EXR "
+                                        "sequence rendered with the ZS passes setting, e.g. renders/shot_####.exr")
     animate.add_argument("--out", required=True, help="output folder")
     _model_options(animate)
     add_arguments(animate.add_argument_group("sampling"), (ANIMATION,), capture=False)

@@ -1,7 +1,9 @@
 """Load generated frames into the scene as an image sequence: one undo step.
 
-Generate calls this at the end of an animation job (so the load is undone in one step,
-apart from the long modal run), and artists or scripts can call it on any folder of
+Run from the interface (F3) it is one undo step, "Load ZS Frames". Generate calls it at
+the end of an animation job from Python, where an operator pushes no undo step of its
+own: Generate pushes the one "ZS Generate" step after it
+(``operators.generate.push_undo_step``). Artists or scripts can call it on any folder of
 frames ``0000.png``, ``0001.png`` ...:
 
     bpy.ops.zs.load_animation(directory="//zs_frames/ZS_Animation/frames/", frame_start=1)

@@ -1,7 +1,9 @@
 """Apply a texture file to objects as new materials: one undo step.
 
-Generate calls this at the end of a job (so the apply is undone in one step, apart from
-the long modal run), and artists or scripts can call it on any texture PNG:
+Run from the interface (F3) it is one undo step, "Apply ZS Texture". Generate calls it at
+the end of a job from Python, where an operator pushes no undo step of its own: Generate
+pushes the one "ZS Generate" step after it (``operators.generate.push_undo_step``).
+Artists or scripts can call it on any texture PNG:
 
     bpy.ops.zs.apply_result(filepath="texture.png", objects=[{"name": "Suzanne", "uv_map": "UVMap"}])
 

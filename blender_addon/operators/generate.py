@@ -7,9 +7,19 @@ rig (texture), or the camera's shot over the frame range (animation). On the mai
 renders the passes; its worker thread (:class:`jobs.RemoteJob`) uploads, follows the
 events and downloads the result. A modal operator polls it from a timer, writes progress
 into the scene settings, the status bar and the "ZS Preview" image, and on success
-applies the result as one undo step: ``zs.apply_result`` (new materials, originals
-untouched) or ``zs.load_animation`` (a new image sequence as the camera's background and
-a new Video Sequencer strip).
+applies the result: ``zs.apply_result`` (new materials, originals untouched) or
+``zs.load_animation`` (a new image sequence as the camera's background and a new Video
+Sequencer strip), then pushes ONE undo step, :data:`UNDO_STEP`, holding all of it
+(:func:`push_undo_step`).
+
+Why an explicit push: an operator called from Python (``bpy.ops.zs.apply_result()``)
+pushes no undo step of its own, whatever its ``UNDO`` option says (Blender raises the
+undo depth around Python calls), and Generate itself has no ``UNDO`` option (a redo would
+re-run the whole job). Without the push the result would silently join the artist's next
+undo step. The modal run, the windowless ``execute`` and the sessions all apply through
+:meth:`GenerateSession.apply`, so each of them pushes exactly this one step. Scripts
+(:mod:`..api`, ``blender -b`` batch runs) push nothing: a script run from Blender's Text
+Editor is one undo step already, and a ``blender -b`` run has no undo history.
 
 The scene is left as it was unless the result is applied: orbit-rig cameras exist only
 for the capture, and a Smart UV map Generate added is removed again when the job fails or
@@ -36,10 +46,17 @@ from ..wire import ProtocolError, protocol
 from . import preview
 
 POLL_INTERVAL = 0.1  # seconds between polls of the blocking (windowless) path
+UNDO_STEP = "ZS Generate"  # the name of the applied result in Edit > Undo History
 
 
 class GenerateError(RuntimeError):
     """Generate cannot go on; the message is for the artist."""
+
+
+def push_undo_step() -> None:
+    """Make everything since the last undo step (the applied result, the Smart UV map
+    capture added, the live preview) one undo step named :data:`UNDO_STEP`."""
+    bpy.ops.ed.undo_push(message=UNDO_STEP)
 
 
 def client_from_preferences(context) -> Client:
@@ -167,8 +184,8 @@ class GenerateSession:
         job = generation.job
         if job.cancel_requested and state not in jobs.FINISHED:
             self._set_status("Cancelling")
-        elif state == "queued":
-            self._set_status("Queued on the server", 0.0, job.job_id)
+        elif state == "queued":  # behind other jobs: say which place and what runs ahead
+            self._set_status(jobs.queue_text(job.queue_position, job.waiting_on), 0.0, job.job_id)
         elif state == "running":
             total = max(job.total, 1)
             self._set_status(f"Step {job.step}/{total}" if job.step else "Started", job.step / total, job.job_id)
@@ -189,7 +206,7 @@ class GenerateSession:
     # ---------------------------------------------------------------- finish
 
     def apply(self) -> set:
-        """Apply the downloaded texture with ``zs.apply_result`` (one undo step) -> the
+        """Apply the downloaded texture with ``zs.apply_result``, as one undo step -> the
         operator's result."""
         generation = self.generation
         items = [{"name": name, "uv_map": uv_map} for name, uv_map in generation.uv_maps.items()]
@@ -203,6 +220,7 @@ class GenerateSession:
         self.applied = self.generation.applied = applied
         if applied:
             self._set_status(status, 1.0)
+            push_undo_step()
 
     def close(self) -> None:
         """Revert temporary changes (unless applied) and remove the download folder."""
@@ -227,8 +245,9 @@ class AnimationSession(GenerateSession):
     setting, else the scene's) in the scene, the target meshes (the selected ones, else
     every mesh that renders) with the UV map surface noise / UV sync need. The whole result
     is downloaded into a new folder under the Frames setting (``//zs_frames/<name>``; a
-    temporary folder for an unsaved file), and ``apply()`` loads the frames with
-    ``zs.load_animation`` (one undo step). A job that fails or is cancelled leaves no folder.
+    temporary folder for an unsaved file, moved next to it when it is saved: see
+    :mod:`..temporary_frames`), and ``apply()`` loads the frames with ``zs.load_animation``
+    (one undo step). A job that fails or is cancelled leaves no folder.
     """
 
     NAME = "ZS Animation"
@@ -307,8 +326,8 @@ class ZS_OT_generate(bpy.types.Operator):
 
     bl_idname = "zs.generate"
     bl_label = "Generate"
-    # No UNDO here: the apply at the end is its own undo step (zs.apply_result), and a
-    # redo of this operator would re-run the whole job.
+    # No UNDO here: a redo of this operator would re-run the whole job; the applied result
+    # is one undo step of its own (push_undo_step, see the module docstring).
     bl_options = {"REGISTER"}
 
     _session: GenerateSession | None = None

@@ -145,6 +145,15 @@ def launch_environment(prefs) -> dict[str, str]:
     return env
 
 
+def split_command(command: str) -> list[str]:
+    """The launch command -> its arguments. Windows keeps backslashes; the double quotes
+    around a path with spaces (as Set Up Server writes it) are dropped there too."""
+    if os.name != "nt":
+        return shlex.split(command)
+    args = shlex.split(command, posix=False)
+    return [arg[1:-1] if len(arg) > 1 and arg[0] == arg[-1] == '"' else arg for arg in args]
+
+
 def launch(prefs) -> subprocess.Popen:
     """Start the launch command -> the process. Raises ValueError with a clear message."""
     global _process, _log_path
@@ -154,7 +163,7 @@ def launch(prefs) -> subprocess.Popen:
                          f"there, or set the URL to http://127.0.0.1:8765")
     if _process is not None and _process.poll() is None:
         raise ValueError(f"a local server started from Blender is already running (pid {_process.pid})")
-    args = shlex.split(prefs.launch_command or preferences.DEFAULT_COMMAND, posix=os.name != "nt")
+    args = split_command(prefs.launch_command or preferences.DEFAULT_COMMAND)
     if not args:
         raise ValueError("the launch command in the add-on preferences is empty")
     _log_path = Path(tempfile.gettempdir()) / "zs-serve.log"
@@ -164,10 +173,11 @@ def launch(prefs) -> subprocess.Popen:
         _process = subprocess.Popen(args, env=launch_environment(prefs), stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     except OSError as exc:
-        raise ValueError(f"cannot run {args[0]!r} ({exc.strerror or exc}): set the server up once from the ZS "
-                         f"Texturing folder (`make demo` builds it in .venv, see the README), then put the full "
-                         f"path of its command in the add-on preferences, e.g. /path/to/zs-texturing/.venv/bin/zs "
-                         f"serve") from None
+        raise ValueError(f"cannot run {args[0]!r} ({exc.strerror or exc}): set the server up once with Set Up "
+                         f"Server in the add-on preferences (Edit > Preferences > Add-ons > ZS Texturing), which fills "
+                         f"in the Launch Command; or, from a terminal in the ZS Texturing folder, `make demo` builds "
+                         f".venv: then put the full path of its command there, e.g. "
+                         f"/path/to/zs-texturing/.venv/bin/zs serve") from None
     finally:
         log.close()  # the child has its own handle
     return _process

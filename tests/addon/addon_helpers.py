@@ -1,6 +1,9 @@
-"""Scene builders shared by the add-on tests (real bpy)."""
+"""Scene builders shared by the add-on tests (real bpy), and two stand-ins for what background
+mode lacks: a UI layout that records what a panel draws, and timers driven by hand."""
 
 from __future__ import annotations
+
+import time
 
 import bpy
 import numpy as np
@@ -54,3 +57,53 @@ def compositor_state(scene):
         return scene.compositing_node_group
     tree = scene.node_tree  # no tree and an empty one are the same compositing
     return scene.use_nodes, [] if tree is None else sorted((node.name, node.mute) for node in tree.nodes)
+
+
+class RecordingLayout:
+    """Stands in for UILayout: every container is itself; checks every prop and operator."""
+
+    def __init__(self):
+        self.props, self.operators, self.labels = [], [], []
+
+    def __getattr__(self, name):  # row(), column(), box(), grid_flow(), separator() ...
+        return lambda *args, **kwargs: self
+
+    def __setattr__(self, name, value):  # enabled, scale_y, use_property_split ...
+        object.__setattr__(self, name, value)
+
+    def prop(self, data, name, **kwargs):
+        assert name in data.bl_rna.properties, f"no property {name!r} on {data}"
+        self.props.append(name)
+
+    def operator(self, idname, **kwargs):
+        category, _, name = idname.partition(".")
+        assert hasattr(getattr(bpy.ops, category), name), idname
+        self.operators.append(idname)
+        return self
+
+    def label(self, text="", **kwargs):
+        self.labels.append(text)
+
+    def progress(self, factor=0.0, text="", **kwargs):
+        assert 0.0 <= factor <= 1.0
+        self.labels.append(text)
+
+
+class Timers:
+    """bpy.app.timers never fire without an event loop: keep the registered callbacks
+    and run them by hand, honouring the interval each one asks for."""
+
+    def __init__(self, monkeypatch):
+        self.callbacks = []
+        monkeypatch.setattr(bpy.app.timers, "register",
+                            lambda function, first_interval=0.0, **_: self.callbacks.append(function))
+
+    def run(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.callbacks:
+            again = self.callbacks[0]()
+            if again is None:
+                self.callbacks.pop(0)
+            else:
+                time.sleep(again)
+            assert time.monotonic() < deadline, "a timer kept running"

@@ -74,14 +74,17 @@ def test_blenders_validator_accepts_the_manifest():
     assert result.returncode == 0 and "Success" in result.stdout, result.stdout + result.stderr
 
 
-def test_the_zip_holds_only_what_blender_runs(package):
+SHIPPED_PACKAGES = ("blender_addon", "zs_core", "server", "zs_cli")  # the add-on + the server source
+
+
+def test_the_zip_holds_what_blender_runs_and_the_server_source(package):
     with zipfile.ZipFile(package) as archive:
         names = set(archive.namelist())
-    addon_files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "blender_addon").rglob("*.py")
-                   if "__pycache__" not in p.parts}
-    expected = {"blender_manifest.toml", "__init__.py", "zs_core/protocol.py"} | addon_files
+    sources = {p.relative_to(ROOT).as_posix() for package in SHIPPED_PACKAGES for p in (ROOT / package).rglob("*.py")
+               if "__pycache__" not in p.parts}
+    expected = {"blender_manifest.toml", "__init__.py", "pyproject.toml", "README.md"} | sources
     assert names == expected, f"extra: {sorted(names - expected)}, missing: {sorted(expected - names)}"
-    for forbidden in ("tests/", "bench/", "server/", "zs_cli/", ".venv/", "out/", "docs/", "__pycache__"):
+    for forbidden in ("tests/", "bench/", ".venv/", "out/", "docs/", "__pycache__", ".pyc", "egg-info"):
         assert not any(forbidden in name for name in names), forbidden
     print(f"extension zip: {package.stat().st_size / 1024:.1f} KiB, {len(names)} files")
 
@@ -107,6 +110,9 @@ INSTALL_SCRIPT = textwrap.dedent("""
     out["scene_settings"] = hasattr(bpy.context.scene, "zs_texturing")
     out["server_url"] = bpy.context.preferences.addons[module].preferences.server_url
     out["torch_loaded"] = "torch" in sys.modules
+    setup = sys.modules[module + ".blender_addon.server_setup"]  # what Set Up Server installs by default
+    out["setup_source"] = str(setup.resolve_source(""))
+    out["setup_entries"] = setup.source_entries(setup.resolve_source(""))
     out["disable"] = sorted(bpy.ops.preferences.addon_disable(module=module))
     out["panels_after"] = [name for name in ("ZS_PT_main", "ZS_PT_method") if hasattr(bpy.types, name)]
     out["operators_after"] = sorted(name for name in dir(bpy.ops.zs))
@@ -134,6 +140,8 @@ def test_install_enable_and_disable_in_a_fresh_blender(package, tmp_path):
     assert out["generate_poll"] and out["scene_settings"]
     assert out["server_url"] == "http://127.0.0.1:8765"  # preferences found under the extension's id
     assert not out["torch_loaded"]
+    assert Path(out["setup_source"]) == installed  # the extension's folder holds the server source
+    assert out["setup_entries"] == ["pyproject.toml", "README.md", *sorted(SHIPPED_PACKAGES)]
     assert out["disable"] == ["FINISHED"]
     assert out["panels_after"] == [] and out["operators_after"] == [] and not out["scene_settings_after"]
     print(f"install {out['install_seconds']:.2f} s, enable {out['enable_seconds']:.2f} s")

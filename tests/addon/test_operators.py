@@ -9,6 +9,7 @@ operator's windowless execute path, which polls the same session until the job e
 from __future__ import annotations
 
 import io
+import re
 import socket
 import sys
 import tempfile
@@ -20,7 +21,7 @@ import pytest
 
 import addon_utils
 import bpy
-from addon_helpers import add_camera, add_monkey, moving_cube_shot, needs_motion_vectors
+from addon_helpers import RecordingLayout, Timers, add_camera, add_monkey, moving_cube_shot, needs_motion_vectors
 from blender_addon.client import Client
 from zs_server_helpers import free_port
 
@@ -141,36 +142,6 @@ def test_settings_become_a_valid_request(addon):
     assert (request.controlnet_scale, request.sync_strength, request.reference_weight) == (0.7, 0.6, 2.5)
 
 
-class RecordingLayout:
-    """Stands in for UILayout: every container is itself; checks every prop and operator."""
-
-    def __init__(self):
-        self.props, self.operators, self.labels = [], [], []
-
-    def __getattr__(self, name):  # row(), column(), box(), grid_flow(), separator() ...
-        return lambda *args, **kwargs: self
-
-    def __setattr__(self, name, value):  # enabled, scale_y, use_property_split ...
-        object.__setattr__(self, name, value)
-
-    def prop(self, data, name, **kwargs):
-        assert name in data.bl_rna.properties, f"no property {name!r} on {data}"
-        self.props.append(name)
-
-    def operator(self, idname, **kwargs):
-        category, _, name = idname.partition(".")
-        assert hasattr(getattr(bpy.ops, category), name), idname
-        self.operators.append(idname)
-        return self
-
-    def label(self, text="", **kwargs):
-        self.labels.append(text)
-
-    def progress(self, factor=0.0, text="", **kwargs):
-        assert 0.0 <= factor <= 1.0
-        self.labels.append(text)
-
-
 def test_panels_draw_existing_properties_and_operators(addon):
     from blender_addon import ui
 
@@ -272,27 +243,70 @@ def test_session_polled_like_the_modal_timer_with_a_temporary_rig(connected, ser
     assert monkey.material_slots[0].material.name.startswith("Original ZS Texture")
 
 
-def test_apply_is_one_undo_step(connected, server):
-    """In bpy module mode an operator's UNDO flag pushes no undo step by itself (checked:
-    bpy.ops.ed.undo then skips back past it); steps are pushed explicitly around the
-    apply, as Blender's UI does around an operator with UNDO, and one undo reverts it."""
-    monkey, _cameras, _settings = suzanne_scene()
-    session = generate.GenerateSession(bpy.context.scene, generate.client_from_preferences(bpy.context))
-    session.start(bpy.context)
-    assert run(session)[-1] == "done"
+def marked_undo_steps() -> None:
+    """Two undo steps before an apply: "base", then "marker", which adds a material Marker.
+    The applied result must be one step of its own after "marker": one undo lands on
+    "marker" (Marker there, the result gone). Had the apply pushed no step, the result
+    would belong to no step and that undo would skip back to "base" (no Marker); had it
+    pushed two, the undo would stop halfway."""
     bpy.ops.ed.undo_push(message="base")
-    bpy.ops.ed.undo_push(message="before apply")
-    before = snapshot()
-    assert session.apply() == {"FINISHED"}
-    session.close()
-    bpy.ops.ed.undo_push(message="Apply ZS Texture")
-    after = snapshot()
+    compat.new_material("Marker").use_fake_user = True
+    bpy.ops.ed.undo_push(message="marker")
+
+
+def assert_one_undo_step(before: dict, after: dict, state=snapshot) -> None:
+    """The real undo stack of the bpy module: undo -> ``before`` (marker step), redo ->
+    ``after``, and the step before is "base" (no Marker)."""
     assert after != before
     bpy.ops.ed.undo()
-    assert snapshot() == before
-    assert bpy.data.objects["Suzanne"].material_slots[0].material.name == "Original"
+    assert state() == before
     bpy.ops.ed.redo()
-    assert snapshot() == after
+    assert state() == after
+    bpy.ops.ed.undo()
+    bpy.ops.ed.undo()
+    assert "Marker" not in bpy.data.materials
+
+
+@pytest.mark.parametrize("finish", ["modal", "execute"])
+def test_generate_applies_its_texture_as_one_undo_step(connected, server, finish):
+    """Found by trying: bpy.ops.ed.undo / redo work in the bpy module (its window manager
+    has a window; bpy.ops.ed.undo_push starts the undo stack in background mode), and an
+    operator called from Python pushes no undo step whatever its UNDO option, so Generate
+    pushes "ZS Generate" itself. (The step's name is not readable from Python; the
+    structure is: exactly one step holds the whole result.)"""
+    monkey, _cameras, _settings = suzanne_scene()
+    if finish == "modal":  # the modal timer's poll, then _end / _finish as in the UI
+        driver = ModalDriver(generate.GenerateSession(bpy.context.scene,
+                                                      generate.client_from_preferences(bpy.context)).start(bpy.context))
+        marked_undo_steps()
+        before = snapshot()
+        deadline = time.monotonic() + 60
+        while (result := driver.send("TIMER")) == {"PASS_THROUGH"}:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert result == {"FINISHED"}, driver.reports
+    else:  # the windowless execute: check, capture, sample and apply in one call
+        marked_undo_steps()
+        before = snapshot()
+        assert bpy.ops.zs.generate() == {"FINISHED"}
+    after = snapshot()
+    assert after["slots"]["Suzanne"][0].startswith("Original ZS Texture") and "ZS Preview" in after["images"]
+    assert_one_undo_step(before, after)
+    assert bpy.data.objects["Suzanne"].material_slots[0].material.name == "Original"
+
+
+def test_apply_result_run_from_the_interface_is_one_undo_step(addon, tmp_path):
+    """zs.apply_result on its own, called as the interface calls it (undo on: the second
+    positional argument of a bpy.ops call)."""
+    from PIL import Image
+
+    monkey, _cameras, _settings = suzanne_scene()
+    Image.new("RGB", (16, 16), (200, 40, 40)).save(tmp_path / "texture.png")
+    marked_undo_steps()
+    before = snapshot()
+    assert bpy.ops.zs.apply_result("EXEC_DEFAULT", True, filepath=str(tmp_path / "texture.png"),
+                                   objects=[{"name": monkey.name, "uv_map": ""}]) == {"FINISHED"}
+    assert_one_undo_step(before, snapshot())
 
 
 def test_server_down_reports_an_error_and_changes_nothing(addon):
@@ -375,6 +389,55 @@ def test_cancel_mid_job_cancels_it_on_the_server(connected, server):
     assert state == before
     assert [slot.material.name for slot in monkey.material_slots] == ["Original"]
     assert jobs.active() is None and bpy.ops.zs.generate.poll()
+
+
+def test_a_queued_generate_says_its_place_and_the_job_it_waits_on(connected, server):
+    """Another client's long job runs first: the panel says where ours stands, live."""
+    from blender_addon import ui
+    from zs_core import scene as zs_scene
+    from zs_core.protocol import Request
+
+    _monkey, _cameras, settings = suzanne_scene()
+    client = Client(server.base_url, server.token)
+    npz = zs_scene.sphere_scene(views=2, width=64, height=64, texture_size=64).to_npz_bytes()
+    ahead = client.submit(Request(prompt="ahead", steps=200, texture_size=64).to_dict(), npz)
+    try:
+        session = generate.GenerateSession(bpy.context.scene, generate.client_from_preferences(bpy.context))
+        session.start(bpy.context)
+        deadline, statuses = time.monotonic() + 60, []
+        while not (session.poll() == "queued" and "at step" in settings.status):
+            statuses.append(settings.status)
+            assert time.monotonic() < deadline and not session.finished, (session.error, statuses)
+            time.sleep(0.02)
+        match = re.fullmatch(r"Queued: 1st in line; waiting on a texture job at step (\d+)/200", settings.status)
+        assert match, settings.status
+        assert session.job.waiting_on["id"] == ahead and session.job.queue_position == 1
+        layout = RecordingLayout()
+        ui.ZS_PT_main.draw(type("Panel", (), {"layout": layout})(), bpy.context)
+        assert settings.status in " ".join(layout.labels) and "zs.cancel" in layout.operators
+        while session.poll() == "queued" and settings.status == match.group(0):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        later = re.fullmatch(r"Queued: 1st in line; waiting on a texture job at step (\d+)/200", settings.status)
+        assert later and int(later.group(1)) > int(match.group(1)), settings.status  # the steps come live
+    finally:
+        client.cancel(ahead)  # then ours runs
+    assert run(session)[-1] == "done", session.error
+    session.close()
+
+
+@pytest.mark.parametrize("position, waiting_on, text", [
+    (None, None, "Queued on the server"),
+    (1, None, "Queued: 1st in line"),
+    (2, {"id": "x", "kind": "texture", "step": 3, "total": 20, "cancelling": False},
+     "Queued: 2nd in line; waiting on a texture job at step 3/20"),
+    (3, {"id": "x", "kind": "animation", "step": 0, "total": 20, "cancelling": False},
+     "Queued: 3rd in line; waiting on an animation job that is starting"),
+    (12, {"id": "x", "kind": "texture", "step": 7, "total": 20, "cancelling": True},
+     "Queued: 12th in line; waiting for a cancelled job to stop"),
+])
+def test_queue_text_names_the_place_and_what_runs_ahead(position, waiting_on, text):
+    assert jobs.queue_text(position, waiting_on) == text
 
 
 # ----------------------------------------------------------------------------- preview
@@ -503,26 +566,6 @@ def test_escape_in_modal_cancels_the_job_on_the_server(connected, server):
         time.sleep(0.05)
     assert [slot.material.name for slot in monkey.material_slots] == ["Original"]
     assert jobs.active() is None or not jobs.active().alive
-
-
-class Timers:
-    """bpy.app.timers never fire without an event loop: keep the registered callbacks
-    and run them by hand, honouring the interval each one asks for."""
-
-    def __init__(self, monkeypatch):
-        self.callbacks = []
-        monkeypatch.setattr(server_ops.bpy.app.timers, "register",
-                            lambda function, first_interval=0.0, **_: self.callbacks.append(function))
-
-    def run(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.callbacks:
-            again = self.callbacks[0]()
-            if again is None:
-                self.callbacks.pop(0)
-            else:
-                time.sleep(again)
-            assert time.monotonic() < deadline, "a timer kept running"
 
 
 def test_connect_button_checks_the_server_without_blocking(connected, server, monkeypatch):
@@ -654,8 +697,7 @@ def test_animation_session_progress_per_step_and_one_undo_step(connected, server
     driver = ModalDriver(session.start(bpy.context))
     assert session.views == 4 and session.frames == [1, 2, 3, 4]
     statuses, deadline = [], time.monotonic() + 120
-    bpy.ops.ed.undo_push(message="base")
-    bpy.ops.ed.undo_push(message="before load")
+    marked_undo_steps()
     before = shot_snapshot(scene)
     while (result := driver.send("TIMER")) == {"PASS_THROUGH"}:
         statuses.append(settings.status)
@@ -664,13 +706,9 @@ def test_animation_session_progress_per_step_and_one_undo_step(connected, server
     assert result == {"FINISHED"}, driver.reports
     steps = [status for status in statuses if status.startswith("Step")]
     assert steps and set(steps) <= {"Step 1/3", "Step 2/3", "Step 3/3"} and steps == sorted(steps)
-    bpy.ops.ed.undo_push(message="Load ZS Frames")
-    after = shot_snapshot(scene)
+    after = shot_snapshot(scene)  # image sequence, camera background and strip: one "ZS Generate" step
     assert after["strips"] == ["ZS Animation"] and after["backgrounds"]["Camera"] == 1
-    bpy.ops.ed.undo()
-    assert shot_snapshot(bpy.context.scene) == before
-    bpy.ops.ed.redo()
-    assert shot_snapshot(bpy.context.scene) == after
+    assert_one_undo_step(before, after, lambda: shot_snapshot(bpy.context.scene))
 
 
 @needs_motion_vectors

@@ -147,7 +147,7 @@ def test_bad_input_is_a_clear_error(source_blend, tmp_path, capsys):
     bundle = tmp_path / "shot.npz"
     scene.animated_scene(frames=2, width=64, height=64).save(bundle)
     assert "--frames: only for .blend files" in fails(str(bundle), "--frames", "1-2")
-    assert "expected a .blend file or a passes bundle" in fails(str(tmp_path / "shot.txt"))
+    assert "expected a .blend file, a passes bundle (.npz) or an EXR sequence" in fails(str(tmp_path / "shot.txt"))
     assert "does not exist" in fails(str(tmp_path / "missing.blend"))
     assert not out.exists() and digest(source_blend) == before
 
