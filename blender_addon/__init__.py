@@ -14,6 +14,14 @@ package stays importable without Blender: ``blender_addon.client`` and
 from __future__ import annotations
 
 classes: tuple = ()
+handlers: tuple = ()  # (bpy.app.handlers list name, function) pairs, added in register()
+
+
+def _gather_handlers() -> tuple:
+    """The app handlers of the modules that follow renders, saves and undo."""
+    from . import render_hook, temporary_frames, zs_passes
+
+    return (*zs_passes.HANDLERS, *render_hook.HANDLERS, *temporary_frames.HANDLERS)
 
 
 def _gather() -> tuple:
@@ -27,31 +35,35 @@ def _gather() -> tuple:
 def register() -> None:
     import bpy
 
-    from . import render_hook, temporary_frames, zs_passes
     from .properties import ZS_Settings
+    from .zs_passes import ZS_PassesSettings
 
-    global classes
+    global classes, handlers
     classes = _gather()
     for cls in classes:
         bpy.utils.register_class(cls)
     bpy.types.Scene.zs_texturing = bpy.props.PointerProperty(type=ZS_Settings)
-    bpy.types.ViewLayer.zs_passes = bpy.props.PointerProperty(type=zs_passes.ZS_PassesSettings)
-    zs_passes.register_handlers()
-    render_hook.register_handlers()
-    temporary_frames.register_handlers()
+    bpy.types.ViewLayer.zs_passes = bpy.props.PointerProperty(type=ZS_PassesSettings)
+    handlers = _gather_handlers()
+    for name, handler in handlers:
+        functions = getattr(bpy.app.handlers, name)
+        if handler not in functions:  # a reload must not add it twice
+            functions.append(handler)
 
 
 def unregister() -> None:
     import bpy
 
-    from . import jobs, render_hook, temporary_frames, zs_passes
+    from . import jobs
 
-    global classes
+    global classes, handlers
     # A job still running would write into unregistered properties: stop it first.
     jobs.cancel_active()
-    temporary_frames.unregister_handlers()
-    render_hook.unregister_handlers()
-    zs_passes.unregister_handlers()
+    for name, handler in reversed(handlers):
+        functions = getattr(bpy.app.handlers, name)
+        if handler in functions:
+            functions.remove(handler)
+    handlers = ()
     if hasattr(bpy.types.ViewLayer, "zs_passes"):
         del bpy.types.ViewLayer.zs_passes
     if hasattr(bpy.types.Scene, "zs_texturing"):

@@ -163,17 +163,3 @@ def _on_render_complete(scene, _depsgraph=None) -> None:
 
 
 HANDLERS = (("render_complete", _on_render_complete),)
-
-
-def register_handlers() -> None:
-    for name, handler in HANDLERS:
-        handlers = getattr(bpy.app.handlers, name)
-        if handler not in handlers:
-            handlers.append(handler)
-
-
-def unregister_handlers() -> None:
-    for name, handler in HANDLERS:
-        handlers = getattr(bpy.app.handlers, name)
-        if handler in handlers:
-            handlers.remove(handler)

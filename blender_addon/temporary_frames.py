@@ -176,17 +176,3 @@ def on_undo_redo(*_args) -> None:
 
 
 HANDLERS = (("save_post", on_save_post), ("undo_post", on_undo_redo), ("redo_post", on_undo_redo))
-
-
-def register_handlers() -> None:
-    for name, handler in HANDLERS:
-        handlers = getattr(bpy.app.handlers, name)
-        if handler not in handlers:
-            handlers.append(handler)
-
-
-def unregister_handlers() -> None:
-    for name, handler in HANDLERS:
-        handlers = getattr(bpy.app.handlers, name)
-        if handler in handlers:
-            handlers.remove(handler)

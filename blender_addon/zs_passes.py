@@ -275,18 +275,4 @@ def rendered_sidecars() -> dict[str, list[Path]]:
 HANDLERS = (("render_init", _on_render_init), ("render_post", _on_render_post))
 
 
-def register_handlers() -> None:
-    for name, handler in HANDLERS:
-        handlers = getattr(bpy.app.handlers, name)
-        if handler not in handlers:
-            handlers.append(handler)
-
-
-def unregister_handlers() -> None:
-    for name, handler in HANDLERS:
-        handlers = getattr(bpy.app.handlers, name)
-        if handler in handlers:
-            handlers.remove(handler)
-
-
 classes = (ZS_PassesSettings,)

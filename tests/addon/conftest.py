@@ -21,6 +21,21 @@ def scene():
     return bpy.context.scene
 
 
+@pytest.fixture
+def addon(scene):
+    """The add-on enabled the way Blender does it (so it has preferences), on a fresh scene
+    -> its preferences."""
+    import addon_utils
+
+    addon_utils.enable("blender_addon", default_set=True, handle_error=_raise)
+    yield bpy.context.preferences.addons["blender_addon"].preferences
+    addon_utils.disable("blender_addon", default_set=True, handle_error=_raise)
+
+
+def _raise(exc):
+    raise exc
+
+
 @pytest.fixture(scope="module")
 def server(tiny, tmp_path_factory):
     """A real uvicorn ZS server on a free loopback port with the session's tiny model."""

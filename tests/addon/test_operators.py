@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import re
-import socket
 import sys
 import tempfile
 import time
@@ -19,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import addon_utils
 import bpy
 from addon_helpers import RecordingLayout, Timers, add_camera, add_monkey, moving_cube_shot, needs_motion_vectors
 from blender_addon.client import Client
@@ -34,18 +32,6 @@ RING = [(4.0, 0.0, 1.0), (0.0, 4.0, 1.0), (-4.0, 0.0, 1.0), (0.0, -4.0, 1.0)]
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def addon(scene):
-    """The add-on enabled the way Blender does it (so it has preferences), on a fresh scene."""
-    addon_utils.enable("blender_addon", default_set=True, handle_error=_raise)
-    yield bpy.context.preferences.addons["blender_addon"].preferences
-    addon_utils.disable("blender_addon", default_set=True, handle_error=_raise)
-
-
-def _raise(exc):
-    raise exc
 
 
 @pytest.fixture

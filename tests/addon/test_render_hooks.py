@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import addon_utils
 import bpy
 import numpy as np
 import pytest
@@ -20,17 +19,6 @@ from addon_helpers import add_user_compositor, moving_cube_shot, needs_motion_ve
 
 FRAMES = 3
 SIZE = 32
-
-
-@pytest.fixture
-def addon(scene):
-    addon_utils.enable("blender_addon", default_set=True, handle_error=_raise)
-    yield bpy.context.preferences.addons["blender_addon"].preferences
-    addon_utils.disable("blender_addon", default_set=True, handle_error=_raise)
-
-
-def _raise(exc):
-    raise exc
 
 
 def exact_cycles_shot(tmp_path: Path):

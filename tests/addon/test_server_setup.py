@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import addon_utils
 import bpy
 import pytest
 
@@ -35,13 +34,6 @@ heavy = pytest.mark.skipif(bpy.app.version < (5, 0, 0),
 
 def _raise(exc):
     raise exc
-
-
-@pytest.fixture
-def addon(scene):
-    addon_utils.enable("blender_addon", default_set=True, handle_error=_raise)
-    yield bpy.context.preferences.addons["blender_addon"].preferences
-    addon_utils.disable("blender_addon", default_set=True, handle_error=_raise)
 
 
 @pytest.fixture

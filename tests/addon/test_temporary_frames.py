@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 import addon_utils
@@ -24,17 +23,6 @@ from blender_addon.settings import AnimationSettings
 
 FRAMES = 4
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
-
-
-@pytest.fixture
-def addon(scene):
-    addon_utils.enable("blender_addon", default_set=True, handle_error=_raise)
-    yield
-    addon_utils.disable("blender_addon", default_set=True, handle_error=_raise)
-
-
-def _raise(exc):
-    raise exc
 
 
 def unsaved_shot():
@@ -134,6 +122,10 @@ def test_frames_outside_the_temporary_folder_stay_where_they_are(addon, tmp_path
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "shot.blend"))
     assert (folder / "0000.png").is_file() and not (tmp_path / "zs_frames").exists()
     assert Path(bpy.path.abspath(bpy.data.images["ZS Animation"].filepath)).resolve() == (folder / "0000.png").resolve()
+
+
+def _raise(exc):
+    raise exc
 
 
 def test_the_handler_comes_and_goes_with_the_add_on(scene, tmp_path):

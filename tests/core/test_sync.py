@@ -3,7 +3,6 @@ the scheduler's own x0 becomes the synced one (DDIM and DPM-Solver++)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
