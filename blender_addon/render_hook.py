@@ -1,10 +1,12 @@
-"""Restyle After Render: the opt-in render hook of the ZS passes setting.
+"""What happens when a render with ZS passes ends: the camera sidecars, and Restyle After
+Render (the opt-in hook).
 
-When an animation render of a view layer with ZS passes and Restyle After Render on
-completes (``render_complete``), the EXR files and sidecars that render wrote go to the
+Once a render of a view layer with ZS passes ends, this writes the frames' camera
+sidecars (:func:`.zs_passes.write_sidecars`, on the main thread). When it was an animation
+render with Restyle After Render on, the EXR files and sidecars then go to the
 server as one animation job (the server decodes them, :mod:`zs_core.exr_sequence`), with
 the ZS panel's Animation settings. When the job is done, its frames are written beside
-the render output (``<render folder>/ZS Restyle/frames/``) and loaded as a new image
+the render output (``<render folder>/ZS_Restyle/frames/``) and loaded as a new image
 sequence strip and camera background, as the panel's Generate loads them.
 
 The render is never blocked or altered: the hook starts only once the render has
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import zipfile
 from pathlib import Path
 
@@ -151,7 +154,31 @@ def _report(text: str) -> None:
 
 @persistent
 def _on_render_complete(scene, _depsgraph=None) -> None:
-    written = zs_passes.rendered_sidecars()
+    _after_render(scene, completed=True)
+
+
+@persistent
+def _on_render_cancel(scene, _depsgraph=None) -> None:
+    _after_render(scene, completed=False)  # the frames rendered so far still get their sidecars
+
+
+def _after_render(scene, completed: bool) -> None:
+    """On the main thread (a timer when the render ran on the render thread, as in
+    Blender's window): write the sidecars, then restyle a completed animation render."""
+    if threading.current_thread() is threading.main_thread():
+        _finish(scene.name, completed)
+    else:
+        name = scene.name
+        bpy.app.timers.register(lambda: _finish(name, completed), first_interval=0.0)
+
+
+def _finish(scene_name: str, completed: bool) -> None:
+    scene = bpy.data.scenes.get(scene_name)
+    if scene is None:
+        return
+    written = zs_passes.write_sidecars(scene)
+    if not completed:
+        return
     for view_layer in zs_passes.enabled_layers(scene):
         sidecars = written.get(view_layer.name, [])
         if not view_layer.zs_passes.restyle_after_render or len(sidecars) < 2:
@@ -162,4 +189,4 @@ def _on_render_complete(scene, _depsgraph=None) -> None:
         break  # one job per render: the first layer that asks
 
 
-HANDLERS = (("render_complete", _on_render_complete),)
+HANDLERS = (("render_complete", _on_render_complete), ("render_cancel", _on_render_cancel))

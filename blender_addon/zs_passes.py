@@ -10,7 +10,7 @@ the setting's folder:
   without a compositor gets one that passes the image straight through);
 - ``<layer>_<frame>.json``: the sidecar with what pixels cannot say (the camera's
   matrices, the size, the frame rate, the target pass index; ``zs_core/render_passes.py``
-  defines it), written from the ``render_post`` handler.
+  defines it), written for every rendered frame when the render ends (or is cancelled).
 
 The beauty image is not altered: the data passes are extra outputs of the view layer.
 What makes the passes unusable (another engine than Cycles, motion blur on, no
@@ -55,7 +55,7 @@ TREE_TAG = "zs_passes_made"  # on a compositor the setting made (removed with th
 EXACT_FILTER_WIDTH = 0.01
 
 _suspended = 0
-_rendered: dict[str, list[Path]] = {}  # view layer -> sidecars written by the current render job
+_rendered: dict[str, list[int]] = {}  # view layer -> frames the current render job rendered
 
 
 def _retarget(settings, context) -> None:
@@ -221,6 +221,10 @@ def enabled_layers(scene: bpy.types.Scene) -> list[bpy.types.ViewLayer]:
 
 
 # ------------------------------------------------------------------------ the handlers
+# Blender runs render handlers on the render thread while its window is open, where
+# evaluating the scene is not safe. So render_post only notes which frame was rendered;
+# the sidecars are written on the main thread once the render has ended
+# (:func:`write_sidecars`, called by render_hook), evaluating each frame again.
 
 
 @persistent
@@ -235,14 +239,37 @@ def _on_render_init(scene, _depsgraph=None) -> None:
 
 @persistent
 def _on_render_post(scene, _depsgraph=None) -> None:
-    """One frame rendered: write its sidecar beside the EXR the File Output node wrote."""
+    """One frame rendered: note it (its EXR is written; the sidecar comes after the render)."""
     if _suspended:
         return
     for view_layer in enabled_layers(scene):
-        try:
-            _rendered.setdefault(view_layer.name, []).append(write_sidecar(scene, view_layer, scene.frame_current))
-        except (OSError, CaptureError) as exc:  # never stop the render over a sidecar
-            print(f"ZS passes ({view_layer.name}): no sidecar for frame {scene.frame_current}: {exc}")
+        _rendered.setdefault(view_layer.name, []).append(scene.frame_current)
+
+
+def write_sidecars(scene: bpy.types.Scene) -> dict[str, list[Path]]:
+    """The sidecars of every frame the last render job rendered -> view layer -> their
+    paths, in frame order. Main thread only: each frame is evaluated again (then the
+    scene's frame is put back). A sidecar that cannot be written is reported and left out."""
+    rendered = {name: sorted(set(frames)) for name, frames in _rendered.items()}
+    _rendered.clear()
+    written: dict[str, list[Path]] = {}
+    if not rendered:
+        return written
+    frame, subframe = scene.frame_current, scene.frame_subframe
+    try:
+        for name, frames in rendered.items():
+            view_layer = scene.view_layers.get(name)
+            if view_layer is None:
+                continue
+            for number in frames:
+                scene.frame_set(number)
+                try:
+                    written.setdefault(name, []).append(write_sidecar(scene, view_layer, number))
+                except (OSError, CaptureError) as exc:
+                    print(f"ZS passes ({name}): no sidecar for frame {number}: {exc}")
+    finally:
+        scene.frame_set(frame, subframe=subframe)
+    return written
 
 
 def write_sidecar(scene, view_layer, frame: int) -> Path:
@@ -265,11 +292,6 @@ def write_sidecar(scene, view_layer, frame: int) -> Path:
     partial.write_text(json.dumps(card, indent=1), encoding="utf-8")
     os.replace(partial, path)  # a reader never sees half a sidecar
     return path
-
-
-def rendered_sidecars() -> dict[str, list[Path]]:
-    """View layer -> sidecars the last (or current) render job wrote, in render order."""
-    return {name: list(paths) for name, paths in _rendered.items()}
 
 
 HANDLERS = (("render_init", _on_render_init), ("render_post", _on_render_post))

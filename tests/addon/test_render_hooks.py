@@ -6,6 +6,7 @@ the render's files, frames loaded as a strip; a failure leaves the render intact
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import bpy
@@ -15,7 +16,7 @@ import pytest
 from blender_addon import compat, pass_render, render_hook, zs_passes
 from zs_core import exr_sequence, images
 
-from addon_helpers import add_user_compositor, moving_cube_shot, needs_motion_vectors
+from addon_helpers import Timers, add_user_compositor, moving_cube_shot, needs_motion_vectors
 
 FRAMES = 3
 SIZE = 32
@@ -67,6 +68,33 @@ def test_an_ordinary_render_writes_the_passes_the_capture_gets(addon, tmp_path):
 
     card = json.loads((folder / "ViewLayer_0002.json").read_text())
     assert card["frame"] == 2 and card["exact_pixels"] is True and card["problems"] == []
+
+
+@needs_motion_vectors
+def test_a_render_on_the_render_thread_gets_its_sidecars_from_the_main_thread(addon, tmp_path, monkeypatch):
+    """In Blender's window render handlers run on the render thread: the sidecars wait for
+    a timer (the main thread), which evaluates each frame again and puts the frame back."""
+    scene, _cube, _camera = exact_cycles_shot(tmp_path)
+    layer = bpy.context.view_layer
+    zs_passes.enable(scene, layer)
+    render_animation()
+    folder = tmp_path / "renders" / "zs"
+    written = {path.name: path.read_text() for path in folder.glob("*.json")}
+    for name in written:
+        (folder / name).unlink()
+    scene.frame_set(2)
+    timers = Timers(monkeypatch)
+    for frame in (1, 2, 3):  # what render_post notes, frame by frame
+        scene.frame_current = frame
+        zs_passes._on_render_post(scene)
+    scene.frame_set(2)
+    thread = threading.Thread(target=render_hook._on_render_complete, args=(scene,))
+    thread.start()
+    thread.join()
+    assert len(timers.callbacks) == 1 and not list(folder.glob("*.json"))  # nothing evaluated off the main thread
+    timers.run()
+    assert {path.name: path.read_text() for path in folder.glob("*.json")} == written
+    assert scene.frame_current == 2
 
 
 @needs_motion_vectors
