@@ -206,7 +206,12 @@ _KEYFRAMES = (
 _SCHEDULERS = (
     Choice("ddim", "DDIM", "DDIM"),
     Choice("dpmpp", "DPM++ multistep", "DPM++"),
+    Choice("dpmpp_2m_karras", "DPM++ 2M with Karras sigmas", "DPM++ 2M Karras"),
     Choice("unipc", "UniPC", "UniPC"),
+    Choice("euler", "Euler", "Euler"),
+    Choice("euler_a", "Euler ancestral (fresh noise each step, from the job's noise model)", "Euler a"),
+    Choice("lcm", "LCM: few-step sampling (4-8 steps) for LCM models and LoRAs", "LCM"),
+    Choice("tcd", "TCD: few-step sampling (4-8 steps) for TCD / Hyper-SD style models and LoRAs", "TCD"),
 )
 _LAYOUTS = (
     Choice("views", "the views are the batch"),

@@ -20,6 +20,8 @@ processor is installed on UNet and ControlNet for the duration of the loop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol, Sequence
 
@@ -28,12 +30,18 @@ import torch
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+    TCDScheduler,
     UniPCMultistepScheduler,
 )
 
 from . import attention, noise, preview, sync
 from .models import Components
 from .protocol import ANIMATION, Passes, ProtocolError, Request
+from .step_noise import drawn_from as step_noise_from
+from .step_noise import step_seed
 from .x0_epsilon import predicted_x0
 
 BACKGROUND_DEPTH = 1e9  # depth at or above this is "nothing was hit"
@@ -76,12 +84,19 @@ class SampleResult:
 
 
 # One per name of protocol.SCHEDULERS (tests/core/test_mode_names.py holds them equal).
-# Variance-preserving schedulers only: x0 and epsilon convert through alphas_cumprod
-# (x0_epsilon.py), which step hooks (UV sync) rely on.
+# x0 and epsilon convert in each one's own parameterisation (x0_epsilon.py), which step
+# hooks (UV sync) rely on; the stochastic ones take their per-step noise from the job's
+# noise model (step_noise.py).
 SCHEDULERS: dict[str, Callable[[dict], object]] = {
     "ddim": lambda config: DDIMScheduler.from_config(config),
     "dpmpp": lambda config: DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++"),
+    "dpmpp_2m_karras": lambda config: DPMSolverMultistepScheduler.from_config(
+        config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True),
     "unipc": lambda config: UniPCMultistepScheduler.from_config(config),
+    "euler": lambda config: EulerDiscreteScheduler.from_config(config),
+    "euler_a": lambda config: EulerAncestralDiscreteScheduler.from_config(config),
+    "lcm": lambda config: LCMScheduler.from_config(config),
+    "tcd": lambda config: TCDScheduler.from_config(config),
 }
 
 
@@ -300,10 +315,12 @@ def guided_noise_pred(components: Components, scheduler, latents: torch.Tensor, 
 
 def finish_step(components: Components, scheduler, hooks: Sequence[StepHook], index: int, latents: torch.Tensor,
                 noise_pred: torch.Tensor, progress: Callable[[StepProgress], None] | None,
-                shown: Sequence[int] | slice = slice(None)) -> torch.Tensor:
+                shown: Sequence[int] | slice = slice(None),
+                step_noise: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
     """The rest of denoising step ``index``: the hooks (each may replace the noise
     prediction), the scheduler step and the progress report with a preview of the views
-    ``shown`` -> the next latents ``(V, 4, h, w)``."""
+    ``shown`` -> the next latents ``(V, 4, h, w)``. A stochastic scheduler's fresh noise
+    is ``step_noise()`` (unit variance, shaped as the latents) when given."""
     timesteps = scheduler.timesteps
     timestep = timesteps[index]
     for hook in hooks:
@@ -315,7 +332,8 @@ def finish_step(components: Components, scheduler, hooks: Sequence[StepHook], in
             components.extras[PREVIEW_KEY] = preview.fit_latent_to_rgb(components.vae)
         x0 = predicted_x0(scheduler, latents[shown], noise_pred[shown], timestep)
         image = preview.latents_to_rgb(x0 / components.vae.config.scaling_factor, components.extras[PREVIEW_KEY])
-    latents = scheduler.step(noise_pred, timestep, latents, return_dict=False)[0]
+    with step_noise_from(scheduler, step_noise) if step_noise is not None else contextlib.nullcontext():
+        latents = scheduler.step(noise_pred, timestep, latents, return_dict=False)[0]
     if progress is not None:
         progress(StepProgress(step=index + 1, total=len(timesteps), preview=image))
     return latents
@@ -447,11 +465,19 @@ def denoise(
                 where[0] = predictor.where(index, len(timesteps), span)
                 _poll(cancel, where[0])
                 noise_pred[start:stop] = predictor(scheduler, index, span, timestep, current[start:stop], scale)
-            current = finish_step(components, scheduler, hooks, index, current, noise_pred, progress, shown)
+            fresh = functools.partial(_step_noise, noise_model, request, passes, channels, factor, index, current)
+            current = finish_step(components, scheduler, hooks, index, current, noise_pred, progress, shown, fresh)
 
     _poll(cancel, "before decoding")
     images = decode(components, current)
     return SampleResult(images=images, latents=current.float().cpu(), initial_noise=start_noise.float().cpu())
+
+
+def _step_noise(noise_model, request: Request, passes: Passes, channels: int, factor: int, index: int,
+                like: torch.Tensor) -> torch.Tensor:
+    """Step ``index``'s fresh noise: the job's noise model at that step's seed."""
+    seeded = dataclasses.replace(request, seed=step_seed(request.seed, index))
+    return noise_model(seeded, passes, channels, factor).to(like.device, like.dtype)
 
 
 def sample(

@@ -1,5 +1,6 @@
 """UV latent synchronisation: views agree after a synced step, strength 0 changes nothing,
-the scheduler's own x0 becomes the synced one (DDIM and DPM-Solver++)."""
+the scheduler's own x0 becomes the synced one (DDIM and DPM-Solver++), and synced sampling
+agrees across views with every scheduler (few-step and stochastic ones included)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from zs_core import metrics, noise, sampler, scene, sync
+from zs_core import metrics, noise, protocol, sampler, scene, sync
 from zs_core.protocol import Request
 
 SIZE, FACTOR = 128, 8
@@ -85,7 +86,7 @@ def test_strength_zero_is_a_no_op_and_half_is_between(passes):
     torch.testing.assert_close(half, 0.5 * (full + eps), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("scheduler_name", ["ddim", "dpmpp"])
+@pytest.mark.parametrize("scheduler_name", protocol.SCHEDULERS)
 def test_synced_sampling_makes_final_latents_agree(tiny, passes, scheduler_name):
     base = dict(prompt="stone", steps=4, seed=3, noise="iid", attention="self", scheduler=scheduler_name,
                 sync_end=0.0)
