@@ -1,22 +1,27 @@
 """The FastAPI application: ``create_app(settings)`` and its lifespan.
 
-Startup (once): read or create the token, recover the job store (re-queue queued jobs,
-fail the job a previous run left running), prune old jobs, load the model, start the one
-worker thread. Shutdown: stop the worker and end the event streams.
+Startup (once): make the data dir owner-only, read or create the token, recover the job
+store (re-queue queued jobs, fail the job a previous run left running, quarantine what
+cannot be read), prune old jobs, load the model, start the supervised worker thread.
+Shutdown: stop the worker and end the event streams. Admission control
+(:mod:`.admission`) and the download holds (:mod:`.downloads`) live on the app.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from . import errors, routes
+from . import durable, errors, hosts, routes
+from .admission import Admission
 from .config import Settings
-from .jobs import JobStore
+from .downloads import DownloadHolds
+from .jobs import JobStore, describe_os_error
 from .sse import Notifier
 from .worker import Worker
 
@@ -31,16 +36,20 @@ def load_components(settings: Settings):
 
 def create_app(settings: Settings, components=None) -> FastAPI:
     """The app for ``settings``. ``components`` (already loaded) skips the model load."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings.data_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        store = JobStore(settings.jobs_dir)
+        store = JobStore(settings.jobs_dir, min_free_bytes=settings.min_free_bytes)
         recovered = store.recover()
-        if recovered["failed_on_restart"] or recovered["queued"]:
-            log.info("recovered jobs: %d queued again, %d were running and are marked failed (%r)",
-                     recovered["queued"], recovered["failed_on_restart"], "server restarted")
-        store.prune(settings.job_max_age_seconds, settings.jobs_max_bytes)
+        if recovered["failed_on_restart"] or recovered["queued"] or recovered["quarantined"]:
+            log.info("recovered jobs: %d queued again, %d were running and are marked failed (%r), "
+                     "%d unreadable moved to %s", recovered["queued"], recovered["failed_on_restart"],
+                     "server restarted", recovered["quarantined"], store.quarantine)
+        try:
+            store.prune(settings.job_max_age_seconds, settings.jobs_max_bytes, settings.prune_grace_seconds)
+        except OSError:
+            log.exception("pruning old jobs failed")
         loaded = components
         if loaded is None:
             log.info("loading model %s (controlnet %s) on %s", settings.model, settings.controlnet or "default",
@@ -50,6 +59,7 @@ def create_app(settings: Settings, components=None) -> FastAPI:
         store.add_listener(notifier.notify)
         worker = Worker(store, loaded, settings)
         app.state.store, app.state.components, app.state.notifier = store, loaded, notifier
+        app.state.worker = worker
         worker.start()
         log.info("model %s ready on %s; jobs in %s", loaded.name, loaded.device, settings.jobs_dir)
         try:
@@ -69,7 +79,27 @@ def create_app(settings: Settings, components=None) -> FastAPI:
     app.state.token = settings.resolve_token()
     app.state.components = None
     app.state.store = None
+    app.state.worker = None
+    app.state.admission = Admission(settings)
     errors.install(app)
+    app.add_exception_handler(OSError, _disk_error)
+    app.add_middleware(DownloadHolds)  # pruning leaves a job alone while it is downloaded
+    app.add_middleware(hosts.HostCheck, settings=settings)  # 421 for a foreign Host (DNS rebinding)
     app.include_router(routes.public)
     app.include_router(routes.protected)
     return app
+
+
+async def _disk_error(request, exc: OSError):
+    """A write the server's disk refused (ENOSPC, EIO ...) is no bug of the client's: 507 when
+    the disk is full, else 503; both say what failed and when to retry."""
+    status = 507 if durable.is_no_space(exc) else 503
+    return errors.error_response(status, "server", f"the server could not use its disk: {describe_os_error(exc)}",
+                                 {"Retry-After": "30"})
+
+
+def secure_data_dir(path) -> None:
+    """The data dir holds prompts, uploads and outputs: owner-only (0700), like all below it."""
+    path.mkdir(parents=True, exist_ok=True, mode=durable.DIR_MODE)
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        path.chmod(durable.DIR_MODE)

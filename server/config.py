@@ -49,10 +49,29 @@ class Settings:
     max_resolution: int = 2048  # largest view width or height, in pixels
     max_steps: int = 150
     max_texture_size: int = 4096
+    max_request_bytes: int = 256 * 1024  # the request JSON part
 
-    # Pruning of finished jobs (queued and running jobs are never pruned).
+    # Bounds shared by all uploads in flight (server/uploads.py); over them: 503 + Retry-After.
+    max_uploads_bytes: int = 4 * 1024 ** 3  # bodies being received (spooled to disk), together
+    max_uploads_memory_bytes: int = 4 * 1024 ** 3  # arrays being decoded and checked, together
+    upload_wait_seconds: float = 30.0  # how long an upload waits for that memory before the 503
+    # Host names answered besides the loopback names and --host (comma-separated; server/hosts.py).
+    allowed_hosts: str = ""
+
+    # Admission (server/admission.py): a submission over a cap is refused before its upload
+    # is read, 429 (jobs) or 507 (bytes, disk space), with Retry-After.
+    max_queued_jobs: int = 256  # queued jobs in total
+    max_queued_jobs_per_client: int = 64  # per client: its address plus the X-ZS-Client header
+    max_queued_bytes: int = 8 * 1024 ** 3  # the uploads of the queued jobs, on disk
+    # Kept free on the data dir's disk: uploads that would leave less are refused (507), and
+    # the next job waits to start until this much is free (its outputs need room).
+    min_free_bytes: int = 128 * 1024 ** 2
+
+    # Pruning of finished jobs (queued and running jobs are never pruned; neither is a job
+    # finished less than prune_grace_seconds ago, or one being downloaded).
     job_max_age_seconds: float = 7 * 24 * 3600.0
-    jobs_max_bytes: int = 20 * 1024 ** 3
+    jobs_max_bytes: int = 20 * 1024 ** 3  # finished jobs' folders together
+    prune_grace_seconds: float = 3600.0
 
     preview_max_side: int = 256  # SSE progress previews are downscaled to this
     recent_jobs: int = 100  # how many jobs GET /v1/jobs returns at most

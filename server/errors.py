@@ -1,10 +1,16 @@
-"""One error shape for every 4xx: ``{"detail": {"field": ..., "message": ...}}``.
+"""One error shape for every 4xx (and 503 / 507): ``{"detail": {"field": ..., "message": ...}}``.
 
 ``field`` names what was wrong: a request field (``steps``), a passes array (``depth``),
-a form field (``passes``), a header (``authorization``) or a path parameter (``job_id``).
+a form field (``passes``), a header (``authorization``, ``host``) or a path parameter
+(``job_id``). 503 (with Retry-After) says a server-wide bound is reached for now; 507 says
+the disk is full, and how much space the upload needs.
 """
 
 from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +38,32 @@ class ApiError(Exception):
         self.field = field
         self.message = message
         self.headers = headers
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """No space left, over a quota, or over the process's file-size limit (ulimit -f)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def insufficient_storage(exc: OSError, field: str, needed: int, folder: Path) -> ApiError:
+    """507 for a write that failed for lack of space, saying how much the upload needs."""
+    try:
+        free = f"{shutil.disk_usage(folder).free} bytes are free"
+    except OSError:
+        free = "the free space is unknown"
+    if exc.errno == errno.EFBIG:
+        why = "the server's file-size limit (ulimit -f) stopped the write"
+    else:
+        why = f"no space left on the server's disk ({exc.strerror})"
+    return ApiError(507, field, f"{why}: this upload needs {needed} bytes in {folder}, and {free}")
+
+
+def busy(field: str, message: str, retry_after: int) -> ApiError:
+    """503 with Retry-After: the server is at a bound shared by all clients; a retry later works."""
+    return ApiError(503, field, f"{message}; retry in {retry_after} s", headers={"Retry-After": str(retry_after)})
 
 
 def error_response(status_code: int, field: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -7,11 +7,10 @@ zipping a result) run in the thread pool.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import zipfile
+import shutil
 from importlib import metadata
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.concurrency import run_in_threadpool
@@ -22,10 +21,9 @@ from starlette.requests import Request as HttpRequest
 
 from zs_core.protocol import PROTOCOL_VERSION, request_schema
 
-from . import sse, uploads
-from .errors import ApiError, ErrorBody
-from .jobs import DONE, RESULT_ZIP, JobConflict, JobNotFound, JobStore
-from .worker import output_files
+from . import admission, result_files, sse, uploads
+from .errors import ApiError, ErrorBody, insufficient_storage, is_disk_full
+from .jobs import DONE, PASSES_FILE, RESULT_ZIP, JobConflict, JobNotFound, JobStore
 
 bearer = HTTPBearer(auto_error=False, description="The token in <data-dir>/token")
 
@@ -43,7 +41,11 @@ async def require_token(request: HttpRequest,
                        headers={"WWW-Authenticate": "Bearer"})
 
 
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 415, 422)}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 415, 421, 422)}
+# Submitting also answers 503 (a bound shared by all uploads is reached; Retry-After),
+# 507 (the disk is full, or the queued uploads' cap: the message says how much) and 429
+# (a queued-jobs cap, server/admission.py; Retry-After).
+SUBMIT_ERRORS = {**ERRORS, **{status: {"model": ErrorBody} for status in (429, 503, 507)}}
 
 public = APIRouter(prefix="/v1", tags=["server"])
 protected = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses={401: {"model": ErrorBody}})
@@ -52,7 +54,9 @@ protected = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], respo
 # ---------------------------------------------------------------- models of the responses
 
 class Health(BaseModel):
-    status: str
+    status: str  # "ok", or "degraded" when the worker is not taking jobs: ``reasons`` says why
+    reasons: list[str] = []
+    worker: dict | None = None  # the heartbeat: alive, last_seen_seconds, job, restarts (server/worker.py)
     version: str
     protocol: int
     device: str
@@ -149,7 +153,9 @@ async def health(request: HttpRequest) -> Health:
     state = _state(request)
     components = getattr(state, "components", None)
     store: JobStore | None = getattr(state, "store", None)
-    return Health(status="ok", version=_version(), protocol=PROTOCOL_VERSION,
+    worker = getattr(state, "worker", None)
+    report = worker.health() if worker is not None else {"status": "ok", "reasons": [], "worker": None}
+    return Health(**report, version=_version(), protocol=PROTOCOL_VERSION,
                   device=str(components.device) if components is not None else "none",
                   model=state.settings.model, model_loaded=components is not None,
                   queue_length=store.queue_length() if store else 0,
@@ -189,32 +195,15 @@ _SUBMIT_BODY = {
 
 
 @protected.post("/jobs", status_code=202, response_model=Accepted, openapi_extra=_SUBMIT_BODY,
-                responses=ERRORS)
-async def submit_job(request: HttpRequest) -> JSONResponse:
+                responses=SUBMIT_ERRORS)
+async def submit_job(request: HttpRequest, client: str = Depends(admission.admit_job)) -> JSONResponse:
     """Queue a job: multipart form with ``request`` (JSON) and ``passes`` (.npz), or for an
     animation ``exr_sequence`` (a zip of the EXR files and sidecars a ZS-passes render wrote)."""
     state = _state(request)
-    settings = state.settings
-    body = await uploads.read_body(request, settings.max_upload_bytes)
-    fields = await run_in_threadpool(uploads.parse_multipart, body, request.headers.get("content-type"))
-    del body  # the parts are copies: drop the raw body before the heavy checks
-    store: JobStore = state.store
-    if "passes" in fields:
-        # Writing the passes to disk and checking them are both slow and independent: overlap them.
-        checked, staged = await asyncio.gather(
-            run_in_threadpool(uploads.validate_job, fields, settings, state.components),
-            run_in_threadpool(store.stage, fields["passes"]),
-            return_exceptions=True)
-    else:  # an EXR sequence: the passes exist only once decoded
-        checked = await run_in_threadpool(uploads.validate_job, fields, settings, state.components)
-        staged = await run_in_threadpool(store.stage, checked.passes.to_npz_bytes())
-    if isinstance(checked, BaseException) or isinstance(staged, BaseException):
-        if not isinstance(staged, BaseException):
-            store.discard(staged)
-        raise checked if isinstance(checked, BaseException) else staged
-    job = checked
-    created = await run_in_threadpool(store.create, job.request.to_json(), None, job.request.steps,
-                                      (job.request, job.passes), staged)
+    # The body streams to disk; each check runs before what it guards costs memory (server/uploads.py).
+    async with uploads.receive(request, state.settings, _upload_gate(state)) as upload:
+        job = await uploads.check(upload, state.components)
+        created = await run_in_threadpool(_create_job, state.store, job, client)
     snapshot = state.store.snapshot(created.id)
     status_url = f"/v1/jobs/{created.id}"
     accepted = Accepted(id=created.id, state=snapshot["state"], queue_position=snapshot["queue_position"],
@@ -237,28 +226,51 @@ async def job_status(request: HttpRequest, job_id: str) -> JobStatus:
     store: JobStore = _state(request).store
     job = _job_or_404(store, job_id)
     snapshot = store.snapshot(job_id)
-    files = output_files(job) if snapshot["state"] == DONE else None
+    files = result_files.output_names(job.output_dir) if snapshot["state"] == DONE else None
     return JobStatus(**snapshot, files=files)
 
 
 @protected.get("/jobs/{job_id}/events", responses={**ERRORS, 200: {"content": {"text/event-stream": {}}}})
 async def job_events(request: HttpRequest, job_id: str,
                      last_event_id: str | None = Header(None, description="resume after this event id"),
-                     after: int | None = Query(None, ge=0, description="resume after this event id "
-                                                                         "(for clients that cannot set headers)")):
+                     after: int | None = Query(None, ge=0, le=sse.MAX_EVENT_ID,
+                                               description="resume after this event id "
+                                                           "(for clients that cannot set headers)")):
     """Server-sent events: queued, started, progress (with a PNG preview), done / failed /
     cancelled. Each event has an id; reconnect with Last-Event-ID to resume. While the job
     is queued, ``queue`` events (without an id) follow its place and the job it waits on."""
     state = _state(request)
     _job_or_404(state.store, job_id)
-    resume_from = after or 0
-    if last_event_id:
-        if not last_event_id.strip().isdigit():
-            raise ApiError(400, "last-event-id", f"expected an event id (an integer), got {last_event_id!r}")
-        resume_from = int(last_event_id)
+    resume_from = sse.parse_last_event_id(last_event_id) if last_event_id else after or 0
     return StreamingResponse(sse.event_stream(state.store, state.notifier, job_id, resume_from),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _upload_gate(state) -> uploads.UploadGate:
+    gate = getattr(state, "upload_gate", None)
+    if gate is None:  # made on the first upload (it clears what a stopped server left)
+        gate = state.upload_gate = uploads.UploadGate(state.settings)
+    return gate
+
+
+def _create_job(store: JobStore, job: uploads.ValidJob, client: str | None = None):
+    """Queue a checked job: its .npz moves into a staging folder of the store (a rename on
+    the same disk, no copy), which the store then turns into the job's folder."""
+    needed = job.npz.stat().st_size
+    try:
+        staging = store.stage(b"")
+        try:
+            shutil.move(job.npz, staging / PASSES_FILE)
+        except BaseException:
+            store.discard(staging)
+            raise
+        return store.create(job.request.to_json(), None, job.request.steps, (job.request, job.passes), staging,
+                            client=client)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise insufficient_storage(exc, "body", needed, store.root) from None
+        raise
 
 
 def _finished_job(store: JobStore, job_id: str):
@@ -271,12 +283,7 @@ def _finished_job(store: JobStore, job_id: str):
 def _build_result_zip(job) -> Path:
     path = job.folder / RESULT_ZIP
     if not path.exists():
-        temporary = job.folder / f".{RESULT_ZIP}.{secrets.token_hex(4)}.tmp"
-        # PNGs are compressed already: storing them is as small and much faster.
-        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive:
-            for name in output_files(job):
-                archive.write(job.output_dir / name, name)
-        temporary.replace(path)  # two concurrent first downloads each rename a complete zip
+        result_files.build_zip(job.output_dir, path)  # regular files only, never through a symlink
     return path
 
 
@@ -292,13 +299,11 @@ async def job_result(request: HttpRequest, job_id: str) -> FileResponse:
 async def job_file(request: HttpRequest, job_id: str, name: str) -> FileResponse:
     """One output file, e.g. ``texture.png`` or ``views/0000.png``."""
     job = _finished_job(_state(request).store, job_id)
-    parts = PurePosixPath(name).parts
-    if (not parts or name.startswith("/") or "\\" in name or "\x00" in name
-            or any(part in ("..", ".") for part in parts)):
+    parts = result_files.plain_parts(name)
+    if parts is None:
         raise ApiError(400, "name", "not a plain relative path inside the job's outputs")
-    root = job.output_dir.resolve()
-    path = (root / Path(*parts)).resolve()
-    if not path.is_relative_to(root) or not path.is_file():  # also catches symlinks leading out
+    path = result_files.output_file(job.output_dir, parts)
+    if path is None:  # missing, or reached through a symlink: the zip skips those too
         raise ApiError(404, "name", f"no output file {name!r}")
     return FileResponse(path)
 

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import AsyncIterator
 
+from .errors import ApiError
 from .jobs import QUEUED, Event, JobNotFound, JobStore
 
 QUEUE_EVENT = "queue"
+MAX_EVENT_ID = 10 ** 18 - 1  # ids count a job's events; 18 digits is far beyond any job
+_EVENT_ID = re.compile(r"[0-9]{1,18}")
 
 KEEPALIVE_SECONDS = 15.0
 RETRY_MILLISECONDS = 1000
@@ -53,6 +57,15 @@ class Notifier:
         for waiter in self._waiters.values():
             waiter.set()
         self._waiters.clear()
+
+
+def parse_last_event_id(text: str) -> int:
+    """A ``Last-Event-ID`` header -> the id; 400 naming the header for anything but up to 18
+    ASCII digits (``str.isdigit`` also takes "²", which ``int`` refuses)."""
+    if not _EVENT_ID.fullmatch(text.strip()):
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        raise ApiError(400, "last-event-id", f"expected an event id (at most 18 digits 0-9), got {shown!r}")
+    return int(text)
 
 
 def format_event(event: Event) -> bytes:

@@ -1,10 +1,15 @@
 """The one worker thread: takes jobs in FIFO order and runs them on the loaded model.
 
 A job is read back from its folder, sampled with :func:`zs_core.run.run_job` into
-``out.partial/`` and renamed to ``out/`` only when complete. Every sampler step becomes a
-``progress`` event with a small PNG preview. Any exception inside the sampler (out of
-memory, a bug, bad data that slipped through) fails that job with the reason and the
-worker carries on with the next one.
+``out.partial/`` and renamed to ``out/`` only when complete and on disk. Every sampler step
+becomes a ``progress`` event with a small PNG preview.
+
+The worker cannot die of a job or of the disk: anything the sampler or the store throws
+fails that job with a reason ("disk full: ...", "its folder ... was removed from outside
+the server", the exception) and the worker goes on; a job that cannot start now (a full
+disk) stays queued and the worker retries with a backoff, so the queue resumes by itself
+once there is space. A supervisor thread starts a new worker thread should one exit anyway
+(and fails the job it held). :meth:`Worker.health` is the heartbeat /v1/health reports.
 """
 
 from __future__ import annotations
@@ -22,10 +27,18 @@ from PIL import Image
 from zs_core import run, sampler
 from zs_core.protocol import Passes, Request
 
+from . import durable
 from .config import Settings
-from .jobs import CANCELLED, DONE, FAILED, OUTPUT_DIR, PARTIAL_OUTPUT_DIR, PASSES_FILE, REQUEST_FILE, Job, JobStore
+from .jobs import (CANCELLED, DONE, FAILED, OUTPUT_DIR, PARTIAL_OUTPUT_DIR, PASSES_FILE, REMOVED_REASON, REQUEST_FILE,
+                   RUNNING, Job, JobStore, StartDeferred, describe_os_error)
 
 log = logging.getLogger("zs.server")
+
+IDLE_TICK_SECONDS = 0.5  # how long take_next waits for a job: the heartbeat of an idle worker
+BACKOFF_SECONDS = (0.2, 2.0)  # first and longest wait before retrying a job that could not start
+SUPERVISE_SECONDS = 0.5
+IDLE_STALE_SECONDS = 10.0  # an idle worker not seen for this long is reported
+STEP_STALE_SECONDS = 900.0  # a running job without a step for this long is reported
 
 
 def encode_preview(preview, max_side: int) -> dict:
@@ -45,17 +58,45 @@ def output_files(job: Job) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
+def failure_reason(job: Job, exc: BaseException) -> str:
+    """What failed a job, in words a client can act on."""
+    error = durable.os_error_in(exc)
+    if error is not None and error.errno in durable.NO_SPACE_ERRNOS:
+        try:
+            free = f"{durable.free_bytes(job.folder.parent)} bytes free"
+        except OSError:
+            free = "free space unknown"
+        where = f" writing {error.filename}" if error.filename else ""
+        return f"disk full: {error.strerror or error}{where} ({free})"
+    if not job.folder.is_dir():
+        return REMOVED_REASON.format(folder=job.folder) + " while it ran"
+    if error is not None:
+        return f"file system error: {describe_os_error(error)}" + (f" ({error.filename})" if error.filename else "")
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 class Worker:
-    """Runs queued jobs one after another on ``components`` in a background thread."""
+    """Runs queued jobs one after another on ``components`` in a supervised background thread."""
 
     def __init__(self, store: JobStore, components, settings: Settings):
         self.store = store
         self.components = components
         self.settings = settings
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="zs-worker", daemon=True)
+        self._thread: threading.Thread | None = None
+        self._supervisor = threading.Thread(target=self._supervise, name="zs-worker-supervisor", daemon=True)
+        self._seen = time.monotonic()  # the heartbeat: loop turns, sampler steps
+        self._job: Job | None = None  # the job the worker thread holds
+        self._deferred: str | None = None  # why the next job cannot start now
+        self._crash: str | None = None  # how the last worker thread ended
+        self.restarts = 0
 
     def start(self) -> None:
+        self._spawn()
+        self._supervisor.start()
+
+    def _spawn(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="zs-worker", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -64,50 +105,110 @@ class Worker:
         failed with "server restarted" (the same outcome as a crash)."""
         self._stopping.set()
         self.store.wake()
-        self._thread.join(timeout)
+        if self._supervisor.is_alive():
+            self._supervisor.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------ health
+
+    def health(self) -> dict:
+        """``{"status": "ok" | "degraded", "reasons": [...], "worker": {...}}``: degraded when
+        the worker is not taking jobs (thread gone, disk full, stuck) or the disk lags behind."""
+        now = time.monotonic()
+        alive = self._thread is not None and self._thread.is_alive()
+        job, seen = self._job, now - self._seen
+        reasons = []
+        if not alive and not self._stopping.is_set():
+            reasons.append(f"the worker thread is not running ({self._crash or 'not started'}); "
+                           "the supervisor restarts it")
+        elif self._deferred:
+            reasons.append(self._deferred)
+        elif job is None and seen > IDLE_STALE_SECONDS:
+            reasons.append(f"the worker has not been seen for {seen:.0f} s")
+        elif job is not None and seen > STEP_STALE_SECONDS:
+            reasons.append(f"job {job.id} has made no step for {seen:.0f} s")
+        space = self.store.space_problem()
+        if space and space not in reasons and not (self._deferred or "").startswith("disk full"):
+            reasons.append(space)
+        unsynced = self.store.unsynced()
+        if unsynced:
+            first = next(iter(unsynced.items()))
+            reasons.append(f"{len(unsynced)} job state(s) not on disk yet, retrying (job {first[0]}: {first[1]})")
+        return {"status": "degraded" if reasons else "ok", "reasons": reasons,
+                "worker": {"alive": alive, "last_seen_seconds": round(seen, 3), "job": job.id if job else None,
+                           "restarts": self.restarts}}
+
+    # ------------------------------------------------------------ threads
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(SUPERVISE_SECONDS):
+            if self._thread is None or self._thread.is_alive():
+                continue
+            self.restarts += 1
+            log.error("the worker thread ended (%s); starting a new one (restart %d)", self._crash, self.restarts)
+            job, self._job = self._job, None
+            if job is not None and job.state == RUNNING:
+                shutil.rmtree(job.folder / PARTIAL_OUTPUT_DIR, ignore_errors=True)
+                self.store.finish(job, FAILED, error=f"the worker stopped unexpectedly ({self._crash})")
+            self._spawn()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noted for the supervisor and /v1/health, then the thread ends
+            self._crash = f"{type(exc).__name__}: {exc}"
+            raise
 
     def _loop(self) -> None:
+        backoff = BACKOFF_SECONDS[0]
         while not self._stopping.is_set():
-            job = self.store.take_next(timeout=0.5)
+            self._seen = time.monotonic()
+            try:
+                self.store.flush()  # states the disk refused earlier
+                job = self.store.take_next(timeout=IDLE_TICK_SECONDS)
+            except StartDeferred as exc:
+                if self._deferred != str(exc):
+                    log.warning("%s", exc)
+                self._deferred = str(exc)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_SECONDS[1])
+                continue
+            except Exception as exc:  # a bug in the store must not end the worker
+                log.exception("taking the next job failed")
+                self._deferred = f"taking the next job failed: {type(exc).__name__}: {exc}"
+                self._stopping.wait(BACKOFF_SECONDS[1])
+                continue
+            if self._deferred:
+                log.info("jobs start again")
+            self._deferred, backoff = None, BACKOFF_SECONDS[0]
             if job is None:
                 continue
+            self._job = job
             self._execute(job)
+            self._job = None
             if not self._stopping.is_set():
                 self._prune()
 
     def _prune(self) -> None:
+        settings = self.settings
         try:
-            removed = self.store.prune(self.settings.job_max_age_seconds, self.settings.jobs_max_bytes)
+            removed = self.store.prune(settings.job_max_age_seconds, settings.jobs_max_bytes,
+                                       settings.prune_grace_seconds)
             if removed:
                 log.info("pruned %d old job(s)", len(removed))
         except OSError:
             log.exception("pruning old jobs failed")
 
+    # ------------------------------------------------------------ one job
+
     def _execute(self, job: Job) -> None:
         partial = job.folder / PARTIAL_OUTPUT_DIR
-        started = time.perf_counter()
-        max_side = self.settings.preview_max_side
-
-        def on_progress(progress: sampler.StepProgress) -> None:
-            elapsed = time.perf_counter() - started
-            eta = round(elapsed / progress.step * (progress.total - progress.step), 2)
-            self.store.progress(job, progress.step, progress.total, eta, encode_preview(progress.preview, max_side))
-
-        def should_stop() -> bool:
-            return job.cancel_flag.is_set() or self._stopping.is_set()
-
         log.info("job %s started", job.id)
+        started = time.perf_counter()
         try:
-            shutil.rmtree(partial, ignore_errors=True)
-            partial.mkdir()
-            if job.preloaded is not None:
-                (request, passes), job.preloaded = job.preloaded, None
-            else:
-                request = Request.from_json((job.folder / REQUEST_FILE).read_bytes())
-                passes = Passes.load(job.folder / PASSES_FILE)
-            metrics = run.run_job(self.components, request, passes, partial, progress=on_progress,
-                                  cancel=should_stop)
-            partial.rename(job.folder / OUTPUT_DIR)
+            metrics = self._sample(job, partial)
+            files = output_files(job)
         except sampler.Cancelled:
             shutil.rmtree(partial, ignore_errors=True)
             if self._stopping.is_set() and not job.cancel_flag.is_set():
@@ -115,13 +216,39 @@ class Worker:
                 return  # left "running" on disk on purpose: see stop()
             log.info("job %s cancelled", job.id)
             self.store.finish(job, CANCELLED)
-        except Exception as exc:  # anything the sampler throws fails this job, not the server
+        except Exception as exc:  # anything the sampler or the disk throws fails this job, not the server
             shutil.rmtree(partial, ignore_errors=True)
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            log.exception("job %s failed", job.id)
+            reason = failure_reason(job, exc)
+            log.error("job %s failed: %s", job.id, reason, exc_info=durable.os_error_in(exc) is None)
             self.store.finish(job, FAILED, error=reason)
             gc.collect()  # e.g. after running out of memory: free what the failed run held
         else:
             log.info("job %s done in %.1f s", job.id, time.perf_counter() - started)
-            self.store.finish(job, DONE, extra={"files": output_files(job), "metrics": metrics,
+            self.store.finish(job, DONE, extra={"files": files, "metrics": metrics,
                                                 "result": f"/v1/jobs/{job.id}/result"})
+
+    def _sample(self, job: Job, partial) -> dict:
+        """Inputs -> outputs in ``out/`` (fsynced, owner-only) -> the metrics."""
+        started = time.perf_counter()
+        max_side = self.settings.preview_max_side
+
+        def on_progress(progress: sampler.StepProgress) -> None:
+            self._seen = time.monotonic()
+            elapsed = time.perf_counter() - started
+            eta = round(elapsed / progress.step * (progress.total - progress.step), 2)
+            self.store.progress(job, progress.step, progress.total, eta, encode_preview(progress.preview, max_side))
+
+        def should_stop() -> bool:
+            self._seen = time.monotonic()
+            return job.cancel_flag.is_set() or self._stopping.is_set()
+
+        shutil.rmtree(partial, ignore_errors=True)
+        durable.make_dir(partial)
+        if job.preloaded is not None:
+            (request, passes), job.preloaded = job.preloaded, None
+        else:
+            request = Request.from_json((job.folder / REQUEST_FILE).read_bytes())
+            passes = Passes.load(job.folder / PASSES_FILE)
+        metrics = run.run_job(self.components, request, passes, partial, progress=on_progress, cancel=should_stop)
+        durable.commit_tree(partial, job.folder / OUTPUT_DIR)
+        return metrics

@@ -103,7 +103,8 @@ def test_the_openapi_request_schema_is_the_tables(tmp_path):
     from server.config import Settings
 
     settings = Settings(data_dir=tmp_path, token="t", model="tiny")
-    with TestClient(create_app(settings)) as client:
+    # base_url: the server answers only to its own names (server/hosts.py), not "testserver".
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         document = client.get("/openapi.json").json()
     form = document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     schema = form["properties"]["request"]["contentSchema"]

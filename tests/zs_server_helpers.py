@@ -58,7 +58,7 @@ class ServerThread:
         from server.app import create_app
 
         self.settings = settings
-        app = create_app(settings, components=components)
+        app = self.app = create_app(settings, components=components)
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                 timeout_graceful_shutdown=1, lifespan="on")
         self.server = uvicorn.Server(config)

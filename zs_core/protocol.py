@@ -17,11 +17,14 @@ Arrays are float32 unless noted, views (or frames) first, pixel rows top to bott
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import io
 import json
 import math
 import re
+import struct
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -128,6 +131,8 @@ class Parameter:
         float); ProtocolError names the parameter and says what is wrong."""
         if value is None and self.optional:
             return None
+        if isinstance(value, HugeNumber):
+            raise ProtocolError(self.name, f"{value!r} is out of range")
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         _check(isinstance(value, self.type) and (self.type is bool or not isinstance(value, bool)), self.name,
@@ -288,7 +293,7 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
     Parameter("top_view", bool, False, "orbit rig: add a camera looking straight down", modes=_TEXTURE_ONLY,
               wire=False),
     Parameter("uv_map", str, "", "UV map to texture or follow (none: each object's active render UV map)",
-              label="UV Map", wire=False),
+              label="UV Map", max_length=255, wire=False),
     Parameter("smart_uv", bool, False, "objects without the UV map get a new Smart UV Project map",
               label="Smart UV Project", modes=_TEXTURE_ONLY, wire=False),
     Parameter("width", int, None, "frame width (none: the scene's output size, rounded to a multiple of 8)",
@@ -467,11 +472,49 @@ class _RequestMethods:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Request":
+        """Request JSON -> validated. Hostile JSON (nested 100k deep, integers of thousands
+        of digits) is a ProtocolError like any other bad request, never another exception."""
         try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = json.loads(text, parse_int=_parse_int)
+        except RecursionError:  # the C decoder gives up near the recursion limit
+            raise ProtocolError("request", f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise ProtocolError("request", f"not valid JSON ({exc})") from None
+        _check(_nesting(data) <= MAX_JSON_DEPTH, "request", f"nested deeper than {MAX_JSON_DEPTH} levels")
         return cls.from_dict(data)
+
+
+MAX_JSON_DEPTH = 8  # a request is one flat object; nothing valid nests deeper than 1
+MAX_INT_DIGITS = 40  # far beyond any parameter's range (a seed is < 2**63: 19 digits)
+
+
+class HugeNumber:
+    """An integer literal too long to be a parameter. Kept unconverted (Python refuses to
+    convert more than 4300 digits, and converting is quadratic) so that the parameter it
+    was given for can name itself in the error."""
+
+    def __init__(self, literal: str):
+        self.digits = len(literal.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"a number of {self.digits} digits"
+
+
+def _parse_int(literal: str) -> int | HugeNumber:
+    return int(literal) if len(literal) <= MAX_INT_DIGITS else HugeNumber(literal)
+
+
+def _nesting(value: Any) -> int:
+    """How deeply JSON containers nest in ``value`` (0 for a scalar), without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                break
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 Request = dataclasses.make_dataclass(
@@ -552,10 +595,18 @@ _DTYPES = {"f": np.dtype(np.float32), "b": np.dtype(np.bool_), "i": np.dtype(np.
 def _in_unit_square(values: np.ndarray) -> bool:
     """Every value finite and in [0, 1] (NaN fails both comparisons)."""
     return bool(values.min(initial=0.0) >= 0.0 and values.max(initial=1.0) <= 1.0)
+
+
 TEXEL_ARRAYS: dict[str, tuple[tuple[int, ...], str]] = {
     "texel_position": ((3,), "f"),
     "texel_normal": ((3,), "f"),
     "texel_mask": ((), "b"),
+}
+# Every array a passes bundle may hold -> the dtypes it may have (cameras: any float).
+ARRAY_DTYPES: dict[str, tuple[np.dtype, ...]] = {
+    **{name: (_DTYPES[kind],) for name, (_, kind) in VIEW_ARRAYS.items()},
+    **{name: (np.dtype(np.float32), np.dtype(np.float64)) for name in CAMERA_ARRAYS},
+    **{name: (_DTYPES[kind],) for name, (_, kind) in TEXEL_ARRAYS.items()},
 }
 
 
@@ -585,7 +636,6 @@ class Passes:
     texel_position: np.ndarray | None = None
     texel_normal: np.ndarray | None = None
     texel_mask: np.ndarray | None = None
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def views(self) -> int:
@@ -600,10 +650,8 @@ class Passes:
         return int(self.depth.shape[2])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extras"}
-        out = {k: v for k, v in out.items() if v is not None}
-        out.update(self.extras)
-        return out
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: v for k, v in out.items() if v is not None}
 
     def validate(self, *, require: tuple[str, ...] = ()) -> "Passes":
         """Check shapes, dtypes and values; raise :class:`ProtocolError` naming the array."""
@@ -665,33 +713,202 @@ class Passes:
         np.savez_compressed(buffer, **self.arrays())
         return buffer.getvalue()
 
-    def save(self, path) -> None:
-        with open(path, "wb") as handle:
-            handle.write(self.to_npz_bytes())
+    def save(self, target) -> None:
+        """Write the .npz to ``target`` (a path or a binary file) as it is compressed, array
+        by array (no copy of the whole archive in memory)."""
+        if hasattr(target, "write"):
+            np.savez_compressed(target, **self.arrays())
+            return
+        with open(target, "wb") as handle:
+            np.savez_compressed(handle, **self.arrays())
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "Passes":
-        known = {f.name for f in dataclasses.fields(cls)} - {"extras"}
         _check("depth" in arrays, "depth", "missing from the passes")
         _check("mask" in arrays, "mask", "missing from the passes")
-        kwargs = {k: np.asarray(a) for k, a in arrays.items() if k in known}
-        extras = {k: np.asarray(a) for k, a in arrays.items() if k not in known}
-        return cls(**kwargs, extras=extras)
+        unknown = sorted(set(arrays) - set(ARRAY_DTYPES))
+        _check(not unknown, unknown[0] if unknown else "passes",
+               f"unknown array; the passes hold only {', '.join(ARRAY_DTYPES)}")
+        return cls(**{k: np.asarray(a) for k, a in arrays.items()})
 
     @classmethod
     def load(cls, source) -> "Passes":
-        """Load from a path, a file object or bytes of an .npz (no pickles)."""
-        if isinstance(source, (bytes, bytearray)):
-            source = io.BytesIO(source)
-        try:
-            with np.load(source, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-        except (OSError, ValueError, EOFError, KeyError) as exc:
-            raise ProtocolError("passes", f"not a readable .npz archive ({exc})") from None
-        except Exception as exc:  # zipfile.BadZipFile and friends from a truncated upload
-            raise ProtocolError("passes", f"not a readable .npz archive ({type(exc).__name__}: {exc})") from None
-        return cls.from_arrays(arrays)
+        """Load from a path, a binary file or bytes of an .npz (no pickles, only the
+        protocol's arrays; every header is checked before its data is inflated, see
+        :class:`NpzArchive`)."""
+        with NpzArchive(source) as archive:
+            return archive.passes()
 
 
 def _shape_text(shape: tuple) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+# ------------------------------------------------------------------ reading a .npz safely
+
+NPY_MAGIC = b"\x93NUMPY"
+MAX_NPY_HEADER_BYTES = 4096  # numpy writes 128 or so; its own reader reads any length first
+MAX_NPZ_DIRECTORY_BYTES = 64 * 1024
+_READ_CHUNK = 1 << 18  # numpy's own read size
+
+
+@dataclass(frozen=True)
+class ArrayHeader:
+    """What one .npy member declares: its shape and dtype, and so its size once inflated."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+class NpzArchive:
+    """A passes .npz opened for reading: the zip directory is bounded before it is read
+    (:func:`zip_directory`), only the protocol's arrays are accepted (an unknown member is
+    a ProtocolError naming it) and every member's .npy header is read and checked (dtype,
+    no pickles, and that the member holds exactly the bytes its shape declares) before any
+    array data is inflated. ``headers`` maps each array to its :class:`ArrayHeader`, so a
+    caller can hold the shapes to its limits first; :meth:`passes` then reads the arrays,
+    each into memory of exactly its declared size. ``source``: a path, a binary file or bytes."""
+
+    def __init__(self, source):
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            source = io.BytesIO(source)
+        self._file = open(source, "rb") if not hasattr(source, "read") else None
+        handle = self._file or source
+        self.headers: dict[str, ArrayHeader] = {}
+        self._members: dict[str, zipfile.ZipInfo] = {}
+        try:
+            entries, size = zip_directory(handle)
+            _check(entries <= len(ARRAY_DTYPES) and size <= MAX_NPZ_DIRECTORY_BYTES, "passes",
+                   f"the archive lists {entries} members in {size} bytes; passes hold at most "
+                   f"{len(ARRAY_DTYPES)} arrays")
+            self._zip = zipfile.ZipFile(handle)
+            for info in self._zip.infolist():
+                self._read_header(info)
+        except ProtocolError:
+            self.close()
+            raise
+        except Exception as exc:  # not a zip, a truncated one, a bad header: all the file's fault
+            self.close()
+            raise ProtocolError("passes", f"not a readable .npz archive ({type(exc).__name__}: {exc})") from None
+
+    def _read_header(self, info: zipfile.ZipInfo) -> None:
+        name = info.filename.removesuffix(".npy")
+        _check(info.filename.endswith(".npy") and name in ARRAY_DTYPES, name or "passes",
+               f"unknown array {info.filename!r} in the passes; they hold only {', '.join(ARRAY_DTYPES)}")
+        _check(name not in self.headers, name, "given twice in the passes")
+        with self._zip.open(info) as member:
+            header = read_npy_header(member, name)
+            offset = member.tell()
+        allowed = ARRAY_DTYPES[name]
+        _check(header.dtype in allowed, name, f"declared dtype {header.dtype.str}; expected "
+                                              f"{' or '.join(dtype.name for dtype in allowed)}")
+        _check(info.file_size == offset + header.nbytes, name,
+               f"declares shape {_shape_text(header.shape)} {header.dtype.name} ({header.nbytes} bytes) but its "
+               f"member holds {info.file_size - offset} bytes of data")
+        self.headers[name] = header
+        self._members[name] = info
+
+    @property
+    def declared_bytes(self) -> int:
+        """The memory every array takes once read."""
+        return sum(header.nbytes for header in self.headers.values())
+
+    def passes(self) -> Passes:
+        """Read every array (checked headers only) -> :class:`Passes` (not validated yet)."""
+        try:
+            return Passes.from_arrays({name: self._read_array(name) for name in self.headers})
+        except ProtocolError:
+            raise
+        except Exception as exc:  # a corrupt deflate stream, a CRC error
+            raise ProtocolError("passes", f"not a readable .npz archive ({type(exc).__name__}: {exc})") from None
+
+    def _read_array(self, name: str) -> np.ndarray:
+        header = self.headers[name]
+        count = math.prod(header.shape)
+        array = np.empty(count, header.dtype)
+        target = array.view(np.uint8)
+        with self._zip.open(self._members[name]) as member:
+            read_npy_header(member, name)  # checked already; this skips it
+            filled = 0
+            while filled < header.nbytes:
+                read = member.readinto(target[filled:filled + _READ_CHUNK])
+                _check(read > 0, name, f"truncated: {filled} of {header.nbytes} bytes")
+                filled += read
+        if header.fortran_order:
+            return array.reshape(header.shape[::-1]).transpose()
+        return array.reshape(header.shape)
+
+    def close(self) -> None:
+        if getattr(self, "_zip", None) is not None:
+            self._zip.close()
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self) -> "NpzArchive":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_npy_header(stream, name: str) -> ArrayHeader:
+    """The header at the start of a .npy ``stream`` (left at the first data byte). Its
+    declared length is checked before the header is read: numpy's own reader reads
+    whatever length the file claims (up to 4 GiB) before it checks it."""
+    magic = stream.read(8)
+    _check(len(magic) == 8 and magic[:6] == NPY_MAGIC and magic[6] in (1, 2, 3), name, "not a .npy array")
+    length_format = "<H" if magic[6] == 1 else "<I"
+    length_bytes = stream.read(struct.calcsize(length_format))
+    _check(len(length_bytes) == struct.calcsize(length_format), name, "truncated .npy header")
+    (length,) = struct.unpack(length_format, length_bytes)
+    _check(length <= MAX_NPY_HEADER_BYTES, name, f".npy header of {length} bytes; at most "
+                                                 f"{MAX_NPY_HEADER_BYTES} are read")
+    text = stream.read(length)
+    _check(len(text) == length, name, "truncated .npy header")
+    try:
+        fields = ast.literal_eval(text.decode("utf-8" if magic[6] == 3 else "latin1"))
+        shape, fortran_order = fields["shape"], fields["fortran_order"]
+        dtype = np.lib.format.descr_to_dtype(fields["descr"])
+    except Exception as exc:  # anything literal_eval or numpy refuse: a malformed header
+        raise ProtocolError(name, f"unreadable .npy header ({type(exc).__name__})") from None
+    _check(isinstance(shape, tuple) and all(type(size) is int and size >= 0 for size in shape), name,
+           f"shape {shape!r} is not a tuple of sizes")
+    _check(isinstance(fortran_order, bool), name, "fortran_order is not true or false")
+    _check(not dtype.hasobject, name, "object arrays (pickles) are refused")
+    return ArrayHeader(name, shape, dtype, fortran_order)
+
+
+def zip_directory(handle) -> tuple[int, int]:
+    """(entries, bytes) of a zip's central directory, read from its end records alone.
+
+    ``zipfile.ZipFile`` reads the whole directory into memory and makes an object per
+    entry, so a caller bounds both first. Reads the end-of-directory record the way
+    zipfile finds it (no comment, else the last signature in the final 64 KiB) and its
+    zip64 form when the archive has one. Raises ValueError when there is none."""
+    handle.seek(0, io.SEEK_END)
+    size = handle.tell()
+    tail_length = min(size, 22 + 0xFFFF)
+    handle.seek(size - tail_length)
+    tail = handle.read(tail_length)
+    no_comment = tail[-22:-18] == b"PK\x05\x06" and tail[-2:] == b"\x00\x00"
+    found = len(tail) - 22 if no_comment else tail.rfind(b"PK\x05\x06")
+    if found < 0 or len(tail) - found < 22:
+        raise ValueError("no end of central directory record")
+    _, _, _, _, entries, directory_bytes, _, _ = struct.unpack("<4s4H2LH", tail[found:found + 22])
+    locator_at = size - tail_length + found - 20
+    if locator_at >= 0:
+        handle.seek(locator_at)
+        locator = handle.read(20)
+        if locator[:4] == b"PK\x06\x07":
+            (record_at,) = struct.unpack("<Q", locator[8:16])
+            handle.seek(record_at)
+            record = handle.read(56)
+            if len(record) == 56 and record[:4] == b"PK\x06\x06":
+                entries, directory_bytes = struct.unpack("<QQ", record[32:48])
+    return entries, directory_bytes

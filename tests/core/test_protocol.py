@@ -130,3 +130,90 @@ def test_background_ids_round_trip_and_bad_ones_are_named():
         mutate(broken)
         with pytest.raises(ProtocolError, match=words):
             broken.validate()
+
+
+# ---------------------------------------------------------------- hostile input
+
+@pytest.mark.parametrize("text, field_name, words", [
+    ("[" * 100_000 + "]" * 100_000, "request", "nested deeper"),  # RecursionError in the decoder
+    ('{"prompt": ' + "[" * 9 + '"x"' + "]" * 9 + "}", "request", "nested deeper"),
+    ('{"seed": ' + "9" * 5000 + "}", "seed", "5000 digits"),  # past Python's int digit limit
+    ('{"seed": ' + "9" * 41 + "}", "seed", "41 digits"),
+    ('{"seed": 9223372036854775808}', "seed", "outside"),  # one past the range: still a number
+    ('{"kind": ' + "1" * 5000 + "}", "kind", "5000 digits"),
+    ('{"guidance_scale": 1e99999}', "guidance_scale", "finite"),
+    (b'{"prompt": "\xff"}', "request", "not valid JSON"),
+])
+def test_hostile_request_json_is_a_protocol_error_naming_the_field(text, field_name, words):
+    with pytest.raises(ProtocolError) as error:
+        Request.from_json(text)
+    assert error.value.field == field_name and words in str(error.value)
+
+
+def test_every_text_parameter_is_capped():
+    from zs_core.protocol import PARAMETERS
+
+    uncapped = [p.name for p in PARAMETERS.values() if p.type is str and p.max_length is None and not p.choices]
+    assert not uncapped
+    with pytest.raises(ProtocolError, match="^negative_prompt: longer than 4000"):
+        Request.from_dict({"negative_prompt": "x" * 1_000_000})
+
+
+def npz_with(**arrays) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_an_npz_is_read_only_through_checked_headers():
+    from zs_core.protocol import NpzArchive
+
+    passes = small_passes()
+    arrays = passes.arrays() | {"depth": np.asfortranarray(passes.depth)}
+    with NpzArchive(npz_with(**arrays)) as archive:
+        assert archive.headers["uv"].shape == (2, 16, 16, 2) and archive.headers["depth"].fortran_order
+        assert archive.declared_bytes == sum(a.nbytes for a in arrays.values())
+        loaded = archive.passes()
+    for name, array in arrays.items():
+        assert np.array_equal(getattr(loaded, name), array) and getattr(loaded, name).dtype == array.dtype
+
+
+@pytest.mark.parametrize("change, field_name, words", [
+    ({"colour": np.zeros(3)}, "colour", "unknown array"),
+    ({"mask": np.zeros((2, 16, 16))}, "mask", "declared dtype <f8"),
+    ({"depth": np.zeros((2, 16, 16), ">f4")}, "depth", "declared dtype >f4"),
+    ({"depth": np.array([object()] * 2)}, "depth", "pickles"),
+])
+def test_unknown_arrays_and_wrong_dtypes_are_named_before_reading(change, field_name, words):
+    with pytest.raises(ProtocolError) as error:
+        Passes.load(npz_with(**(small_passes().arrays() | change)))
+    assert error.value.field == field_name and words in str(error.value)
+
+
+def test_passes_save_streams_to_the_file(tmp_path):
+    passes = small_passes()
+    passes.save(tmp_path / "passes.npz")  # no ".npz" appended, no second file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["passes.npz"]
+    assert np.array_equal(Passes.load(tmp_path / "passes.npz").uv, passes.uv)
+
+
+def test_zip_directory_reads_the_end_records_plain_and_zip64():
+    import io
+    import zipfile
+
+    from zs_core.protocol import zip_directory
+
+    for force_zip64 in (False, True):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for index in range(3):
+                with archive.open(f"m{index}", "w", force_zip64=force_zip64) as member:
+                    member.write(b"x")
+            archive.comment = b"a comment after the record"
+        entries, size = zip_directory(buffer)
+        assert entries == 3 and size == sum(46 + len(i.filename) + len(i.extra) for i in
+                                            zipfile.ZipFile(buffer).infolist())
+    with pytest.raises(ValueError):
+        zip_directory(io.BytesIO(b"not a zip"))

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from server.jobs import (CANCELLED, DONE, EVENTS_FILE, EVENTS_KEPT_IN_MEMORY, FAILED, QUEUED, RESTART_REASON, RUNNING, JobConflict,
-                         JobNotFound, JobStore, is_job_id, read_event_log)
+                         JobNotFound, JobStore, StartDeferred, is_job_id, read_event_log)
 
 
 def make_store(path, jobs=3):
@@ -39,12 +39,13 @@ def test_recover_requeues_queued_fails_running_keeps_finished(tmp_path):
     store.finish(done, DONE)
     assert store.take_next(0) is running
     store.progress(running, 1, 4, 1.0, {"preview_png": ""})
-    (tmp_path / ".new-0123").mkdir()  # a submission interrupted before it was renamed into place
-    (tmp_path / "0123456789abcdef0123").mkdir()  # a folder without a status
+    interrupted = JobStore(tmp_path).stage(b"npz")  # a submission never renamed into place
+    (tmp_path / "0123456789abcdef0123").mkdir()  # a folder without a status, nor the store's marker
 
     again = JobStore(tmp_path)  # "restart"
     counts = again.recover()
-    assert counts == {"queued": 1, "failed_on_restart": 1, "finished": 1, "discarded": 1}
+    assert counts == {"queued": 1, "failed_on_restart": 1, "finished": 1, "quarantined": 0, "left_alone": 1}
+    assert interrupted.name.startswith(".new-") and not interrupted.exists()
     assert again.get(done.id).state == DONE
     crashed = again.snapshot(running.id)
     assert crashed["state"] == FAILED and crashed["error"] == RESTART_REASON
@@ -52,7 +53,8 @@ def test_recover_requeues_queued_fails_running_keeps_finished(tmp_path):
     assert [e.type for e in events] == ["queued", "started", "progress", "failed"] and finished
     assert [e.id for e in events] == [1, 2, 3, 4]
     assert again.take_next(0).id == queued.id
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([done.id, running.id, queued.id])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([done.id, running.id, queued.id,
+                                                                 "0123456789abcdef0123"])  # not ours: stays
     new = again.create("{}", b"", total=1)
     assert new.seq > queued.seq  # numbering goes on after a restart
 
@@ -117,3 +119,29 @@ def test_prune_by_age_then_by_size_never_active_jobs(tmp_path):
     assert store.get(jobs[4].id).state == QUEUED  # queued and running jobs are never pruned
     with pytest.raises(JobNotFound):
         store.get(jobs[3].id)
+
+
+def test_a_failed_append_is_cut_back_and_a_failed_write_leaves_no_temporary(tmp_path, monkeypatch):
+    import errno
+
+    from server import durable
+    from zs_faults import FaultyOs, Rule
+
+    layer = FaultyOs(durable.os)
+    monkeypatch.setattr(durable, "os", layer)
+    store, (job, *_) = make_store(tmp_path, jobs=1)
+    log = tmp_path / job.id / EVENTS_FILE
+    before = log.read_bytes()
+    layer.add(Rule("write", path="events.jsonl", short=True))  # half the line lands...
+    layer.add(Rule("write", path="events.jsonl", error=errno.EIO))  # ...then the disk fails
+    with pytest.raises(StartDeferred, match="Input/output error"):  # it stays queued, to be retried
+        store.take_next(0)
+    assert log.read_bytes() == before  # no torn half line for later appends to follow
+    assert store.snapshot(job.id)["state"] == QUEUED
+    layer.add(Rule("write", path=".status.json.", error=errno.EIO))
+    with pytest.raises(OSError):
+        durable.write_atomic(tmp_path / job.id / "status.json", "{}")
+    assert not [p for p in (tmp_path / job.id).iterdir() if p.name.endswith(".tmp")]
+    layer.clear()
+    assert store.take_next(0) is job  # the same job starts once the disk works again
+    assert [e.type for e in read_event_log(log)] == ["queued", "started"]

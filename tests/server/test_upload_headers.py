@@ -23,9 +23,8 @@ def npz_of(**arrays) -> bytes:
 
 
 def small_arrays(views: int = 2, size: int = 16) -> dict[str, np.ndarray]:
-    """Every per-view array of the protocol, at sizes within the limits (the header check
-    reads shapes only, so one dtype does for all)."""
-    return {name: np.zeros((views, size, size, *trailing), np.uint8)
+    """Every per-view array of the protocol, at sizes within the limits, in its dtype."""
+    return {name: np.zeros((views, size, size, *trailing), protocol.ARRAY_DTYPES[name][0])
             for name, (trailing, _) in protocol.VIEW_ARRAYS.items()}
 
 
@@ -35,14 +34,14 @@ def settings(tmp_path):
 
 
 def test_arrays_within_the_limits_pass(settings):
-    uploads.check_npz_headers(npz_of(**small_arrays()), settings)
+    uploads.open_passes(npz_of(**small_arrays()), settings).close()
 
 
 @pytest.mark.parametrize("shape, field", [((2, 16, 264), "width"), ((2, 264, 16), "height"), ((9, 16, 16), "views")])
 def test_an_oversized_background_id_is_refused(settings, shape, field):
     arrays = small_arrays() | {"background_id": np.zeros(shape, np.int32)}
     with pytest.raises(ProtocolError) as raised:
-        uploads.check_npz_headers(npz_of(**arrays), settings)
+        uploads.open_passes(npz_of(**arrays), settings)
     assert raised.value.field == field and "background_id" in str(raised.value)
 
 
@@ -51,4 +50,4 @@ def test_frames_of_every_per_view_array_count_against_max_frames(settings):
     for name in protocol.VIEW_ARRAYS:
         arrays = small_arrays(views=4) | {name: small_arrays(views=5)[name]}
         with pytest.raises(ProtocolError, match=f"^frames: 5 frames in {name};"):
-            uploads.check_npz_headers(npz_of(**arrays), settings, animation=True)
+            uploads.open_passes(npz_of(**arrays), settings, animation=True)

@@ -59,7 +59,7 @@ def bad_passes_cases(passes):
         "truncated npz": (npz_of(passes)[:5000], "passes"),
         "not an npz": (b"this is not a zip file at all", "passes"),
         "empty npz": (b"", "passes"),
-        "pickled object array": (npz_of(passes, depth=np.array([object()] * 4, dtype=object)), "passes"),
+        "pickled object array": (npz_of(passes, depth=np.array([object()] * 4, dtype=object)), "depth"),
     }
 
 
