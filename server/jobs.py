@@ -268,8 +268,9 @@ class JobStore:
             if folder.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
                 if ours:
                     shutil.rmtree(folder, ignore_errors=True)  # an unfinished submission or deletion
-                elif _STAGING.match(folder.name) and not any(folder.iterdir()):
-                    folder.rmdir()  # a submission that crashed before it wrote its marker
+                elif _STAGING.match(folder.name) and all(durable.is_temporary_name(entry.name)
+                                                           for entry in folder.iterdir()):
+                    shutil.rmtree(folder)  # a submission that crashed before its marker landed
                 else:
                     counts["left_alone"] += 1
                 continue

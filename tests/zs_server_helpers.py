@@ -84,6 +84,21 @@ class ServerThread:
         assert not self.thread.is_alive(), "the test server did not stop"
 
 
+def wait_until_healthy(base_url: str, alive, log_path: Path, timeout: float = 180.0, interval: float = 0.2) -> None:
+    """Poll ``base_url``/v1/health until it answers 200; ``alive()`` False (the server
+    process exited) or the timeout fails the test with the end of its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert alive(), f"zs serve exited:\n{Path(log_path).read_text()[-3000:]}"
+        try:
+            if httpx.get(base_url + "/v1/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "zs serve did not come up"
+        time.sleep(interval)
+
+
 def make_settings(data_dir: Path, **overrides):
     from server.config import Settings
 

@@ -23,3 +23,15 @@ def server(tiny, tmp_path_factory):
     """One server per test module (limits: 8 views, 256 px, 200 steps, 1024 texels)."""
     with ServerThread(make_settings(tmp_path_factory.mktemp("zs-data")), tiny) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def faulty_os():
+    """server.durable's os calls through an injectable fault layer (zs_faults.FaultyOs)."""
+    from server import durable
+    from zs_faults import FaultyOs
+
+    layer = FaultyOs(durable.os)
+    real, durable.os = durable.os, layer
+    yield layer
+    durable.os = real

@@ -13,7 +13,6 @@ import zipfile
 import httpx
 import pytest
 
-from server import durable
 from zs_core import scene
 from zs_core.protocol import Request
 from zs_faults import FaultyOs, Rule
@@ -23,20 +22,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def gates():
-    layer = FaultyOs(durable.os)
-    real, durable.os = durable.os, layer
-    yield layer
-    durable.os = real
-
-
-@pytest.fixture(scope="module")
 def npz():
     return scene.sphere_scene(views=1, width=64, height=64, texture_size=64).to_npz_bytes()
 
 
 @pytest.fixture(scope="module")
-def served(tiny, tmp_path_factory, gates):
+def served(tiny, tmp_path_factory, faulty_os):
     settings = make_settings(tmp_path_factory.mktemp("zs-admission"), max_queued_jobs=3, max_queued_jobs_per_client=2,
                              jobs_max_bytes=1, prune_grace_seconds=3600, recent_jobs=1000)
     thread = ServerThread(settings, tiny)
@@ -48,9 +39,9 @@ def served(tiny, tmp_path_factory, gates):
 class Hold:
     """The worker held before it makes a job's outputs folder: everything after it queues."""
 
-    def __init__(self, gates: FaultyOs):
+    def __init__(self, faulty_os: FaultyOs):
         self.reached, self.open = threading.Event(), threading.Event()
-        gates.add(Rule("mkdir", path="out.partial", before=self._wait))
+        faulty_os.add(Rule("mkdir", path="out.partial", before=self._wait))
 
     def _wait(self):
         self.reached.set()
@@ -86,9 +77,9 @@ def refused(response: httpx.Response, status: int, setting: str) -> None:
     assert detail["field"] == "queue" and setting in detail["message"], detail
 
 
-def test_queue_caps_per_client_and_in_total_answer_429(served, gates, npz):
+def test_queue_caps_per_client_and_in_total_answer_429(served, faulty_os, npz):
     client = served.client()
-    with Hold(gates) as hold:
+    with Hold(faulty_os) as hold:
         running = submit(client, npz, Request(prompt="holds the worker", steps=1, texture_size=64))
         assert hold.reached.wait(30)
         a1, a2 = post(client, npz, "blender-a"), post(client, npz, "blender-a")
@@ -105,9 +96,9 @@ def test_queue_caps_per_client_and_in_total_answer_429(served, gates, npz):
     assert post(client, npz, "blender-a").status_code == 202  # the queue moved: admitted again
 
 
-def test_uploads_arriving_together_cannot_overshoot_the_cap(served, gates, npz):
+def test_uploads_arriving_together_cannot_overshoot_the_cap(served, faulty_os, npz):
     client = served.client()
-    with Hold(gates) as hold:
+    with Hold(faulty_os) as hold:
         running = submit(client, npz, Request(prompt="holds the worker", steps=1, texture_size=64))
         assert hold.reached.wait(30)
         answers, start = [], threading.Barrier(10)
@@ -130,11 +121,11 @@ def test_uploads_arriving_together_cannot_overshoot_the_cap(served, gates, npz):
     wait_for(client, running, timeout=30)
 
 
-def test_queued_bytes_cap_answers_507(served, gates, npz):
+def test_queued_bytes_cap_answers_507(served, faulty_os, npz):
     settings, client = served.settings, served.client()
     settings.max_queued_bytes = len(npz) + len(npz) // 2  # room for one queued upload
     try:
-        with Hold(gates) as hold:
+        with Hold(faulty_os) as hold:
             running = submit(client, npz, Request(prompt="holds the worker", steps=1, texture_size=64))
             assert hold.reached.wait(30)
             queued = post(client, npz)
@@ -146,9 +137,9 @@ def test_queued_bytes_cap_answers_507(served, gates, npz):
         settings.max_queued_bytes = 8 * 1024 ** 3
 
 
-def test_a_refusal_comes_before_the_body_is_read(served, gates, npz):
+def test_a_refusal_comes_before_the_body_is_read(served, faulty_os, npz):
     client = served.client()
-    with Hold(gates) as hold:
+    with Hold(faulty_os) as hold:
         answers = [post(client, npz, f"filler-{index}") for index in range(4)]
         assert [answer.status_code for answer in answers] == [202] * 4
         jobs = [answer.json()["id"] for answer in answers]

@@ -48,14 +48,6 @@ def disk(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def faulty_os():
-    layer = FaultyOs(durable.os)
-    real, durable.os = durable.os, layer
-    yield layer
-    durable.os = real
-
-
-@pytest.fixture(scope="module")
 def one_view_npz():
     return scene.sphere_scene(views=1, width=64, height=64, texture_size=64).to_npz_bytes()
 

@@ -24,7 +24,7 @@ import pytest
 import bombs
 from exr_shots import write_shot, zipped
 from zs_core.protocol import Request
-from zs_server_helpers import ServerThread, free_port, job_form, make_settings, submit, wait_for
+from zs_server_helpers import ServerThread, free_port, job_form, make_settings, submit, wait_for, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = Request(prompt="hostile", steps=1, texture_size=64)
@@ -311,16 +311,7 @@ class Serve:
              "--device", "cpu", "--model", "tiny"],
             cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
         self.base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            assert self.process.poll() is None, log_path.read_text()[-3000:]
-            try:
-                if httpx.get(self.base_url + "/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "zs serve did not come up"
-            time.sleep(0.2)
+        wait_until_healthy(self.base_url, lambda: self.process.poll() is None, log_path)
         token = (data_dir / "token").read_text().strip()
         self.client = httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=300)
 

@@ -63,6 +63,20 @@ def test_unreadable_status_is_quarantined_and_foreign_folders_stay(tmp_path, tin
     assert not (jobs / ".new-0123456789abcdef").exists()
 
 
+def test_a_submission_killed_while_writing_its_marker_is_cleaned_up(tmp_path):
+    """Killed inside the marker's atomic write: its staging folder holds only the temporary
+    file. That is still ours (the staging name and nothing else); a staging-named folder
+    with anything else in it is not touched."""
+    crashed = tmp_path / ".new-0123456789abcdef"
+    crashed.mkdir()
+    (crashed / f".{MARKER_FILE}.a4c25fbd.tmp").write_text("")
+    foreign = tmp_path / ".new-fedcba9876543210"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("someone's")
+    JobStore(tmp_path).recover()
+    assert not crashed.exists() and (foreign / "notes.txt").read_text() == "someone's"
+
+
 def test_recovery_adopts_a_job_folder_from_before_the_marker(tmp_path):
     store = JobStore(tmp_path)
     job = store.create('{"prompt": "old"}', b"npz", total=1)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from zs_core.protocol import Request
-from zs_server_helpers import free_port, read_events, submit, wait_for
+from zs_server_helpers import free_port, read_events, submit, wait_for, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,16 +31,7 @@ class ServeProcess:
              "--device", "cpu", "--model", "tiny"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            assert self.process.poll() is None, f"zs serve exited:\n{log_path.read_text()[-3000:]}"
-            try:
-                if httpx.get(self.base_url + "/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "zs serve did not come up"
-            time.sleep(0.2)
+        wait_until_healthy(self.base_url, lambda: self.process.poll() is None, log_path)
 
     def stop(self, sig=signal.SIGTERM) -> None:
         if self.process.poll() is None:

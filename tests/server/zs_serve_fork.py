@@ -54,16 +54,9 @@ class Serve:
             time.sleep(0.01)
 
     def wait_up(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.alive(), f"zs serve exited:\n{self.log_path.read_text()[-3000:]}"
-            try:
-                if httpx.get(self.base_url + "/v1/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "zs serve did not come up"
-            time.sleep(0.02)
+        from zs_server_helpers import wait_until_healthy  # the test process's; this file also runs alone
+
+        wait_until_healthy(self.base_url, self.alive, self.log_path, timeout, interval=0.02)
 
 
 class ForkServer:
