@@ -47,7 +47,7 @@ def start_server(data_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str,
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     process = subprocess.Popen([sys.executable, "-m", "zs_cli", "serve", "--port", str(port), "--data-dir",
-                                str(data_dir), "--device", "cpu", "--model", "tiny"],
+                                str(data_dir), "--device", "cpu", "--default-model", "tiny"],
                                cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300

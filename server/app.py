@@ -31,7 +31,7 @@ log = logging.getLogger("zs.server")
 def load_components(settings: Settings):
     from zs_core import models  # torch and diffusers load here, not on import of the server
 
-    return models.load(settings.model, settings.controlnet, device=settings.device)
+    return models.load(settings.default_model, settings.controlnet, device=settings.device)
 
 
 def create_app(settings: Settings, components=None) -> FastAPI:
@@ -52,7 +52,7 @@ def create_app(settings: Settings, components=None) -> FastAPI:
             log.exception("pruning old jobs failed")
         loaded = components
         if loaded is None:
-            log.info("loading model %s (controlnet %s) on %s", settings.model, settings.controlnet or "default",
+            log.info("loading model %s (controlnet %s) on %s", settings.default_model, settings.controlnet or "default",
                      settings.device)
             loaded = await run_in_threadpool(load_components, settings)
         notifier = Notifier(asyncio.get_running_loop())

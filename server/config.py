@@ -37,7 +37,7 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     # None: read <data_dir>/token, creating it (mode 0600) on first start.
     token: str | None = None
-    model: str = "tiny"
+    default_model: str = "tiny"  # for jobs that name no model
     controlnet: str | None = None
     device: str = "auto"
 

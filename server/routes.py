@@ -157,7 +157,7 @@ async def health(request: HttpRequest) -> Health:
     report = worker.health() if worker is not None else {"status": "ok", "reasons": [], "worker": None}
     return Health(**report, version=_version(), protocol=PROTOCOL_VERSION,
                   device=str(components.device) if components is not None else "none",
-                  model=state.settings.model, model_loaded=components is not None,
+                  model=state.settings.default_model, model_loaded=components is not None,
                   queue_length=store.queue_length() if store else 0,
                   running=store.running_job() if store else None,
                   limits={name: int(getattr(state.settings, name)) for name in LIMITS})

@@ -18,7 +18,7 @@ from zs_core.protocol import ANIMATION, PARAMETERS, TEXTURE, ProtocolError, Requ
 
 ROOT = Path(__file__).resolve().parents[1]
 # The zs command's options that are not parameters of a job: where things go, which model.
-CLI_OPTIONS = {"help", "source", "out", "model", "controlnet", "device", "objects", "use_scene_cameras", "frames",
+CLI_OPTIONS = {"help", "source", "out", "controlnet", "device", "objects", "use_scene_cameras", "frames",
                "camera", "server", "token", "passes_only", "animation", "size", "host", "port", "data_dir"}
 
 
@@ -102,7 +102,7 @@ def test_the_openapi_request_schema_is_the_tables(tmp_path):
     from server.app import create_app
     from server.config import Settings
 
-    settings = Settings(data_dir=tmp_path, token="t", model="tiny")
+    settings = Settings(data_dir=tmp_path, token="t", default_model="tiny")
     # base_url: the server answers only to its own names (server/hosts.py), not "testserver".
     with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         document = client.get("/openapi.json").json()

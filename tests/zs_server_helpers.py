@@ -102,7 +102,7 @@ def wait_until_healthy(base_url: str, alive, log_path: Path, timeout: float = 18
 def make_settings(data_dir: Path, **overrides):
     from server.config import Settings
 
-    values = dict(host="127.0.0.1", port=free_port(), data_dir=data_dir, model="tiny", device="cpu",
+    values = dict(host="127.0.0.1", port=free_port(), data_dir=data_dir, default_model="tiny", device="cpu",
                   max_steps=200, max_views=8, max_resolution=256, max_texture_size=1024)
     values.update(overrides)
     return Settings(**values)

@@ -165,6 +165,6 @@ def sampling_backend(args, command: str):
                 raise ValueError(f"--token: no token for {args.server}; {NO_TOKEN_HINT}")
             yield dict(server=args.server, token=token, progress=bars)
         else:
-            yield dict(sampler=in_process_sampler(args.model, args.controlnet, args.device), progress=bars)
+            yield dict(sampler=in_process_sampler(args.model or "tiny", args.controlnet, args.device), progress=bars)
     finally:
         bars.close()

@@ -40,7 +40,7 @@ def demo(args: argparse.Namespace) -> int:
         return _demo_blender(args, out, values)
     print("zs demo: Blender's Python module (bpy) is not installed, so this runs the numpy sphere scene "
           f"instead of the Blender flow; install it with: {INSTALL_BLENDER}", file=sys.stderr)
-    print(f"zs demo: built-in scene ({values['views']} views of {args.size}x{args.size}), model {args.model}",
+    print(f"zs demo: built-in scene ({values['views']} views of {args.size}x{args.size}), model {args.model or 'tiny'}",
           file=sys.stderr)
     from zs_core import scene
 
@@ -54,7 +54,7 @@ def demo(args: argparse.Namespace) -> int:
 def _demo_blender(args: argparse.Namespace, out: Path, values: dict) -> int:
     """`zs demo` in Blender: Suzanne (with a material of her own) and an orbit rig."""
     batch = blender.batch()
-    print(f"zs demo: Suzanne in Blender, {values['views']} cameras of {args.size}x{args.size}, model {args.model}",
+    print(f"zs demo: Suzanne in Blender, {values['views']} cameras of {args.size}x{args.size}, model {args.model or 'tiny'}",
           file=sys.stderr)
     with blender.log_to(out), blender.sampling_backend(args, "demo") as backend:
         scene_path = batch.build_demo_scene(out / "scene.blend")
@@ -71,7 +71,7 @@ def _demo_animation(args: argparse.Namespace, out: Path, values: dict, frames: t
     if blender.bpy_available():
         batch = blender.batch()
         print(f"zs demo --animation: Suzanne in Blender, {count} frames of {args.size}x{args.size}, model "
-              f"{args.model}", file=sys.stderr)
+              f"{args.model or 'tiny'}", file=sys.stderr)
         with blender.log_to(out), blender.sampling_backend(args, "demo") as backend:
             scene_path = batch.build_animated_demo_scene(out / "scene.blend", frames=frames, size=args.size)
             summary = batch.animate_blend(scene_path, out, values, objects=[batch.DEMO_OBJECT], **backend)
@@ -119,7 +119,7 @@ def _sample(args: argparse.Namespace, kind: str, blend_run, outputs) -> int:
         values["texture_size"] = passes.texel_position.shape[0]  # the bundle's texel maps
     unit = "frames" if kind == ANIMATION else "views"
     print(f"zs {args.command}: {passes.views} {unit} of {passes.width}x{passes.height} from {source}, model "
-          f"{args.model}", file=sys.stderr)
+          f"{args.model or 'tiny'}", file=sys.stderr)
     outputs(Path(args.out), blender.run_with_bar(_load_model(args), _request(kind, values), passes, args.out))
     return 0
 
@@ -174,7 +174,7 @@ def serve(args: argparse.Namespace) -> int:
     from server.app import create_app
     from server.config import TOKEN_FILE, Settings
 
-    settings = Settings.from_env(host=args.host, port=args.port, model=args.model, controlnet=args.controlnet,
+    settings = Settings.from_env(host=args.host, port=args.port, default_model=args.default_model, controlnet=args.controlnet,
                                  data_dir=args.data_dir, device=args.device)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.is_loopback:
@@ -184,7 +184,7 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     token_note = "from ZS_TOKEN" if settings.token else f"in {settings.data_dir / TOKEN_FILE}"
     print(f"zs serve: http://{settings.host}:{settings.port} (API docs at /docs, token {token_note}, "
-          f"jobs in {settings.jobs_dir}); loading model {settings.model}", file=sys.stderr)
+          f"jobs in {settings.jobs_dir}); loading model {settings.default_model}", file=sys.stderr)
     # A short graceful timeout: open event streams would otherwise hold up Ctrl+C.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=3)
     return 0
@@ -221,7 +221,7 @@ def _request(kind: str, values: dict) -> Request:
 def _load_model(args: argparse.Namespace):
     from zs_core import models
 
-    return models.load(args.model, args.controlnet, device=args.device)
+    return models.load(args.model or "tiny", args.controlnet, device=args.device)
 
 
 def _backend(args: argparse.Namespace, command: str):

@@ -14,9 +14,8 @@ from .commands import DEMO_DEFAULTS, DEMO_FRAMES
 
 
 def _model_options(parser) -> None:
+    # --model, --lora, --ip-adapter come from the parameter table (they travel in the request).
     group = parser.add_argument_group("model (sampling in this process)")
-    group.add_argument("--model", default="tiny",
-                       help="tiny, a diffusers folder, a hub id or a .safetensors file (default: tiny)")
     group.add_argument("--controlnet", default=None,
                        help="depth ControlNet (default: tiny for tiny, else SD1.5 depth)")
     group.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (default: auto)")
@@ -90,8 +89,9 @@ def _serve_parser(commands_) -> None:
     serve = commands_.add_parser("serve", help="run the local sampling server (HTTP on 127.0.0.1) for Blender")
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; anything else warns)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8765)")
-    serve.add_argument("--model", default=None, help="tiny, a diffusers folder, a hub id or a .safetensors file "
-                                                     "(default: tiny)")
+    serve.add_argument("--default-model", default=None,
+                       help="the model of jobs that name none: tiny, a diffusers folder, a hub id or a "
+                            ".safetensors file (default: tiny)")
     serve.add_argument("--controlnet", default=None, help="depth ControlNet (default: tiny for tiny, else SD1.5 "
                                                           "depth)")
     serve.add_argument("--data-dir", default=None, help="jobs, results and the token (default: the user data "

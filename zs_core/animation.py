@@ -153,7 +153,7 @@ class FrameChunks:
         # The control images stay on the CPU and move a chunk at a time.
         control = conditioning.control[start:stop].to(components.device, components.dtype)
         return sampler.guided_noise_pred(components, scheduler, latents, timestep,
-                                         conditioning.embeds.repeat_interleave(stop - start, dim=0),
+                                         conditioning.batch(stop - start),
                                          conditioning.per_group(control), scale,
                                          conditioning.guidance_scale)
 

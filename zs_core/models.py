@@ -64,13 +64,22 @@ class Components:
     name: str = "tiny"
     controlnet_name: str = "tiny"
     extras: dict = field(default_factory=dict)
+    family: str = "sd15"  # the model family (sd15, sdxl): how prompts are encoded, which adapters fit
+    # SDXL's second text encoder and tokenizer (None for SD 1.5).
+    text_encoder_2: torch.nn.Module | None = None
+    tokenizer_2: object | None = None
+    # The reference image's encoder, present once an IP-Adapter is loaded (zs_core/reference.py).
+    image_encoder: torch.nn.Module | None = None
+    feature_extractor: object | None = None
 
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        return dict(unet=self.unet, controlnet=self.controlnet, vae=self.vae, text_encoder=self.text_encoder)
+        found = dict(unet=self.unet, controlnet=self.controlnet, vae=self.vae, text_encoder=self.text_encoder,
+                     text_encoder_2=self.text_encoder_2, image_encoder=self.image_encoder)
+        return {name: module for name, module in found.items() if module is not None}
 
 
 def choose_device(device: str = "auto", dtype: str | None = None) -> tuple[torch.device, torch.dtype]:

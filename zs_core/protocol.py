@@ -108,6 +108,10 @@ class Parameter:
     optional: bool = False
     wire: bool = True
     aliases: tuple[str, ...] = ()
+    # A list in one text: the flag (``flag_name``, e.g. ``--lora``) may be repeated and its
+    # values are joined with LIST_SEPARATOR (see :func:`parse_loras`).
+    repeatable: bool = False
+    flag_name: str = ""
 
     @property
     def title(self) -> str:
@@ -115,7 +119,7 @@ class Parameter:
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.flag_name or "--" + self.name.replace("_", "-")
 
     def default_for(self, kind: str) -> Any:
         return self.default if kind != ANIMATION or self.animation is _SAME else self.animation
@@ -236,6 +240,16 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
     Parameter("guidance_scale", float, 7.5, "classifier-free guidance: how strictly to follow the prompt",
               label="Guidance", low=0.0, high=50.0, soft_high=20.0, aliases=("--guidance",)),
     Parameter("scheduler", str, "ddim", "the diffusers scheduler", choices=_SCHEDULERS),
+    # The model and what adapts it (a server lists what it has: GET /v1/models).
+    Parameter("model", str, "", "the model: a name from the server's list; on this machine also a diffusers "
+              "folder, a .safetensors file or a hub id (empty: the server's default; tiny for zs)", max_length=1024),
+    Parameter("loras", str, "", "LoRAs on the model, each FILE_OR_NAME[:WEIGHT] (weight 1 when left out); "
+              "repeat the flag for more", label="LoRAs", max_length=8192, repeatable=True, flag_name="--lora"),
+    Parameter("reference_strength", float, 0.6, "reference image (IP-Adapter): how strongly its look steers "
+              "every view or frame", low=0.0, high=2.0, soft_high=1.0),
+    Parameter("ip_adapter", str, "", "IP-Adapter weights for the reference image: a name from the server's "
+              "list, a file or a hub id (empty: the default for the model's family)", label="IP-Adapter",
+              max_length=1024),
     # ControlNet: conditioning scale and the guidance window as fractions of the steps.
     Parameter("controlnet_scale", float, 1.0, "how strongly each view's depth steers the image",
               label="ControlNet Strength", low=0.0, high=5.0, soft_high=2.0),
@@ -358,6 +372,10 @@ def add_arguments(parser, kinds: Sequence[str], *, wire: bool = True, capture: b
             continue
         # A parser of one kind checks values for that kind (an animation's attention choices).
         kind = offered_kinds[0] if len(kinds) == 1 else TEXTURE
+        if parameter.repeatable:
+            parser.add_argument(*names, dest=parameter.name, action="append", default=None,
+                                metavar=_metavar(parameter, None), help=help_text)
+            continue
         parser.add_argument(*names, dest=parameter.name, type=_flag_type(parameter, kind), default=None,
                             metavar=_metavar(parameter, kind if len(kinds) == 1 else None), help=help_text)
 
@@ -401,6 +419,8 @@ def values_from_arguments(arguments, kind: str, *, wire: bool = True, capture: b
         if not _selected(parameter, wire, capture):
             continue
         given = getattr(arguments, parameter.name, None)
+        if parameter.repeatable and isinstance(given, list):
+            given = LIST_SEPARATOR.join(given)
         if given is None:
             given = overrides.get(parameter.name, parameter.default_for(kind))
         values[parameter.name] = parameter.check(given, kind)
@@ -435,6 +455,7 @@ class _RequestMethods:
         for parameter in WIRE_PARAMETERS:
             setattr(self, parameter.name, parameter.check(getattr(self, parameter.name), self.kind))
         _check(self.control_start <= self.control_end, "control_end", "must not be smaller than control_start")
+        parse_loras(self.loras)
         return self
 
     def uv_pass_uses(self) -> tuple[str, ...]:
@@ -515,6 +536,41 @@ def _nesting(value: Any) -> int:
                 break
             pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
     return deepest
+
+
+LIST_SEPARATOR = "|"  # between the entries of a repeatable parameter (not allowed in Windows paths)
+MAX_LORAS = 16
+
+
+def parse_loras(text: str) -> tuple[tuple[str, float], ...]:
+    """``"a.safetensors:0.7|style"`` -> ``(("a.safetensors", 0.7), ("style", 1.0))``.
+
+    A trailing ``:NUMBER`` is the weight (1 when left out; a Windows drive's ``C:`` is
+    never one). ProtocolError for ``loras`` names a bad weight or too many entries."""
+    entries = []
+    for entry in str(text).split(LIST_SEPARATOR):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, weight = entry, 1.0
+        head, colon, tail = entry.rpartition(":")
+        if colon and head and not tail.startswith(("/", "\\")):
+            try:
+                weight = float(tail)
+                name = head.strip()
+            except ValueError:
+                pass
+        _check(name != "", "loras", f"{entry!r} has a weight but no name")
+        _check(math.isfinite(weight) and -4.0 <= weight <= 4.0, "loras",
+               f"the weight of {name!r} must be a number in [-4, 4], got {tail!r}")
+        entries.append((name, weight))
+    _check(len(entries) <= MAX_LORAS, "loras", f"{len(entries)} LoRAs; at most {MAX_LORAS}")
+    return tuple(entries)
+
+
+def format_loras(entries: Sequence[tuple[str, float]]) -> str:
+    """The inverse of :func:`parse_loras`."""
+    return LIST_SEPARATOR.join(f"{name}:{weight:g}" for name, weight in entries)
 
 
 Request = dataclasses.make_dataclass(
@@ -607,7 +663,9 @@ ARRAY_DTYPES: dict[str, tuple[np.dtype, ...]] = {
     **{name: (_DTYPES[kind],) for name, (_, kind) in VIEW_ARRAYS.items()},
     **{name: (np.dtype(np.float32), np.dtype(np.float64)) for name in CAMERA_ARRAYS},
     **{name: (_DTYPES[kind],) for name, (_, kind) in TEXEL_ARRAYS.items()},
+    "reference_image": (np.dtype(np.float32),),
 }
+REFERENCE_IMAGE_SIDES = (16, 4096)  # smallest and largest side of a reference image, in pixels
 
 
 @dataclass
@@ -621,7 +679,9 @@ class Passes:
     the k-th background surface (a non-target object with a UV map, whose UV is then in
     ``uv`` there), 0 elsewhere (targets, the world, objects without UV);
     world_to_camera, projection (V, 4, 4); texel_position,
-    texel_normal (T, T, 3) and texel_mask (T, T) bool, optional (texturing only).
+    texel_normal (T, T, 3) and texel_mask (T, T) bool, optional (texturing only);
+    reference_image (H', W', 3) float32 RGB in [0, 1], optional: the look every view or
+    frame is steered towards (IP-Adapter; any size, not tied to the views).
     """
 
     depth: np.ndarray
@@ -636,6 +696,7 @@ class Passes:
     texel_position: np.ndarray | None = None
     texel_normal: np.ndarray | None = None
     texel_mask: np.ndarray | None = None
+    reference_image: np.ndarray | None = None
 
     @property
     def views(self) -> int:
@@ -706,7 +767,18 @@ class Passes:
                    f"expected shape {_shape_text(('T', 'T', *trailing))} with T={texel_size}, "
                    f"got {getattr(array, 'shape', None)}")
             _check(array.dtype == _DTYPES[kind], name, f"expected dtype {_DTYPES[kind].name}, got {array.dtype}")
+        if self.reference_image is not None:
+            self._validate_reference_image()
         return self
+
+    def _validate_reference_image(self) -> None:
+        image, (low, high) = self.reference_image, REFERENCE_IMAGE_SIDES
+        _check(isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3, "reference_image",
+               f"expected an RGB image (H, W, 3), got shape {getattr(image, 'shape', None)}")
+        _check(image.dtype == np.float32, "reference_image", f"expected dtype float32, got {image.dtype}")
+        _check(low <= min(image.shape[:2]) and max(image.shape[:2]) <= high, "reference_image",
+               f"{image.shape[1]}x{image.shape[0]} pixels; each side must be in [{low}, {high}]")
+        _check(_in_unit_square(image), "reference_image", "values outside [0, 1] or not finite")
 
     def to_npz_bytes(self) -> bytes:
         buffer = io.BytesIO()

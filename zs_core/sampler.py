@@ -168,21 +168,60 @@ def control_images(depth: np.ndarray) -> torch.Tensor:
 
 
 @dataclass
+class ModelBatch:
+    """The conditioning of one model call, in the call's batch order [uncond..., cond...].
+
+    embeds ``(B, 77, D)``; ``added``: the model family's extra conditioning, given to UNet
+    and ControlNet as ``added_cond_kwargs`` (SDXL: text_embeds ``(B, 1280)``, time_ids
+    ``(B, 6)``); ``unet_added``: given to the UNet only (IP-Adapter: image_embeds, a list
+    of ``(B, n, D)``)."""
+
+    embeds: torch.Tensor
+    added: dict = dataclasses.field(default_factory=dict)
+    unet_added: dict = dataclasses.field(default_factory=dict)
+
+    def unet_kwargs(self) -> dict:
+        merged = {**self.added, **self.unet_added}
+        return dict(added_cond_kwargs=merged) if merged else {}
+
+    def controlnet_kwargs(self) -> dict:
+        return dict(added_cond_kwargs=self.added) if self.added else {}
+
+
+@dataclass
 class Conditioning:
     """What the model is conditioned on, prepared once per job (:func:`condition`).
 
     embeds ``(G, 77, D)``: the text embeddings, [uncond, cond] with classifier-free
     guidance (G = 2 when ``guidance_scale`` > 1), else [cond]; a model call repeats them per
-    view. control ``(V, 3, H, W)`` float32 on the CPU: the ControlNet's depth images.
+    view. ``added`` / ``unet_added``: the extra conditioning (see :class:`ModelBatch`), one
+    row per CFG group. control ``(V, 3, H, W)`` float32 on the CPU: the ControlNet's depth
+    images.
     """
 
     embeds: torch.Tensor
     control: torch.Tensor
     guidance_scale: float
+    added: dict = dataclasses.field(default_factory=dict)
+    unet_added: dict = dataclasses.field(default_factory=dict)
 
     def per_group(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor (n, ...)`` once per CFG group -> ``(G*n, ...)``, in the embeddings' order."""
         return torch.cat([tensor] * len(self.embeds))
+
+    def batch(self, views: int) -> ModelBatch:
+        """The conditioning of a model call on ``views`` views (or grid images) per group."""
+        return ModelBatch(_repeat_rows(self.embeds, views), _repeat_rows(self.added, views),
+                          _repeat_rows(self.unet_added, views))
+
+
+def _repeat_rows(value, views: int):
+    """Each row of a tensor (or of the tensors in a dict / list) repeated ``views`` times."""
+    if isinstance(value, dict):
+        return {key: _repeat_rows(item, views) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_repeat_rows(item, views) for item in value]
+    return value.repeat_interleave(views, dim=0)
 
 
 def condition(components: Components, request: Request, passes: Passes) -> Conditioning:
@@ -287,24 +326,24 @@ class GridLayout(ViewLayout):
 # ---------------------------------------------------------------- the loop
 
 
-def guided_noise_pred(components: Components, scheduler, latents: torch.Tensor, timestep, embeds: torch.Tensor,
+def guided_noise_pred(components: Components, scheduler, latents: torch.Tensor, timestep, batch: ModelBatch,
                       control: torch.Tensor, scale: float, guidance_scale: float,
                       layout: ViewLayout | None = None) -> torch.Tensor:
     """Guided noise prediction ``(V, 4, h, w)`` for ``latents (V, 4, h, w)``: ControlNet and
     UNet on one batch [uncond views..., cond views...] (cond only when ``guidance_scale``
-    <= 1). ``embeds`` and ``control`` are that batch's text embeddings and control images,
-    already in the ``layout``'s model shape (the grid tiles views into one image)."""
+    <= 1). ``batch`` (text and extra conditioning) and ``control`` (control images) are that
+    batch's, already in the ``layout``'s model shape (the grid tiles views into one image)."""
     layout = layout or ViewLayout()
     groups = 2 if guidance_scale > 1.0 else 1
     model_input = layout.to_model(scheduler.scale_model_input(torch.cat([latents] * groups), timestep))
     down_residuals, mid_residual = components.controlnet(
-        model_input, timestep, encoder_hidden_states=embeds, controlnet_cond=control,
-        conditioning_scale=scale, guess_mode=False, return_dict=False,
+        model_input, timestep, encoder_hidden_states=batch.embeds, controlnet_cond=control,
+        conditioning_scale=scale, guess_mode=False, return_dict=False, **batch.controlnet_kwargs(),
     )
     noise_pred = components.unet(
-        model_input, timestep, encoder_hidden_states=embeds,
+        model_input, timestep, encoder_hidden_states=batch.embeds,
         down_block_additional_residuals=down_residuals,
-        mid_block_additional_residual=mid_residual, return_dict=False,
+        mid_block_additional_residual=mid_residual, return_dict=False, **batch.unet_kwargs(),
     )[0]
     noise_pred = layout.to_views(noise_pred)
     if groups == 2:
@@ -371,7 +410,7 @@ class WholeBatch:
         self.processor = attention.processor_for(request.attention, **attention_params(request, model_views))
         self.spans = ((0, views),)
         # The batch's text and control in model space, built once for every step.
-        self.embeds = conditioning.embeds.repeat_interleave(model_views, dim=0)
+        self.batch = conditioning.batch(model_views)
         control = conditioning.control.to(components.device, components.dtype)
         self.control = self.layout.to_model(conditioning.per_group(control))
 
@@ -380,7 +419,7 @@ class WholeBatch:
 
     def __call__(self, scheduler, index: int, span: int, timestep, latents: torch.Tensor,
                  scale: float) -> torch.Tensor:
-        return guided_noise_pred(self.components, scheduler, latents, timestep, self.embeds, self.control, scale,
+        return guided_noise_pred(self.components, scheduler, latents, timestep, self.batch, self.control, scale,
                                  self.guidance_scale, self.layout)
 
 

@@ -42,7 +42,7 @@ class ServerStatus:
 
     state: str = "unknown"
     message: str = ""
-    model: str = ""
+    server_model: str = ""  # the server's default model, from /v1/health
     url: str = ""
 
 
@@ -88,7 +88,7 @@ def _redraw() -> None:
 
 
 def _set(status: ServerStatus) -> None:
-    STATUS.state, STATUS.message, STATUS.model, STATUS.url = status.state, status.message, status.model, status.url
+    STATUS.state, STATUS.message, STATUS.server_model, STATUS.url = status.state, status.message, status.server_model, status.url
 
 
 def _watch(prefs, until: float | None) -> None:

@@ -456,7 +456,7 @@ def test_preview_png_lands_in_the_preview_image(addon):
 
 def test_check_reports_online_offline_and_a_bad_token(server):
     online = server_ops.check(server.base_url, server.token)
-    assert online.state == "online" and online.model
+    assert online.state == "online" and online.server_model
     assert server_ops.check(server.base_url, "wrong").state == "error"
     offline = server_ops.check(dead_url(), None)
     assert offline.state == "offline" and "cannot reach" in offline.message

@@ -97,13 +97,13 @@ def test_set_up_server_installs_a_server_that_start_brings_up(addon, timers, tmp
               f"{server_setup.tree_bytes(folder / 'source') / 1024:.0f} KiB")
 
         # Start with that command: a real `zs serve` on the tiny model answers /v1/health.
-        monkeypatch.setenv("ZS_MODEL", "tiny")
+        monkeypatch.setenv("ZS_DEFAULT_MODEL", "tiny")
         monkeypatch.setenv("ZS_DEVICE", "cpu")
         assert bpy.ops.zs.start_server() == {"FINISHED"}
         timers.run(server_ops.START_TIMEOUT)
         assert server_ops.STATUS.state == "online", server_ops.STATUS.message
         health = Client(addon.server_url, None).health()
-        assert health["model"] == "tiny" and server_ops.STATUS.model == "tiny"
+        assert health["model"] == "tiny" and server_ops.STATUS.server_model == "tiny"
         assert (folder / "data" / "token").is_file()  # the data folder the set-up chose
         assert bpy.ops.zs.stop_server() == {"FINISHED"} and not server_ops.started_here()
 

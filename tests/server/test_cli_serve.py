@@ -22,14 +22,14 @@ def test_serve_defaults_to_loopback_without_warning(captured_run, tmp_path, caps
     app, kwargs = captured_run[0]
     assert kwargs["host"] == "127.0.0.1" and kwargs["port"] == 8911
     settings = app.state.settings
-    assert settings.data_dir == tmp_path and settings.device == "cpu" and settings.model == "tiny"
+    assert settings.data_dir == tmp_path and settings.device == "cpu" and settings.default_model == "tiny"
     assert (tmp_path / "token").read_text().strip() == app.state.token
     err = capsys.readouterr().err
     assert "WARNING" not in err and "http://127.0.0.1:8911" in err
 
 
 def test_serve_warns_when_bound_beyond_loopback(captured_run, tmp_path, capsys):
-    assert cli.main(["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path), "--model", "some/model"]) == 0
+    assert cli.main(["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path), "--default-model", "some/model"]) == 0
     assert captured_run[0][1]["host"] == "0.0.0.0"
-    assert captured_run[0][0].state.settings.model == "some/model"
+    assert captured_run[0][0].state.settings.default_model == "some/model"
     assert "WARNING" in capsys.readouterr().err

@@ -301,14 +301,14 @@ LIMITS = {"ZS_MAX_VIEWS": "8", "ZS_MAX_RESOLUTION": "256", "ZS_MAX_TEXTURE_SIZE"
 
 
 class Serve:
-    """`zs serve --model tiny` in a subprocess with small limits; its RSS read from /proc."""
+    """`zs serve --default-model tiny` in a subprocess with small limits; its RSS read from /proc."""
 
     def __init__(self, data_dir: Path, log_path: Path):
         port = free_port()
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), **LIMITS)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "zs_cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-             "--device", "cpu", "--model", "tiny"],
+             "--device", "cpu", "--default-model", "tiny"],
             cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
         self.base_url = f"http://127.0.0.1:{port}"
         wait_until_healthy(self.base_url, lambda: self.process.poll() is None, log_path)

@@ -28,7 +28,7 @@ class ServeProcess:
         self.log = open(log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "zs_cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-             "--device", "cpu", "--model", "tiny"],
+             "--device", "cpu", "--default-model", "tiny"],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.base_url = f"http://127.0.0.1:{port}"
         wait_until_healthy(self.base_url, lambda: self.process.poll() is None, log_path)

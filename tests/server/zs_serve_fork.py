@@ -68,7 +68,7 @@ class ForkServer:
         assert ready == "ready", f"the fork server did not start ({ready!r})"
 
     def spawn(self, data_dir: Path, port: int, log_path: Path, env: dict[str, str] | None = None) -> Serve:
-        argv = ["serve", "--port", str(port), "--data-dir", str(data_dir), "--device", "cpu", "--model", "tiny"]
+        argv = ["serve", "--port", str(port), "--data-dir", str(data_dir), "--device", "cpu", "--default-model", "tiny"]
         self.process.stdin.write(json.dumps({"argv": argv, "log": str(log_path), "env": env or {}}) + "\n")
         self.process.stdin.flush()
         pid = int(self.process.stdout.readline())
