@@ -37,7 +37,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from . import attention, noise, preview, sync
+from . import attention, noise, preview, reference, sync
 from .models import Components
 from .protocol import ANIMATION, Passes, ProtocolError, Request
 from .step_noise import drawn_from as step_noise_from
@@ -229,7 +229,9 @@ def condition(components: Components, request: Request, passes: Passes) -> Condi
     near/far for the whole job, so a surface keeps its brightness in every view or chunk)."""
     guidance = request.guidance_scale > 1.0
     embeds = encode_prompt(components, request.prompt, request.negative_prompt, 1, guidance)
-    return Conditioning(embeds, control_images(passes.depth), request.guidance_scale)
+    added = {}  # the family's extra conditioning (SDXL: pooled text embeddings, time ids)
+    unet_added = reference.unet_conditioning(components, request, passes, guidance)
+    return Conditioning(embeds, control_images(passes.depth), request.guidance_scale, added, unet_added)
 
 
 def initial_noise(request: Request, passes: Passes, channels: int, factor: int) -> torch.Tensor:
