@@ -9,8 +9,9 @@ N(0, 1); the models differ only in how the items (views or frames) are correlate
 - :func:`progressive` (PYoCo): autoregressive, correlation ``(alpha / sqrt(1 + alpha^2))^|i-j|``.
 - :func:`dependency` (ZS2): frame i = sqrt(a) frame(i-1) + sqrt(1-a) eta, with eta and a
   searched so the divergence between consecutive frames approaches ``lam``.
-- :func:`surface`: correspondence-guided integral noise from one white-noise texture in
-  UV space; the same surface point gets the same noise in every view.
+- :func:`surface`: correspondence-guided integral noise: every view integrates one
+  white-noise field on the UV square (:mod:`zs_core.noise_field`) over its latent pixels'
+  footprints, so views of the same surface at any scale share noise as they overlap.
 
 :func:`make` dispatches on a mode name (:data:`MODES`, protocol's ``NOISE_MODES``). Bad
 input raises ValueError naming the argument.
@@ -23,14 +24,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from scipy import ndimage
 
+from . import noise_field
+from .noise_field import FIELD_LEVELS, hashed_gaussians
+from .noise_field import splitmix64 as _splitmix64
 from .protocol import BACKGROUND_NOISE_MODES, NOISE_MODES
 
 MODES = NOISE_MODES  # each has a generator in GENERATORS (tests/core/test_mode_names.py holds them equal)
 MIN_RESOLUTION, MAX_RESOLUTION = 16, 8192  # automatic UV noise texture size (texels per side)
 LARGEST_RESOLUTION = 65536  # explicit sizes: texel ids must fit in 32 bits for the hash
 SAMPLED_LINES = 8  # rows and columns per view sampled for the automatic resolution
-TABLE_LIMIT = 1 << 26  # texels up to which pixels are grouped through a table (256 MB of int32, mostly untouched)
+TABLE_LIMIT = 1 << 27  # ids up to which pixels are grouped through a table (512 MB of int32, mostly untouched)
+DEFAULT_CELLS = 0.5  # field cells per pixel footprint side: a cell spans about 2 x 2 pixels
 MASK32 = 0xFFFFFFFF
 MASK64 = 0xFFFFFFFFFFFFFFFF
 
@@ -206,61 +212,6 @@ def dependency(count: int, shape, lam: float, seed: int, candidates: int = 16, r
 # runs with less overhead than torch on CPU; torch supplies the seeded generators.
 
 
-def _splitmix64(x: int) -> int:
-    """A 64-bit integer mixer on Python ints (seed -> well-spread keys)."""
-    x = (x + 0x9E3779B97F4A7C15) & MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
-    return x ^ (x >> 31)
-
-
-def _hash32(x: np.ndarray) -> np.ndarray:
-    """lowbias32 integer hash, in place on a uint32 array. numpy wraps uint32 products
-    mod 2^32 by definition (torch would need int64 tensors and masking, at 4x the cost)."""
-    x ^= x >> np.uint32(16)
-    x *= np.uint32(0x7FEB352D)
-    x ^= x >> np.uint32(15)
-    x *= np.uint32(0x846CA68B)
-    x ^= x >> np.uint32(16)
-    return x
-
-
-def _texel_keys(seed: int, streams: int) -> tuple[np.uint32, list[np.uint32]]:
-    """32-bit keys from the seed: one that scrambles texel ids, one per uniform stream."""
-    base = _splitmix64(seed & MASK64)
-    keys = [_splitmix64(base ^ (stream + 1)) & MASK32 for stream in range(streams + 1)]
-    return np.uint32(keys[0]), [np.uint32(key) for key in keys[1:]]
-
-
-def _uniforms(bits: np.ndarray) -> np.ndarray:
-    """uint32 hashes -> float32 uniforms (k + 0.5) / 2^23 from the top 23 bits k: exact in
-    float32 and never 0 or 1, so log(u) stays finite."""
-    uniforms = (bits >> np.uint32(9)).astype(np.float32)
-    uniforms += np.float32(0.5)
-    uniforms *= np.float32(1.0 / (1 << 23))
-    return uniforms
-
-
-def _texel_gaussians(texels: np.ndarray, channels: int, seed: int) -> np.ndarray:
-    """``texels (N,)`` int ids -> ``(channels, N) float32`` N(0, 1) texture values (numpy).
-
-    One Box-Muller pair per two channels, computed pair by pair so the work stays in cache.
-    """
-    pairs = (channels + 1) // 2
-    scramble_key, stream_keys = _texel_keys(seed, 2 * pairs)
-    scrambled = _hash32(texels.astype(np.uint32) ^ scramble_key)
-    values = np.empty((2 * pairs, texels.size), dtype=np.float32)
-    for pair in range(pairs):
-        radius = np.log(_uniforms(_hash32(scrambled ^ stream_keys[2 * pair])))
-        radius *= np.float32(-2.0)
-        np.sqrt(radius, out=radius)
-        angle = _uniforms(_hash32(scrambled ^ stream_keys[2 * pair + 1]))
-        angle *= np.float32(2 * math.pi)
-        np.multiply(radius, np.cos(angle), out=values[2 * pair])
-        np.multiply(radius, np.sin(angle), out=values[2 * pair + 1])
-    return values[:channels]
-
-
 def texel_gaussians(texels, channels: int, seed: int) -> torch.Tensor:
     """N(0, 1) values of the seed's UV noise texture at texel ids -> ``(channels, N) float32``.
 
@@ -273,7 +224,7 @@ def texel_gaussians(texels, channels: int, seed: int) -> torch.Tensor:
     ids = texels.numpy() if isinstance(texels, torch.Tensor) else np.asarray(texels)
     if ids.ndim != 1 or ids.dtype.kind not in "iu" or (ids.size and (ids.min() < 0 or ids.max() > MASK32)):
         raise ValueError("texels: expected a (N,) array of integer ids in [0, 2^32)")
-    return torch.from_numpy(_texel_gaussians(ids, channels, seed))
+    return torch.from_numpy(hashed_gaussians(ids, channels, seed))
 
 
 def _surface_inputs(uv, mask, channels, factor) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -385,41 +336,48 @@ class _TexelGroups:
     """Groups the masked pixels of one view by texel; a group's label is the index of one of
     its pixels (its representative).
 
-    Up to :data:`TABLE_LIMIT` texels, without sorting: a scratch table over all texels (never
-    initialised: only entries just written are read) maps each texel to its last pixel.
-    Beyond, by sorting the texel ids (the table would be too big).
+    For ids below :data:`TABLE_LIMIT`, without sorting: a scratch table over the ids (never
+    initialised: only entries just written are read; grown as needed) maps each id to its
+    last pixel. Beyond, by sorting the ids (the table would be too big).
     """
 
-    def __init__(self, resolution: int):
-        texels = resolution * resolution
-        self.table = np.empty(texels, dtype=np.int32) if texels <= TABLE_LIMIT else None
+    def __init__(self):
+        self.table = np.empty(0, dtype=np.int32)
 
     def labels(self, texels: np.ndarray) -> np.ndarray:
-        """``texels (N,) int64`` -> ``(N,) int64`` labels in [0, N), equal iff same texel."""
-        if self.table is None:
+        """``texels (N,) int64`` ids -> ``(N,) int64`` labels in [0, N), equal iff same id."""
+        top = int(texels.max()) + 1 if texels.size else 0
+        if top > TABLE_LIMIT:
             _, first, inverse = np.unique(texels, return_index=True, return_inverse=True)
             return first[inverse]
+        if self.table.size < top:
+            self.table = np.empty(top, dtype=np.int32)
         self.table[texels] = np.arange(texels.size, dtype=np.int32)
         return self.table[texels].astype(np.int64)
 
 
-def _split_terms(texel_of: np.ndarray, counts: np.ndarray, blocks: np.ndarray, block_count: int,
-                 channels: int, generator: torch.Generator) -> np.ndarray:
-    """Block sums ``(C, block_count) float64`` of the zero-sum terms that split texels among
-    their pixels. Arguments ``(K,)``, for every pixel of the texels straddling latent blocks:
-    compact texel index, n_t, latent pixel.
+def _split_terms(cells: "_ViewCells", shared: "_ViewTexels", block_count: int, channels: int,
+                 seed: int) -> np.ndarray:
+    """Block sums ``(C, block_count) float64`` of the zero-sum terms that split cells among
+    the pixels sharing them, for the cells straddling latent blocks.
 
-    A texel seen by n_t pixels of a view is split into parts s_p = Z_t / n_t +
-    (W_p - mean W over the texel) / sqrt(n_t), W iid N(0, 1): each part is N(0, 1/n_t),
-    Cov(s_p, s_q) = 1/n^2 - 1/n^2 = 0, and the parts sum to Z_t, so pixels sharing a
-    texel stay independent. The W terms sum to exactly 0 over a texel, so only texels
-    straddling latent blocks change a block sum: W is drawn for their pixels alone.
+    A cell of variance s seen by n pixels of a view is split into parts s_p = Z / n +
+    sqrt(s / n) (W_p - mean W over the cell), W iid N(0, 1): each part has variance s / n,
+    Cov(s_p, s_q) = s / n^2 - s / n^2 = 0, and the parts sum to Z, so pixels sharing a
+    cell stay independent. The W terms sum to exactly 0 over a cell, so only cells
+    straddling latent blocks change a block sum: W is drawn for their pixels alone, hashed
+    from the cell and the pixel's place in it (:func:`noise_field.split_gaussians`), so a
+    view seen twice is split the same way twice.
     """
-    if texel_of.size == 0:
+    pixels = shared.straddling
+    if pixels.size == 0:
         return np.zeros((channels, block_count))
-    draws = torch.randn((channels, texel_of.size), generator=generator).numpy().astype(np.float64)
+    draws = noise_field.split_gaussians(cells.ids[pixels], cells.uv[pixels], cells.cells_per_side(pixels),
+                                        channels, seed).astype(np.float64)
+    texel_of, counts = shared.straddling_texel, shared.straddling_count
     means = np.take(_segment_sums(draws, texel_of, texel_of.max() + 1), texel_of, axis=1) / counts
-    return _segment_sums((draws - means) / np.sqrt(counts), blocks, block_count)
+    scale = np.sqrt(cells.variance(pixels) / counts)
+    return _segment_sums((draws - means) * scale, cells.blocks[pixels], block_count)
 
 
 def _in_straddling_texel(labels: np.ndarray, blocks: np.ndarray) -> np.ndarray:
@@ -449,9 +407,10 @@ class _ViewTexels:
     the others are skipped (fewer hashes). Each pixel of a texel straddling blocks carries
     Z_t / n_t. The weight is also the variance its part(s) add to the block.
 
-    Attributes: ``carriers (P,)`` pixel indices, ``weights (P,) float64``, and for the
+    Attributes: ``carriers (P,)`` pixel indices, ``weights (P,) float64``, for the
     straddling pixels ``straddling (K,)``, ``straddling_texel (K,)`` compact texel index
-    and ``straddling_count (K,)`` n_t.
+    and ``straddling_count (K,)`` n_t; ``representatives (T,)`` one pixel per texel and
+    ``carrier_texel (P,)`` each carrier's texel among them.
     """
 
     def __init__(self, labels: np.ndarray, blocks: np.ndarray):
@@ -467,6 +426,9 @@ class _ViewTexels:
         self.straddling_count = group_size[straddling_labels]
         self.straddling_texel = _compact(straddling_labels, np.flatnonzero(is_representative & in_straddling),
                                          labels.size)
+        # Every texel's representative carries it: the texels carried, and each carrier's.
+        self.representatives = np.flatnonzero(is_representative)
+        self.carrier_texel = _compact(labels[self.carriers], self.representatives, labels.size)
 
 
 def _block_ids(height: int, width: int, factor: int) -> np.ndarray:
@@ -476,69 +438,197 @@ def _block_ids(height: int, width: int, factor: int) -> np.ndarray:
     return (rows[:, None] + cols[None, :]).ravel()
 
 
-def _normalised_blocks(sums: np.ndarray, variances: np.ndarray, background: np.ndarray,
-                       background_sums: np.ndarray) -> np.ndarray:
-    """Block sums of surface parts plus the sum of the block's background pixels, over the
-    total sd -> N(0, 1).
-
-    ``background_sums (C, B)`` is the sum of the k background pixels' N(0, 1) values of each
-    block (variance k, independent of the surface parts); for iid pixels that sum is
-    exactly sqrt(k) G with G ~ N(0, 1), so one G per block stands for k pixels.
-    """
-    return (sums + background_sums) / np.sqrt(variances + background)
-
-
 class _SurfaceSpec:
-    """What every view of one :func:`surface` call shares."""
+    """What every view of one :func:`surface` call shares. ``resolution`` None: the
+    integral field (:mod:`zs_core.noise_field`) read at each block's own scale; else one
+    flat texture of R x R texels."""
 
-    def __init__(self, seed: int, channels: int, factor: int, resolution: int, height: int, width: int):
+    def __init__(self, seed: int, channels: int, factor: int, height: int, width: int,
+                 resolution: int | None, texels_per_pixel: float):
         self.seed, self.channels, self.factor, self.resolution = seed, channels, factor, resolution
+        self.texels_per_pixel = texels_per_pixel
+        self.field = noise_field.Field(seed, channels) if resolution is None else None
+        self.height, self.width = height, width
         self.latent_size = (height // factor, width // factor)
         self.block_count = self.latent_size[0] * self.latent_size[1]
         self.block_of_pixel = _block_ids(height, width, factor)
 
 
-def _view_surface_noise(flat_uv: np.ndarray, flat_mask: np.ndarray, spec: _SurfaceSpec, groups: _TexelGroups,
-                        generator: torch.Generator, background_sums: np.ndarray | None = None) -> np.ndarray:
-    """One view: ``flat_uv (H * W, 2)``, ``flat_mask (H * W,) bool`` -> latents ``(C, B) float64``,
-    each N(0, 1). ``background_sums (C, B)``: each block's sum over its background pixels
-    of unit-variance noise (see :func:`_normalised_blocks`); None draws it fresh."""
-    pixels = np.flatnonzero(flat_mask)
-    view_uv = _gather_uv(flat_uv, pixels)
-    _check_uv_range(view_uv)
-    texels, blocks = _texel_ids(view_uv, spec.resolution), spec.block_of_pixel[pixels]
-    shared = _ViewTexels(groups.labels(texels), blocks)
-    carried_blocks = blocks[shared.carriers]
-    values = _texel_gaussians(texels[shared.carriers], spec.channels, spec.seed) * shared.weights
-    sums = _segment_sums(values, carried_blocks, spec.block_count)
-    sums += _split_terms(shared.straddling_texel, shared.straddling_count, blocks[shared.straddling],
-                         spec.block_count, spec.channels, generator)
-    variances = np.bincount(carried_blocks, weights=shared.weights, minlength=spec.block_count)
-    background = spec.factor ** 2 - np.bincount(blocks, minlength=spec.block_count)
+# ---------------------------------------------------------------- which cell each pixel reads
+
+FOOTPRINT_STRIDE = 4  # footprints are measured on every 4th row and column (a few per latent pixel)
+
+
+def _sampled_footprints(uv: np.ndarray, mask: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """log2 of the UV footprint side (sqrt of the UV area one pixel covers) on every
+    ``stride``-th row and column of one view -> (values (M,) float64, flat pixel indices (M,)).
+
+    ``uv (H, W, 2)``, ``mask (H, W) bool``. The area is the cross product of the steps to
+    the next row and column, or to the previous ones, whichever pair is smaller (a UV seam
+    on one side must not count); pixels without a masked pair are left out.
+    """
+    height, width = mask.shape
+    sampled = (slice(1, height - 1, stride), slice(1, width - 1, stride))
+    centre, centre_mask = uv[sampled], mask[sampled]
+    area = None
+    for step in (1, -1):
+        right = (sampled[0], slice(1 + step, width - 1 + step, stride))
+        below = (slice(1 + step, height - 1 + step, stride), sampled[1])
+        across, down = uv[right] - centre, uv[below] - centre
+        this = np.abs(across[..., 0] * down[..., 1] - across[..., 1] * down[..., 0])
+        this[~(mask[right] & mask[below])] = np.inf
+        area = this if area is None else np.minimum(area, this)
+    keep = centre_mask & np.isfinite(area) & (area > 0)
+    rows, cols = np.nonzero(keep)
+    flat = (1 + rows * stride) * width + 1 + cols * stride
+    return 0.5 * np.log2(area[keep].astype(np.float64)), flat
+
+
+def _block_levels(flat_uv: np.ndarray, flat_mask: np.ndarray, spec: _SurfaceSpec) -> np.ndarray:
+    """The field level each latent block reads -> ``(B,) int64``: the level whose cells are
+    ``texels_per_pixel`` cells per pixel footprint side, the footprint averaged (in log)
+    over the block's sampled pixels; blocks without samples take the view's median."""
+    uv, mask = flat_uv.reshape(spec.height, spec.width, 2), flat_mask.reshape(spec.height, spec.width)
+    log_side, pixels = _sampled_footprints(uv, mask, FOOTPRINT_STRIDE)
+    if log_side.size == 0:  # no measurable footprint (specks): any level is right; use the finest
+        return np.zeros(spec.block_count, dtype=np.int64)
+    blocks = spec.block_of_pixel[pixels]
+    counts = np.bincount(blocks, minlength=spec.block_count)
+    mean = np.bincount(blocks, weights=log_side, minlength=spec.block_count) / np.maximum(counts, 1)
+    mean[counts == 0] = np.median(log_side)
+    level = np.rint(FIELD_LEVELS + mean - math.log2(spec.texels_per_pixel))
+    return np.clip(level, 0, FIELD_LEVELS).astype(np.int64)
+
+
+def _adopt_coarser_cells(levels: np.ndarray, x: np.ndarray, y: np.ndarray, near_coarser: np.ndarray) -> np.ndarray:
+    """Pixel levels ``(N,)`` -> levels such that no cell read is inside another one read:
+    a pixel whose cell lies inside a coarser cell some pixel reads reads that one too (the
+    pixels then split it). Without this, two latent pixels of one view at different levels
+    would share noise. ``x, y (N,)``: the pixels' level-0 cells; ``near_coarser (N,) bool``:
+    the pixels whose latent pixel or a neighbouring one reads a coarser level than theirs
+    (a cell spans about two pixels, so only those can fall in a coarser cell)."""
+    levels = levels.copy()
+    candidates = np.flatnonzero(near_coarser)
+    if candidates.size == 0:
+        return levels
+    present = np.flatnonzero(np.bincount(levels))
+    for level in present[::-1][:-1]:  # coarsest first; the finest adopts, never imposes
+        level = int(level)
+        width = noise_field.side(level)
+        read = np.zeros(width * width, dtype=bool)
+        at_level = levels == level
+        read[(y[at_level] >> level) * width + (x[at_level] >> level)] = True
+        finer = candidates[levels[candidates] < level]
+        adopt = finer[read[(y[finer] >> level) * width + (x[finer] >> level)]]
+        levels[adopt] = level
+    return levels
+
+
+def _near_coarser(block_levels: np.ndarray, latent_size: tuple[int, int]) -> np.ndarray:
+    """Latent pixels next to (or at) one reading a coarser level -> ``(B,) bool``."""
+    grid = block_levels.reshape(latent_size)
+    return (ndimage.maximum_filter(grid, size=3, mode="nearest") > grid).ravel()
+
+
+class _ViewCells:
+    """Which cell each masked pixel of one view reads: ``ids (N,)`` cell ids (distinct over
+    levels), ``levels (N,)`` (None for a flat texture of ``resolution`` texels), ``blocks
+    (N,)`` latent pixel, ``uv (N, 2)`` (the key of a pixel's share when a cell is split)."""
+
+    def __init__(self, flat_uv: np.ndarray, flat_mask: np.ndarray, spec: _SurfaceSpec):
+        pixels = np.flatnonzero(flat_mask)
+        self.uv = _gather_uv(flat_uv, pixels)
+        _check_uv_range(self.uv)
+        self.blocks = spec.block_of_pixel[pixels]
+        self.resolution = spec.resolution
+        if spec.resolution is not None:
+            self.ids, self.levels = _texel_ids(self.uv, spec.resolution), None
+            return
+        block_levels = _block_levels(flat_uv, flat_mask, spec)
+        levels = block_levels[self.blocks]
+        x, y = noise_field.fine_coordinates(self.uv)
+        if pixels.size and levels.min() != levels.max():
+            near = _near_coarser(block_levels, spec.latent_size)[self.blocks]
+            levels = _adopt_coarser_cells(levels, x, y, near)
+        self.levels = levels
+        self.ids = noise_field.cell_ids(levels, x >> levels, y >> levels)
+
+    def variance(self, rows: np.ndarray) -> np.ndarray:
+        """The variance ``(n,) float64`` of the cells the pixels ``rows`` read (4^level)."""
+        return np.ones(rows.size) if self.levels is None else np.ldexp(1.0, 2 * self.levels[rows])
+
+    def cells_per_side(self, rows: np.ndarray) -> np.ndarray:
+        """Cells per side ``(n,) int64`` of the grid of the cells the pixels ``rows`` read."""
+        if self.levels is None:
+            return np.full(rows.size, self.resolution, dtype=np.int64)
+        return noise_field.side(0) >> self.levels[rows]
+
+
+def _carried_values(cells: _ViewCells, shared: "_ViewTexels", spec: _SurfaceSpec) -> np.ndarray:
+    """The values ``(C, P) float64`` of the cells the view's carriers read, each cell's
+    value (with its ancestors) computed once."""
+    ids = cells.ids[shared.representatives]
+    if cells.levels is None:  # a flat texture: every texel its own hash
+        return hashed_gaussians(ids, spec.channels, spec.seed).astype(np.float64)[:, shared.carrier_texel]
+    levels = cells.levels[shared.representatives]
+    keys = ids - noise_field.LEVEL_OFFSETS[levels]
+    present = np.flatnonzero(np.bincount(levels))
+    found = spec.field.values({int(level): keys[levels == level] for level in present})
+    per_texel = np.empty((spec.channels, ids.size))
+    for level, values in found.items():
+        per_texel[:, levels == level] = values
+    return per_texel[:, shared.carrier_texel]
+
+
+def _view_surface_noise(cells: _ViewCells, shared: "_ViewTexels", spec: _SurfaceSpec, generator: torch.Generator,
+                        background_sums: np.ndarray | None = None) -> np.ndarray:
+    """One view's latents ``(C, B) float64``, each N(0, 1).
+
+    Per latent block: S, the sum of the cells (and parts of cells) its surface pixels read,
+    over its standard deviation, weighted sqrt(k_s) / f, plus the block's k_b background
+    pixels' noise (variance k_b) over f: variance (k_s + k_b) / f^2 = 1, every pixel
+    weighing the same. ``background_sums (C, B)`` is the background pixels' summed
+    unit-variance noise (sqrt(k_b) G for iid pixels); None draws it fresh."""
+    carriers = shared.carriers
+    carried_blocks = cells.blocks[carriers]
+    weights = shared.weights  # a whole cell 1, a part of a cell split among n_t pixels 1 / n_t
+    carried = _carried_values(cells, shared, spec) * weights
+    sums = _segment_sums(carried, carried_blocks, spec.block_count)
+    sums += _split_terms(cells, shared, spec.block_count, spec.channels, spec.seed)
+    variances = np.bincount(carried_blocks, weights=weights * cells.variance(carriers), minlength=spec.block_count)
+    surface_pixels = np.bincount(cells.blocks, minlength=spec.block_count)
+    background = spec.factor ** 2 - surface_pixels
     if background_sums is None:
         fresh = torch.randn((spec.channels, spec.block_count), generator=generator).numpy()
         background_sums = np.sqrt(background) * fresh
-    return _normalised_blocks(sums, variances, background, background_sums)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        surface_part = np.where(variances > 0, sums / np.sqrt(variances), 0.0) * np.sqrt(surface_pixels)
+    return (surface_part + background_sums) / spec.factor
 
 
-def surface(uv, mask, seed: int, channels: int = 4, factor: int = 8, texels_per_pixel: float = 1.0,
+def surface(uv, mask, seed: int, channels: int = 4, factor: int = 8, texels_per_pixel: float = DEFAULT_CELLS,
             resolution: int | None = None, background=None) -> torch.Tensor:
     """Correspondence-guided integral noise -> ``(V, channels, H/factor, W/factor) float32``.
 
     ``uv (V, H, W, 2)`` float32 in [0, 1] on masked pixels (numpy or torch), ``mask
-    (V, H, W) bool`` (object pixels). One white-noise texture of R x R texels in UV space
-    (R = ``resolution`` or :func:`surface_resolution`, one R for all views so they share
-    texels); texel t = ty * R + tx has per channel a hash of (t, channel, seed) turned
-    Gaussian (:func:`texel_gaussians`), computed only for texels some view sees.
+    (V, H, W) bool`` (object pixels). All views read one white-noise field on the UV
+    square (:mod:`zs_core.noise_field`), integrated over cells of a quadtree: each latent
+    pixel reads the level whose cells are ``texels_per_pixel`` cells per side of its
+    pixels' footprint (measured from the UV pass), so a close-up reads fine cells and a
+    far view coarse ones, and where they overlap they share the same integral of the same
+    field. Two views of the same surface then correlate as integral noise does,
+    |A ∩ B| / sqrt(|A| |B|) for latent pixels of footprints A and B, whatever the
+    distance, angle or projection. ``resolution`` instead reads one flat texture of
+    R x R texels at every pixel (no scale adaptation; for tests and comparison).
 
-    Per view, each masked pixel sees one texel; a texel seen by n_t pixels of the view is
-    split into n_t independent N(0, 1/n_t) parts summing to it (:class:`_ViewTexels`,
-    :func:`_split_terms`); background pixels are independent N(0, 1). A latent pixel is
-    the sum of its factor x factor pixels divided by sqrt(sum of their variances): exactly
-    N(0, 1), neighbours independent, and the same surface point carries the same texel
-    value in every view, so views of the same surface get correlated latents. Pixel
-    splits and background come from a torch generator per (seed, view); views run on a
-    few threads (numpy releases the GIL), with the same result for any thread count.
+    Per view, each masked pixel reads one cell; a cell read by n pixels of the view is
+    split into n independent parts summing to it (:class:`_ViewTexels`,
+    :func:`_split_terms`); where blocks read different levels, no cell read lies inside
+    another (:func:`_adopt_coarser_cells`). A latent pixel sums its surface parts over
+    their standard deviation and adds its background pixels' independent noise, weighted
+    by pixel counts: exactly N(0, 1), neighbours independent, and the same camera twice
+    gives the same latents wherever the view is all surface. Views run on a few threads
+    (numpy releases the GIL), with the same result for any thread count.
 
     ``background`` (optional) latent noise ``(V, C, h, w)`` replaces the background: one
     N(0, 1) value G per latent pixel stands for the sum sqrt(k) G of its k background
@@ -558,22 +648,23 @@ def _surface(uv: np.ndarray, mask: np.ndarray, seed: int, channels: int, factor:
              resolution, background_sums: np.ndarray | None) -> torch.Tensor:
     """:func:`surface` on validated inputs; ``background_sums (V, C, B)`` or None (fresh)."""
     views, height, width = mask.shape
-    if resolution is None:
-        resolution = _resolution(uv, mask, _positive("texels_per_pixel", texels_per_pixel))
-    else:
+    texels_per_pixel = _positive("texels_per_pixel", texels_per_pixel)
+    if resolution is not None:
         resolution = _integer("resolution", resolution, 1)
         if resolution > LARGEST_RESOLUTION:
             raise ValueError(f"resolution: expected at most {LARGEST_RESOLUTION}, got {resolution}")
-    spec = _SurfaceSpec(seed, channels, factor, resolution, height, width)
+    spec = _SurfaceSpec(seed, channels, factor, height, width, resolution, texels_per_pixel)
     flat_mask, flat_uv = mask.reshape(views, -1), uv.reshape(views, -1, 2)
     latents = np.empty((views, channels, spec.block_count))
 
     def run(worker: int, workers: int) -> None:
-        groups = _TexelGroups(resolution)  # one scratch table per thread
+        groups = _TexelGroups()  # one scratch table per thread
         for view in range(worker, views, workers):
+            cells = _ViewCells(flat_uv[view], flat_mask[view], spec)
+            shared = _ViewTexels(groups.labels(cells.ids), cells.blocks)
             generator = _generator(_view_seed(seed, view))
             sums = None if background_sums is None else background_sums[view]
-            latents[view] = _view_surface_noise(flat_uv[view], flat_mask[view], spec, groups, generator, sums)
+            latents[view] = _view_surface_noise(cells, shared, spec, generator, sums)
 
     _run_threads(run, min(views, torch.get_num_threads()))
     return torch.from_numpy(latents.astype(np.float32)).reshape(views, channels, *spec.latent_size)
@@ -712,7 +803,7 @@ def _background_seed(seed: int) -> int:
 
 
 def animated(uv, mask, seed: int, background: str = "warped", vector=None, channels: int = 4, factor: int = 8,
-             alpha: float = 1.0, lam: float = 0.1, texels_per_pixel: float = 1.0,
+             alpha: float = 1.0, lam: float = 0.1, texels_per_pixel: float = DEFAULT_CELLS,
              resolution: int | None = None) -> torch.Tensor:
     """Noise for a frame sequence -> ``(F, channels, H/factor, W/factor) float32``.
 

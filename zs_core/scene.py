@@ -125,11 +125,19 @@ def sphere_scene(views: int = 6, width: int = 256, height: int = 256, texture_si
     if not (math.isfinite(distance) and distance > radius + NEAR):
         raise ValueError(f"distance: the cameras must be outside the sphere (> radius + {NEAR}), got {distance!r}")
     world_to_camera, projection = ring_cameras(views, distance, elevation_deg, lens_mm, width, height)
+    return render_sphere(world_to_camera, projection, width, height, texture_size, radius)
+
+
+def render_sphere(world_to_camera: np.ndarray, projection: np.ndarray, width: int, height: int,
+                  texture_size: int = 256, radius: float = 1.0) -> Passes:
+    """The sphere at the origin seen by any cameras ``world_to_camera, projection (V, 4, 4)``
+    (perspective or orthographic; see :mod:`zs_core.geometry`) -> :class:`Passes` with
+    the arrays of :func:`sphere_scene`."""
     # Ray cast with exactly the float32 matrices we ship, so the arrays agree with them.
-    world_to_camera = world_to_camera.astype(np.float32)
-    projection = projection.astype(np.float32)
+    world_to_camera = np.asarray(world_to_camera).astype(np.float32)
+    projection = np.asarray(projection).astype(np.float32)
     rendered = [_render_view(world_to_camera[i].astype(np.float64), projection[i].astype(np.float64),
-                             width, height, radius, NEAR, FAR) for i in range(views)]
+                             width, height, radius, NEAR, FAR) for i in range(len(world_to_camera))]
     mask = np.stack([view["hit"] for view in rendered])
     surface = np.stack([view["position"] for view in rendered])[mask]  # (N, 3) hit points
     texel_position, texel_normal, texel_mask = _texel_maps(texture_size, radius)
