@@ -35,19 +35,35 @@ def interleaved(functions: dict, repeats: int = 3) -> dict[str, float]:
     return {name: min(values) for name, values in times.items()}
 
 
-def report(bench: str, seconds: float, baseline_seconds: float, target: float, **extra) -> None:
-    """Print the one JSON line every benchmark ends with."""
+def report(bench: str, seconds: float, baseline_seconds: float, target: float | None, *, target_applies_to: str,
+           **extra) -> None:
+    """Print the one JSON line every benchmark ends with.
+
+    ``target_applies_to`` names the key of this line the target is compared with
+    ("seconds", "ratio" or one of ``extra``'s keys): a reader must not have to guess
+    whether 0.05 means seconds or a ratio."""
     line = {"bench": bench, "seconds": round(seconds, 4), "baseline_seconds": round(baseline_seconds, 4),
             "ratio": round(seconds / baseline_seconds, 3), "target": target}
     line.update(extra)
-    print(json.dumps(line))
+    _print_line(line, target_applies_to)
 
 
-def report_value(bench: str, value: float, baseline: float, target: float | None, unit: str, **extra) -> None:
+def report_value(bench: str, value: float, baseline: float, target: float | None, unit: str, *,
+                 target_applies_to: str, **extra) -> None:
     """Print the one JSON line of a benchmark that measures a quantity other than time:
     ``value`` against ``baseline`` measured in the same run, their ratio, and the target
-    for that ratio (None: the number is reported, not judged)."""
+    (None: the number is reported, not judged); ``target_applies_to`` names the key the
+    target is compared with, as in :func:`report`."""
     line = {"bench": bench, "value": round(value, 4), "baseline": round(baseline, 4),
             "ratio": round(value / baseline, 3), "target": target, "unit": unit}
     line.update(extra)
+    _print_line(line, target_applies_to)
+
+
+def _print_line(line: dict, target_applies_to: str) -> None:
+    if target_applies_to not in line or target_applies_to in ("bench", "target", "unit"):
+        raise ValueError(f"target_applies_to: expected a measured key of the result line "
+                         f"({', '.join(key for key in line if key not in ('bench', 'target'))}), "
+                         f"got {target_applies_to!r}")
+    line["target_applies_to"] = target_applies_to
     print(json.dumps(line))

@@ -107,6 +107,7 @@ def main() -> None:
     for name, value in errors.items():
         print(f"{name:>15}: {value:.3f}")
     report_value("background_uv", errors["through UV"], errors["unsynced"], target=TARGET,
+                 target_applies_to="ratio",
                  unit="floor error / truth magnitude, through UV vs unsynced",
                  errors={name: round(value, 4) for name, value in errors.items()})
 

@@ -148,6 +148,7 @@ def main() -> None:
         print(f"{name:>18}{sharp:15.3f}{warp:21.4f}")
     default, alone = rows[f"pixel_sync {DEFAULT:g}"], rows["pixel_sync 0"]
     report_value("pixel_sync_sharpness", default[0], alone[0], target=None,
+                 target_applies_to="ratio",
                  unit=f"sharpness kept (last {last} frames / frame 0) at pixel_sync {DEFAULT:g} vs 0",
                  kept={name: round(sharp, 3) for name, (sharp, _) in rows.items()},
                  temporal_warp_error={name: warp for name, (_, warp) in rows.items()},

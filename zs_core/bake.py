@@ -112,9 +112,7 @@ def _checked_passes(passes: Passes, texture_size) -> Passes:
     size = texel_mask.shape[0]
     if not texel_mask.any():
         _fail("texel_mask", "no texel is on the UV map (all False)")
-    for name in ("texel_position", "texel_normal"):
-        if not np.isfinite(getattr(passes, name)[texel_mask]).all():
-            _fail(name, "contains NaN or inf on texel_mask texels")
+    # NaN / inf on texel_mask texels: checked block by block in _WeightKernel.run.
     if texture_size is not None and texture_size != size:
         _fail("texture_size", f"expected the texel maps' size T={size} (the bake does not resample), "
                               f"got {texture_size!r}")
@@ -152,6 +150,9 @@ def gather_weights(passes: Passes, texture_size: int | None = None, exponent: fl
     texel's depth`` (texel spacing: :func:`texel_spacing`), loose enough for the distance
     between a texel and the centre of the pixel it lands in, tight enough that a surface
     in front of the texel hides it.
+
+    The texels are processed in blocks of about :data:`_BLOCK_SAMPLES` (texel, view)
+    samples, all views at once (:class:`_WeightKernel`).
     """
     passes = _checked_passes(passes, texture_size)
     exponent = _non_negative("exponent", exponent)
@@ -160,27 +161,26 @@ def gather_weights(passes: Passes, texture_size: int | None = None, exponent: fl
         tolerance = _non_negative("tolerance", tolerance)
     texel_mask = passes.texel_mask
     size = texel_mask.shape[0]
-    on_map = np.flatnonzero(texel_mask)
-    points = passes.texel_position.reshape(-1, 3)[on_map].astype(np.float64)  # (N, 3)
-    normals = _unit(passes.texel_normal.reshape(-1, 3)[on_map].astype(np.float64))
+    texels = size * size
     spacing = texel_spacing(passes.texel_position, texel_mask)
-    pixels = np.full((passes.views, size * size, 2), np.nan, np.float32)
-    weights = np.zeros((passes.views, size * size), np.float32)
-    limit = tolerance if tolerance is not None else spacing * TEXEL_TOLERANCE
-    for view in range(passes.views):
-        camera = _ViewPasses.of(passes, view, feather_px)
-        # Chunks keep the float64 temporaries small and reused (no page faults).
-        for start in range(0, len(on_map), _CHUNK):
-            chunk = slice(start, start + _CHUNK)
-            chunk_pixels, chunk_weights = _chunk_weights(camera, points[chunk], normals[chunk], limit,
-                                                         tolerance is None, exponent)
-            pixels[view, on_map[chunk]] = chunk_pixels
-            weights[view, on_map[chunk]] = chunk_weights
+    kernel = _WeightKernel(passes, feather_px, exponent,
+                           tolerance if tolerance is not None else spacing * TEXEL_TOLERANCE, tolerance is None)
+    pixels = np.empty((passes.views, texels, 2), np.float32)
+    weights = np.empty((passes.views, texels), np.float32)
+    positions = passes.texel_position.reshape(texels, 3)
+    normals = passes.texel_normal.reshape(texels, 3)
+    on_map = texel_mask.reshape(texels)
+    block = max(1, _BLOCK_SAMPLES // passes.views)
+    for start in range(0, texels, block):
+        span = slice(start, min(start + block, texels))
+        kernel.run(positions[span], normals[span], on_map[span], pixels[:, span], weights[:, span])
     return BakeWeights(pixels.reshape(passes.views, size, size, 2), weights.reshape(passes.views, size, size),
                        texel_mask.copy(), (passes.height, passes.width))
 
 
-_CHUNK = 1 << 16  # texels per chunk in gather_weights
+# (texel, view) samples per block of gather_weights: large enough that numpy's per-call
+# overhead is small, small enough that the float64 temporaries stay in the CPU caches.
+_BLOCK_SAMPLES = 1 << 15
 
 
 def _non_negative(name: str, value) -> float:
@@ -217,77 +217,171 @@ def texel_spacing(texel_position: np.ndarray, texel_mask: np.ndarray) -> float:
 
 def _pixel_footprint(depth: np.ndarray, projection: np.ndarray, width: int, height: int) -> np.ndarray:
     """World size of one pixel (the larger of its two sides) at planar ``depth``."""
-    per_unit_depth = max(2.0 / (abs(projection[0, 0]) * width), 2.0 / (abs(projection[1, 1]) * height))
+    per_unit_depth = _footprint_per_unit_depth(projection, width, height)
     if geometry.is_orthographic(projection):
         return np.full_like(depth, per_unit_depth)
     return per_unit_depth * np.abs(depth)
 
 
-@dataclass
-class _ViewPasses:
-    """One view's camera and flattened passes, as the per-chunk weight code needs them."""
-
-    world_to_camera: np.ndarray  # (4, 4) float64
-    projection: np.ndarray  # (4, 4) float64
-    width: int
-    height: int
-    mask: np.ndarray  # (H*W,) bool
-    position: np.ndarray  # (H*W, 3) float32
-    feather: np.ndarray  # (H*W,) float32
-    towards_camera: np.ndarray | None  # (3,) for orthographic views (parallel rays)
-    camera: np.ndarray  # (3,) camera position
-
-    @classmethod
-    def of(cls, passes: Passes, view: int, feather_px: float) -> "_ViewPasses":
-        world_to_camera = passes.world_to_camera[view].astype(np.float64)
-        projection = passes.projection[view].astype(np.float64)
-        camera_to_world = np.linalg.inv(world_to_camera)
-        towards = _unit(camera_to_world[None, :3, 2])[0] if geometry.is_orthographic(projection) else None
-        feather = feather_map(passes.depth[view], passes.mask[view], projection, feather_px)
-        return cls(world_to_camera, projection, passes.width, passes.height, passes.mask[view].reshape(-1),
-                   passes.position[view].reshape(-1, 3), feather.reshape(-1), towards, camera_to_world[:3, 3])
+def _footprint_per_unit_depth(projection: np.ndarray, width: int, height: int) -> float:
+    return max(2.0 / (abs(projection[0, 0]) * width), 2.0 / (abs(projection[1, 1]) * height))
 
 
-def _chunk_weights(view: _ViewPasses, points: np.ndarray, normals: np.ndarray, limit: float,
-                   add_pixel_footprint: bool, exponent: float):
-    """Pixel coordinates (N, 2) float32 and weights (N,) float32 of texels in one view.
+# Rows of the per-texel feature matrix _WeightKernel multiplies the view matrices with.
+_FEATURES = 9  # x, y, z, 1, nx, ny, nz, n.p, |p|^2
+# Rows of its result, each (V, N): pixel column * w, pixel row * w, clip w, planar depth,
+# n.(camera - p) (orthographic: n.towards camera), |camera - p|^2 (orthographic: 1).
+_COL_W, _ROW_W, _CLIP_W, _DEPTH, _FACING, _DISTANCE2 = range(6)
 
-    ``limit``: the visibility tolerance, plus PIXEL_TOLERANCE pixel footprints at each
-    texel's depth when ``add_pixel_footprint``. Cheap tests run first so the costly
-    gathers only touch texels that can still be visible.
+
+class _WeightKernel:
+    """Pixel coordinates and weights of blocks of texels in all views at once.
+
+    Everything linear in a texel's position and normal -- the projection (as pixel
+    coordinates times clip w), the planar depth, n.(camera - p) and |camera - p|^2 --
+    comes out of one matrix product ``(6V, 9) @ (9, N)`` per block; the divisions,
+    bound checks and cosines run on (V, N) arrays, and only samples that land in a view
+    and face it reach the gathers of the feather and the position pass. Pixel
+    coordinates, depths and the visibility test stay float64 (a texel's nearest pixel
+    and visibility are exactly today's decisions); weights are float32.
     """
-    width, height = view.width, view.height
-    pixels, depth, in_front = geometry.project(points, view.world_to_camera, view.projection, width, height)
-    cols, rows = pixels[:, 0], pixels[:, 1]
-    with np.errstate(invalid="ignore"):  # NaN pixels (no projection) compare False
-        inside = in_front & (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
-    landed = np.flatnonzero(inside)
-    facing = _facing(view, np.take(normals, landed, axis=0), np.take(points, landed, axis=0))
-    landed, facing = landed[facing > 0], facing[facing > 0]
-    # Non-negative coordinates: truncation is floor, the index of the nearest pixel.
-    pixel_index = rows[landed].astype(np.int64) * width + cols[landed].astype(np.int64)
-    on_target = view.mask[pixel_index]
-    landed, facing, pixel_index = landed[on_target], facing[on_target], pixel_index[on_target]
-    # Occlusion: the view must see this very point, not a surface in front of it.
-    gap = np.take(view.position, pixel_index, axis=0) - np.take(points, landed, axis=0)
-    gap = np.sqrt(np.einsum("ij,ij->i", gap, gap))
-    if add_pixel_footprint:
-        limit = limit + PIXEL_TOLERANCE * _pixel_footprint(depth[landed], view.projection, width, height)
-    visible = gap < limit
-    landed, facing, pixel_index = landed[visible], facing[visible], pixel_index[visible]
-    weights = np.zeros(len(points), np.float32)
-    weights[landed] = facing ** exponent * view.feather[pixel_index]
-    return pixels.astype(np.float32), weights
+
+    def __init__(self, passes: Passes, feather_px: float, exponent: float, limit: float,
+                 add_pixel_footprint: bool) -> None:
+        self.views, self.height, self.width = passes.views, passes.height, passes.width
+        self.exponent, self.limit, self.add_pixel_footprint = exponent, limit, add_pixel_footprint
+        views = self.views
+        matrix = np.zeros((6, views, _FEATURES))
+        self.footprint = np.empty(views)  # pixel footprint per unit depth (orthographic: the footprint)
+        self.orthographic = np.zeros(views, bool)
+        feathers = []
+        for view in range(views):
+            world_to_camera = passes.world_to_camera[view].astype(np.float64)
+            projection = passes.projection[view].astype(np.float64)
+            clip = projection @ world_to_camera
+            # Pixel [col, row] = ((x/w + 1) W/2, (1 - y/w) H/2) = (W/2 (x + w), H/2 (w - y)) / w.
+            matrix[_COL_W, view, :4] = 0.5 * self.width * (clip[0] + clip[3])
+            matrix[_ROW_W, view, :4] = 0.5 * self.height * (clip[3] - clip[1])
+            matrix[_CLIP_W, view, :4] = clip[3]
+            matrix[_DEPTH, view, :4] = -world_to_camera[2]
+            camera_to_world = np.linalg.inv(world_to_camera)
+            self.footprint[view] = _footprint_per_unit_depth(projection, self.width, self.height)
+            if geometry.is_orthographic(projection):
+                self.orthographic[view] = True
+                matrix[_FACING, view, 4:7] = _unit(camera_to_world[None, :3, 2])[0]
+                matrix[_DISTANCE2, view, 3] = 1.0
+            else:
+                camera = camera_to_world[:3, 3]
+                matrix[_FACING, view, 4:8] = (*camera, -1.0)  # n.c - n.p
+                matrix[_DISTANCE2, view, :4] = (*(-2.0 * camera), camera @ camera)  # |p|^2 - 2 c.p + |c|^2
+                matrix[_DISTANCE2, view, 8] = 1.0
+            feathers.append(feather_map(passes.depth[view], passes.mask[view], projection, feather_px))
+        self.matrix = matrix  # (6, V, 9)
+        self.feather = np.stack(feathers).reshape(-1)  # (V*H*W,) float32, 0 off the mask
+        self.position = passes.position.reshape(-1, 3)  # (V*H*W, 3) float32
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def run(self, positions: np.ndarray, normals: np.ndarray, on_map: np.ndarray, pixels_out: np.ndarray,
+            weights_out: np.ndarray) -> None:
+        """One block: positions, normals (N, 3) float32 texel maps, on_map (N,) bool ->
+        pixels_out (V, N, 2) float32 (NaN off the map or with no projection) and
+        weights_out (V, N) float32, written in place."""
+        count = len(on_map)
+        views = self.views
+        points = positions.astype(np.float64)
+        with np.errstate(all="ignore"):  # off-map texels may hold anything; they are discarded
+            # |p|^2 and |n|^2 of float32 vectors cannot overflow float64: finite iff p, n are.
+            squared_norms = np.einsum("ij,ij->i", points, points)
+            units = normals.astype(np.float64)
+            normal_norms = np.sqrt(np.einsum("ij,ij->i", units, units))
+            for name, norms in (("texel_position", squared_norms), ("texel_normal", normal_norms)):
+                finite = np.isfinite(norms)
+                if not (finite.all() or finite[on_map].all()):
+                    _fail(name, "contains NaN or inf on texel_mask texels")
+            units /= np.where(normal_norms > 0, normal_norms, 1.0)[:, None]  # as _unit
+            # Reused buffers: fresh (V, N) temporaries every block cost page faults.
+            features = self._buffer("features", (_FEATURES, count))
+            features[0:3] = points.T
+            features[3] = 1.0
+            features[4:7] = units.T
+            np.einsum("ij,ij->i", units, points, out=features[7])
+            features[8] = squared_norms
+            # One small product per row group: each stays under OpenBLAS's threading
+            # threshold, so no thread hand-offs (slow on a busy machine) per block.
+            linear = np.matmul(self.matrix, features, out=self._buffer("linear", (6, views, count)))
+            clip_w = linear[_CLIP_W]
+            clip_w[clip_w <= 0] = np.nan  # behind a perspective camera: no projection
+            cols = np.divide(linear[_COL_W], clip_w, out=self._buffer("cols", (views, count)))
+            rows = np.divide(linear[_ROW_W], clip_w, out=self._buffer("rows", (views, count)))
+            if not on_map.all():
+                cols[:, ~on_map] = np.nan
+                rows[:, ~on_map] = np.nan
+            pixels_out[..., 0] = cols
+            pixels_out[..., 1] = rows
+            depth = linear[_DEPTH]
+            # NaN coordinates compare False: no projection, or off the map.
+            candidate = np.greater(depth, 0, out=self._buffer("candidate", (views, count), bool))
+            for test in (np.greater(linear[_FACING], 0), cols >= 0, cols < self.width, rows >= 0,
+                         rows < self.height):
+                candidate &= test
+            samples = np.flatnonzero(candidate)  # into (V, N)
+            block_weights = self._buffer("weights", (views, count), np.float32)
+            block_weights[...] = 0.0
+            if samples.size:
+                self._visible_weights(samples, cols, rows, depth, linear, points, count, block_weights)
+            weights_out[...] = block_weights
+
+    def _buffer(self, name: str, shape: tuple, dtype=np.float64) -> np.ndarray:
+        """A contiguous scratch array of ``shape``, reusing the memory of earlier blocks."""
+        size = math.prod(shape)
+        store = self._buffers.get(name)
+        if store is None or store.size < size:
+            store = self._buffers[name] = np.empty(size, dtype)
+        return store[:size].reshape(shape)
+
+    def _visible_weights(self, samples, cols, rows, depth, linear, points, count, weights_out) -> None:
+        """Weights of the candidate samples (flat indices into (V, N)) into the contiguous
+        (V, N) float32 ``weights_out``."""
+        view = samples // count
+        # Non-negative coordinates: truncation is floor, the index of the nearest pixel.
+        pixel = (view * self.height + rows.reshape(-1)[samples].astype(np.int64)) * self.width \
+            + cols.reshape(-1)[samples].astype(np.int64)
+        # The feather is 0 off the target mask and next to depth jumps: those samples get
+        # weight 0 whatever their visibility, so only the rest are tested for occlusion.
+        feather = self.feather[pixel]
+        keep = np.flatnonzero(feather)
+        samples, pixel, feather = samples[keep], pixel[keep], feather[keep]
+        view, texel = np.divmod(samples, count)
+        # Occlusion: the view must see this very point, not a surface in front of it.
+        gap = np.take(self.position, pixel, axis=0) - np.take(points, texel, axis=0)
+        gap = np.sqrt(np.einsum("ij,ij->i", gap, gap))
+        limit = self.limit
+        if self.add_pixel_footprint:
+            sample_depth = np.abs(depth.reshape(-1)[samples])
+            if self.orthographic.any():
+                sample_depth[self.orthographic[view]] = 1.0
+            limit = limit + PIXEL_TOLERANCE * (self.footprint[view] * sample_depth)
+        visible = np.flatnonzero(gap < limit)
+        samples, feather = samples[visible], feather[visible]
+        numerator = linear[_FACING].reshape(-1)[samples]
+        distance = np.sqrt(np.maximum(linear[_DISTANCE2].reshape(-1)[samples], 0.0))
+        facing = numerator / np.maximum(distance, 1e-300)
+        weights_out.reshape(-1)[samples] = _power(facing, self.exponent) * feather
 
 
-def _facing(view: _ViewPasses, normals: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """cos(theta) (N,) between unit normals (N, 3) and the direction from points (N, 3)
-    to the camera (the camera's +Z axis for an orthographic view: parallel rays)."""
-    if view.towards_camera is not None:
-        return normals @ view.towards_camera
-    towards = view.camera - points
-    length = np.sqrt(np.einsum("ij,ij->i", towards, towards))
-    return np.einsum("ij,ij->i", normals, towards) / np.maximum(length, 1e-300)
+def _power(values: np.ndarray, exponent: float) -> np.ndarray:
+    """values ** exponent; small whole exponents by repeated squaring (several times
+    faster than the general pow, equal to within a few float64 ulps)."""
+    if exponent != int(exponent) or exponent > 64:
+        return values ** exponent
+    result, base, remaining = np.ones_like(values), values, int(exponent)
+    while remaining:
+        if remaining & 1:
+            result = result * base
+        remaining >>= 1
+        if remaining:
+            base = base * base
+    return result
 
 
 def feather_map(depth: np.ndarray, mask: np.ndarray, projection: np.ndarray, feather_px: float) -> np.ndarray:
@@ -301,7 +395,9 @@ def feather_map(depth: np.ndarray, mask: np.ndarray, projection: np.ndarray, fea
     colour leaks into the bake.
     """
     good = mask & ~depth_edges(depth, mask, projection)
-    distance = ndimage.distance_transform_edt(np.pad(good, 1))[1:-1, 1:-1]
+    # Exact Euclidean distance transform (OpenCV's precise mask), several times faster
+    # than scipy's; the padding ring of 0s makes the image border an edge.
+    distance = cv2.distanceTransform(np.pad(good, 1).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     ramp = (distance - math.sqrt(2.0)) / max(feather_px, 1e-6)
     return np.clip(ramp, 0.0, 1.0).astype(np.float32)
 

@@ -237,6 +237,94 @@ def test_render_looks_up_texel_centres_with_v_up():
     np.testing.assert_allclose(corner[0, 0, 0], texture[3, 0])
 
 
+# ------------------------------------------------------- weights against a plain reference
+
+
+def reference_weights(passes, exponent=4.0, feather_px=3.0, tolerance=None):
+    """gather_weights written the plainest way: one view and one on-map texel array at a
+    time, float64 throughout, scipy's distance transform for the feather -> (pixels
+    (V, T, T, 2), weights (V, T, T))."""
+    size = passes.texel_mask.shape[0]
+    on_map = passes.texel_mask.reshape(-1)
+    points = passes.texel_position.reshape(-1, 3)[on_map].astype(np.float64)
+    normals = passes.texel_normal.reshape(-1, 3)[on_map].astype(np.float64)
+    lengths = np.linalg.norm(normals, axis=1, keepdims=True)
+    normals = normals / np.where(lengths > 0, lengths, 1.0)
+    spacing = bake.texel_spacing(passes.texel_position, passes.texel_mask)
+    pixels = np.full((passes.views, size * size, 2), np.nan)
+    weights = np.zeros((passes.views, size * size))
+    for view in range(passes.views):
+        world_to_camera = passes.world_to_camera[view].astype(np.float64)
+        projection = passes.projection[view].astype(np.float64)
+        projected, depth, in_front = geometry.project(points, world_to_camera, projection, SIZE, SIZE)
+        pixels[view, on_map] = projected
+        cols, rows = projected[:, 0], projected[:, 1]
+        with np.errstate(invalid="ignore"):
+            inside = in_front & (cols >= 0) & (cols < SIZE) & (rows >= 0) & (rows < SIZE)
+        index = np.where(inside, np.floor(np.nan_to_num(rows)) * SIZE + np.floor(np.nan_to_num(cols)), 0).astype(int)
+        camera = np.linalg.inv(world_to_camera)[:3, 3]
+        towards = camera - points
+        facing = (normals * towards).sum(axis=1) / np.linalg.norm(towards, axis=1)
+        good = passes.mask[view] & ~bake.depth_edges(passes.depth[view], passes.mask[view], projection)
+        distance = ndimage.distance_transform_edt(np.pad(good, 1))[1:-1, 1:-1]
+        feather = np.clip((distance - math.sqrt(2)) / feather_px, 0, 1).reshape(-1)
+        gap = np.linalg.norm(passes.position[view].reshape(-1, 3)[index] - points, axis=1)
+        footprint = max(2 / (abs(projection[0, 0]) * SIZE), 2 / (abs(projection[1, 1]) * SIZE)) * np.abs(depth)
+        limit = tolerance if tolerance is not None else 3 * spacing + 3 * footprint
+        visible = inside & (facing > 0) & passes.mask[view].reshape(-1)[index] & (gap < limit)
+        weights[view, on_map] = np.where(visible, np.clip(facing, 0, None) ** exponent * feather[index], 0.0)
+    return pixels.reshape(passes.views, size, size, 2), weights.reshape(passes.views, size, size)
+
+
+def islands_of(passes):
+    """The sphere scene with a texel mask of a few islands and garbage (NaN, huge values)
+    in the texels off them, which gather_weights must ignore."""
+    rows, cols = np.indices(passes.texel_mask.shape)
+    islands = ((rows // 16 + cols // 16) % 3 != 0) & (rows > 3)
+    position = passes.texel_position.copy()
+    position[~islands] = np.float32(np.nan)
+    position[0, :5] = np.float32(3e38)
+    normal = passes.texel_normal.copy()
+    normal[~islands] = np.float32(np.inf)
+    return dataclasses.replace(passes, texel_mask=islands, texel_position=position, texel_normal=normal)
+
+
+def lifted_off(passes):
+    """The sphere's texels lifted off the surface along their normals by 0 .. 0.35 (about
+    twice the default tolerance) across the columns: visibility then hangs on the
+    tolerance, and the flipped normals of half the columns face inwards (only the
+    position pass keeps their far side hidden)."""
+    columns = np.arange(passes.texel_mask.shape[1])
+    lift = (0.35 * columns / columns[-1]).astype(np.float32)[None, :, None]
+    normal = np.where((columns % 2 == 0)[None, :, None], passes.texel_normal, -passes.texel_normal)
+    return dataclasses.replace(passes, texel_position=passes.texel_position + lift * passes.texel_normal,
+                               texel_normal=normal.astype(np.float32))
+
+
+@pytest.mark.parametrize("blocks", ["one block", "many blocks"])
+@pytest.mark.parametrize("options", [{}, {"exponent": 2.5, "feather_px": 1.5}, {"exponent": 0.0, "tolerance": 0.05}],
+                         ids=["defaults", "fractional exponent", "fixed tolerance"])
+def test_weights_equal_a_plain_reference(passes, monkeypatch, blocks, options):
+    if blocks == "many blocks":  # several blocks and a short last one
+        monkeypatch.setattr(bake, "_BLOCK_SAMPLES", VIEWS * 1000)
+    for case in (passes, islands_of(passes), lifted_off(passes)):
+        fast = bake.gather_weights(case, **options)
+        pixels, weights = reference_weights(case, **options)
+        assert (fast.weights > 0).sum() > 500  # enough visible samples to mean something
+        np.testing.assert_array_equal(fast.weights > 0, weights > 0)  # the same samples are visible
+        np.testing.assert_allclose(fast.weights, weights, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(np.isnan(fast.pixels), np.isnan(pixels))
+        np.testing.assert_allclose(fast.pixels, pixels, rtol=1e-6, atol=1e-4)
+
+
+def test_a_non_finite_texel_on_the_map_names_the_array(passes):
+    for name in ("texel_position", "texel_normal"):
+        broken = getattr(passes, name).copy()
+        broken[TEXELS // 2, TEXELS - 1, 2] = np.inf
+        with pytest.raises(ValueError, match=rf"^{name}: contains NaN or inf on texel_mask texels"):
+            bake.gather_weights(dataclasses.replace(passes, **{name: broken}))
+
+
 # ------------------------------------------------------------------------------- errors
 
 
