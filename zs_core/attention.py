@@ -11,7 +11,8 @@ Modes (:data:`MODES`, protocol's ``ATTENTION_MODES``):
 - ``self``: the stock processor (``AttnProcessor2_0``).
 - ``extended``: every view attends to the keys/values of all V views of its group.
 - ``neighbors``: view i attends to views i-1, i, i+1 on the camera ring plus a
-  ``reference`` view whose keys carry weight ``reference_weight`` (a log-weight logit bias).
+  ``reference`` view whose keys carry weight ``reference_weight`` (a log-weight logit bias)
+  in every other view, ring neighbours of the reference included; own keys keep weight 1.
 - ``keyframes``: ``policy`` ``first`` (frame 0), ``first_previous`` (frames 0 and i-1),
   ``middle`` (frame V//2), or explicit ``anchors`` (those frames plus the frame itself).
 - ``tma``: ZS2 temporal momentum, K''_i = mu K''_(i-1) + (1-mu) K_i (and the same for V),
@@ -91,17 +92,20 @@ def deduplicated_bias(sources: torch.Tensor, bias: torch.Tensor) -> torch.Tensor
 
 
 def neighbor_sources(views: int, reference: int, reference_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sources ``(V, 4)`` = ring neighbours i-1, i, i+1 and the reference, with bias ``(V, 4)``.
+    """Sources ``(V, 4)`` = view i itself, the reference, ring neighbours i-1 and i+1, with
+    bias ``(V, 4)``.
 
-    The reference slot's bias is log(w) (-inf for w = 0); when the reference is already a
-    ring neighbour it is masked, so that view keeps weight 1.
+    The reference slot's bias is log(w) (-inf for w = 0). The slots are ordered so that
+    :func:`deduplicated_bias` keeps the right one: the reference's keys get weight w in
+    every other view, also where the reference is a ring neighbour (the neighbour slot is
+    masked); a view's own keys always keep weight 1, also in the reference view itself
+    (w = 0 must not leave it without its own keys).
     """
     index = torch.arange(views)
-    ring = torch.stack([(index - 1) % views, index, (index + 1) % views], dim=1)
-    sources = torch.cat([ring, torch.full((views, 1), reference)], dim=1)
-    log_weight = math.log(reference_weight) if reference_weight > 0 else -math.inf
+    sources = torch.stack([index, torch.full((views,), reference), (index - 1) % views, (index + 1) % views],
+                          dim=1)
     bias = torch.zeros(views, 4)
-    bias[:, 3] = log_weight
+    bias[:, 1] = math.log(reference_weight) if reference_weight > 0 else -math.inf
     return sources, deduplicated_bias(sources, bias)
 
 

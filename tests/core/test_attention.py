@@ -77,12 +77,14 @@ def oracle(attn: Attention, hidden: torch.Tensor, views: int, weights) -> torch.
 
 
 def neighbor_weights(views: int, reference: int, weight: float) -> list[list[float]]:
+    """docs/methods.md, written out: ring neighbours weight 1, the reference ``weight`` in
+    every other view (a ring neighbour too), a view's own keys weight 1."""
     weights = [[0.0] * views for _ in range(views)]
     for i in range(views):
-        if weight > 0:
-            weights[i][reference] = weight
-        for j in (i - 1, i, i + 1):
-            weights[i][j % views] = 1.0  # a ring neighbour keeps weight 1, also if it is the reference
+        for j in (i - 1, i + 1):
+            weights[i][j % views] = 1.0
+        weights[i][reference] = weight
+        weights[i][i] = 1.0
     return weights
 
 
@@ -268,11 +270,27 @@ def test_the_keyframe_itself_is_unchanged(tiny, policy, frame):
         assert torch.allclose(actual[index], expected[index], atol=ATOL)
 
 
-def test_neighbors_without_reference_on_three_views_is_extended(tiny):
+def test_neighbors_with_reference_weight_one_on_three_views_is_extended(tiny):
     latents, text = cfg_inputs(3)
     extended = unet_eps(tiny.unet, latents, text, "extended", views=3)
-    neighbors = unet_eps(tiny.unet, latents, text, "neighbors", views=3, reference_weight=0.0)
+    neighbors = unet_eps(tiny.unet, latents, text, "neighbors", views=3, reference_weight=1.0)
     assert torch.allclose(neighbors, extended, atol=ATOL)
+
+
+@pytest.mark.parametrize("weight", [0.0, 3.0])
+def test_a_reference_that_is_a_ring_neighbour_gets_the_reference_weight(tiny, weight):
+    # Three views: everyone is everyone's ring neighbour, so the weight is all that moves them.
+    attn = first_self_attention(tiny)
+    hidden = hidden_states(2 * 3)
+    weighted = attention.processor_for("neighbors", views=3, reference=0, reference_weight=weight)
+    with torch.inference_mode():
+        extended = attention.processor_for("extended", views=3)(attn, hidden)
+        actual = weighted(attn, hidden)
+        expected = oracle(attn, hidden, 3, [[1.0, 1.0, 1.0], [weight, 1.0, 1.0], [weight, 1.0, 1.0]])
+    assert torch.allclose(actual, expected, atol=ATOL)
+    for half in (0, 3):  # the reference itself keeps its own keys at weight 1; the others do not
+        assert torch.allclose(actual[half], extended[half], atol=ATOL)
+        assert not torch.allclose(actual[half + 1], extended[half + 1], atol=1e-4)
 
 
 @pytest.mark.parametrize("mode,params", [
