@@ -2,7 +2,7 @@
 
 8 views of 512 x 512 of a unit sphere (analytic ray casting, equirectangular UV) seen by
 cameras on a ring; the sphere covers ~40 % of each view. Times ``noise.surface`` (best of
-a few runs after a warm-up) against ``torch.randn((8, 4, 64, 64))``; target: < 50 ms.
+a few runs after a warm-up) against ``torch.randn((8, 4, 64, 64))``; target: <= 100 ms.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from zs_core import noise
 
 VIEWS, SIZE, CHANNELS, FACTOR = 8, 512, 4, 8
 COVERAGE = 0.4  # fraction of each view covered by the sphere
-TARGET_SECONDS = 0.05
+TARGET_SECONDS = 0.1  # issue 16: surface noise for 8 x 512^2 stays within 100 ms
 
 
 def ring_camera(index: int, views: int, distance: float, elevation_deg: float) -> tuple[np.ndarray, np.ndarray]:

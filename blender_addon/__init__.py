@@ -28,8 +28,8 @@ def _gather() -> tuple:
     """The classes to register, in dependency order (a PropertyGroup before what points to it)."""
     from . import operators, preferences, properties, ui, ui_passes, zs_passes
 
-    return (*preferences.classes, *properties.classes, *zs_passes.classes, *operators.classes, *ui.classes,
-            *ui_passes.classes)
+    return (*preferences.classes, *properties.classes, *zs_passes.classes, *operators.classes, *ui.lists,
+            *ui.classes, *ui_passes.classes)
 
 
 def register() -> None:

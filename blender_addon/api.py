@@ -14,7 +14,14 @@ Cycles -> sample, with an injected ``sampler`` callable (the ``zs`` command runs
 in-process this way, so this module never imports torch) or on a ZS server over HTTP
 (``token``: the server's token; default ``ZS_TOKEN``) -> apply: new materials, or the
 frames as a new image sequence. The settings have one field per parameter of the wire
-format's table (see :mod:`.settings`).
+format's table (see :mod:`.settings`): ``model``, ``loras`` ("NAME[:WEIGHT]" entries joined
+by "|", ``protocol.format_loras``), ``ip_adapter`` and ``reference_strength`` among them.
+``reference_image`` (a Blender image, an image file's path or an (H, W, 3) array in
+[0, 1]) is the look every view or frame is steered towards (IP-Adapter); its pixels
+travel with the passes (see :mod:`.reference_image`).
+
+    api.texture(["Suzanne"], settings=api.TextureSettings(prompt="bronze", model="sdxl-base",
+                loras="patina.safetensors:0.7"), reference_image=bpy.data.images["Look"], token=TOKEN)
 
 Undo: these functions push no undo step. A script run from Blender's Text Editor
 (``text.run_script``) is one undo step with all it did; a ``blender -b`` run has no undo
@@ -62,7 +69,7 @@ class TextureResult:
 def texture(objects: Sequence, cameras: Sequence | None = None, settings: TextureSettings | None = None, *,
             server: str | None = None, token: str | None = None, sampler: Sampler | None = None,
             progress: Progress | None = None, out_dir=None, image_folder=None, name: str = "ZS Texture",
-            scene=None, stop: threading.Event | None = None) -> TextureResult:
+            scene=None, stop: threading.Event | None = None, reference_image=None) -> TextureResult:
     """Texture ``objects`` (mesh objects or their names) seen by ``cameras`` (None: a new
     orbit rig of ``settings.views`` cameras) -> :class:`TextureResult`.
 
@@ -72,12 +79,13 @@ def texture(objects: Sequence, cameras: Sequence | None = None, settings: Textur
     outputs (default: a new temporary folder); ``image_folder`` is where the texture PNG
     goes (see :func:`apply.apply_texture`). Every check runs before the scene is changed;
     errors are CaptureError, ProtocolError or ServerError naming what is wrong; ``stop``
-    (set from another thread) or Ctrl+C cancels the server's job.
+    (set from another thread) or Ctrl+C cancels the server's job. ``reference_image``: see
+    the module.
     """
     generation = TextureGeneration(scene or bpy.context.scene, settings or TextureSettings(),
                                    resolve_objects(objects, "texture"), cameras,
                                    image_folder=image_folder, name=name, out_dir=out_dir, progress=progress,
-                                   **backend(sampler, server, token))
+                                   reference_image=reference_image, **backend(sampler, server, token))
     materials, image = generation.run(stop)
     return TextureResult(materials=materials, image=image, texture_path=generation.out_dir / protocol.TEXTURE_PNG,
                          metrics=generation.metrics, out_dir=generation.out_dir, cameras=generation.cameras,
@@ -113,7 +121,7 @@ class AnimationResult:
 def animate(camera=None, objects=None, frames=None, settings: AnimationSettings | None = None, *,
             server: str | None = None, token: str | None = None, sampler: Sampler | None = None,
             progress: Progress | None = None, out_dir=None, name: str = "ZS Animation", scene=None,
-            stop: threading.Event | None = None) -> AnimationResult:
+            stop: threading.Event | None = None, reference_image=None) -> AnimationResult:
     """Re-style the shot of ``camera`` (an object or its name; None: the scene's camera)
     over ``frames`` (None: the scene's range; ``"1-48"``, a range or ``(first, last)``)
     -> :class:`AnimationResult`.
@@ -125,12 +133,13 @@ def animate(camera=None, objects=None, frames=None, settings: AnimationSettings 
     temporary folder). The frames come back as a new image sequence, shown as a new
     background image of the camera and a new Video Sequencer strip at the first frame.
     Every check (frames inside the scene's range, the camera, UV maps where surface noise
-    or UV sync need them, settings, server and token) runs before anything renders.
+    or UV sync need them, settings, server and token, the reference image) runs before
+    anything renders.
     """
     generation = AnimationGeneration(scene or bpy.context.scene, settings or AnimationSettings(), camera,
                                      None if objects is None else resolve_objects(objects, "animate"),
                                      frames, name=name, out_dir=out_dir, progress=progress,
-                                     **backend(sampler, server, token))
+                                     reference_image=reference_image, **backend(sampler, server, token))
     loaded = generation.run(stop)
     shot = generation.shot
     return AnimationResult(image=loaded.image, background=loaded.background, strip=loaded.strip,

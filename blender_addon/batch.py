@@ -18,7 +18,10 @@ background image and a Video Sequencer strip from the first frame.
 With ``passes_only`` both stop after the capture and write ``passes.npz`` and
 ``request.json`` (a bundle to sample later without Blender). Settings are the names of
 the wire format's parameter table (``protocol.PARAMETERS``); the flags of :func:`main` and
-:func:`animate_main` are derived from it too.
+:func:`animate_main` are derived from it too (``--model``, ``--lora`` repeatable,
+``--ip-adapter``, ``--reference-strength`` among them). ``reference_image`` (an image
+file; the flag ``--reference-image``) is the look every view or frame is steered towards;
+its pixels travel with the passes.
 
 Inside Blender (no torch there, so sampling goes to a server), from the repository folder::
 
@@ -50,6 +53,7 @@ from .compat import new_material, object_fcurves
 from .errors import CaptureError
 from .flow import AnimationGeneration, Generation, TextureGeneration
 from .jobs import queue_text
+from .reference_image import read as read_reference
 from .scene_objects import target_objects
 from .wire import protocol
 
@@ -62,21 +66,24 @@ DEMO_OBJECT = "Suzanne"
 
 def texture_blend(blend_path, out_dir, object_names, settings: dict, *, use_scene_cameras: bool = False,
                   passes_only: bool = False, server: str | None = None, token: str | None = None,
-                  sampler: api.Sampler | None = None, progress: api.Progress | None = None) -> dict:
+                  sampler: api.Sampler | None = None, progress: api.Progress | None = None,
+                  reference_image=None) -> dict:
     """Open ``blend_path``, texture ``object_names`` and save the results in ``out_dir`` ->
     a summary dict (paths of the outputs, object, material and image names, cameras,
     metrics). ``settings``: :class:`api.TextureSettings` fields (prompt, steps, seed, views,
     view_size, texture_size ...); ``use_scene_cameras`` renders every camera of the scene
-    (by name) instead of an orbit rig of ``views`` cameras."""
+    (by name) instead of an orbit rig of ``views`` cameras; ``reference_image``: an image
+    file (or an array) whose look every view is steered towards, read before the file opens."""
     started = time.perf_counter()
     options = api.TextureSettings.from_values(settings)
+    reference = read_reference(reference_image)  # a bad file is named before the .blend opens
     blend_path, out_dir = _open(blend_path, out_dir, TEXTURED_BLEND)
     names = [object_names] if isinstance(object_names, str) else list(object_names or [])
     objects = target_objects(names=names)
     scene = bpy.context.scene
     cameras = _scene_cameras(scene, blend_path) if use_scene_cameras else None
     generation = TextureGeneration(scene, options, objects, cameras, image_folder=out_dir / "zs_textures",
-                                   out_dir=out_dir, progress=progress,
+                                   out_dir=out_dir, progress=progress, reference_image=reference,
                                    **_backend(sampler, server, token, passes_only))
     if passes_only:
         return _bundle(generation, out_dir)
@@ -100,22 +107,25 @@ def texture_blend(blend_path, out_dir, object_names, settings: dict, *, use_scen
 
 def animate_blend(blend_path, out_dir, settings: dict, *, camera: str | None = None, frames=None, objects=None,
                   passes_only: bool = False, server: str | None = None, token: str | None = None,
-                  sampler: api.Sampler | None = None, progress: api.Progress | None = None) -> dict:
+                  sampler: api.Sampler | None = None, progress: api.Progress | None = None,
+                  reference_image=None) -> dict:
     """Open ``blend_path``, re-style the shot of ``camera`` (None: the scene's camera) over
     ``frames`` (``"1-48"``, a range, (first, last) or None for the scene's range) and save
     the results in ``out_dir`` -> a summary dict (paths, names, frames, metrics).
 
     ``objects`` (names; None: every mesh that renders) are the targets whose surface the
     noise and UV sync follow. ``settings``: :class:`api.AnimationSettings` fields (prompt,
-    steps, seed, width, height, noise, attention, chunk, momentum, sync_strength ...)."""
+    steps, seed, width, height, noise, attention, chunk, momentum, sync_strength ...);
+    ``reference_image`` as in :func:`texture_blend`."""
     started = time.perf_counter()
     options = api.AnimationSettings.from_values(settings)
+    reference = read_reference(reference_image)
     blend_path, out_dir = _open(blend_path, out_dir, ANIMATED_BLEND)
     scene = bpy.context.scene
     chosen = None if objects is None else target_objects(names=[objects] if isinstance(objects, str)
                                                          else list(objects))
     generation = AnimationGeneration(scene, options, camera, chosen, frames, out_dir=out_dir, progress=progress,
-                                     **_backend(sampler, server, token, passes_only))
+                                     reference_image=reference, **_backend(sampler, server, token, passes_only))
     if passes_only:
         return _bundle(generation, out_dir)
     loaded = generation.run()
@@ -273,6 +283,8 @@ def _common_arguments(parser: argparse.ArgumentParser, kind: str, objects_help: 
     parser.add_argument("--token", default=None, help="the server's token (default: ZS_TOKEN)")
     parser.add_argument("--passes-only", action="store_true",
                         help="render the passes into OUT/passes.npz (with OUT/request.json) and stop")
+    parser.add_argument("--reference-image", default=None, metavar="IMAGE",
+                        help="an image file whose look every view or frame is steered towards (IP-Adapter)")
     protocol.add_arguments(parser, (kind,))
 
 
@@ -300,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return _run(args, protocol.TEXTURE, lambda blend, values, backend: texture_blend(
         blend, args.out, args.objects, values, use_scene_cameras=args.use_scene_cameras,
-        passes_only=args.passes_only, **backend), print_summary)
+        passes_only=args.passes_only, reference_image=args.reference_image, **backend), print_summary)
 
 
 def animate_main(argv: Sequence[str] | None = None) -> int:
@@ -308,7 +320,7 @@ def animate_main(argv: Sequence[str] | None = None) -> int:
     args = build_animate_parser().parse_args(argv)
     return _run(args, protocol.ANIMATION, lambda blend, values, backend: animate_blend(
         blend, args.out, values, camera=args.camera, frames=args.frames, objects=args.objects,
-        passes_only=args.passes_only, **backend), print_animation_summary)
+        passes_only=args.passes_only, reference_image=args.reference_image, **backend), print_animation_summary)
 
 
 def _run(args, kind: str, work, report) -> int:

@@ -4,9 +4,11 @@
 :class:`AnimationGeneration` re-styles a camera's shot over a frame range. The steps, in
 this order:
 
-    check()    every check (settings, objects, UV maps, cameras or the shot, the server
-               and its token); nothing in the scene changes yet
-    capture()  render the passes (an orbit rig or a Smart UV map may be added first)
+    check()    every check (settings, objects, UV maps, cameras or the shot, the reference
+               image's pixels, the server and its token, the model, LoRA and IP-Adapter
+               names against the server's lists); nothing in the scene changes yet
+    capture()  render the passes (an orbit rig or a Smart UV map may be added first); the
+               reference image's pixels join them
     submit()   start sampling: a server job on a worker thread (:class:`.jobs.RemoteJob`),
                or the injected in-process sampler, which runs to the end
     poll()     the sampling's state; its events go to ``progress``
@@ -31,10 +33,11 @@ from typing import Callable
 
 import bpy
 
-from . import animation, apply, pass_render, rig
+from . import animation, apply, pass_render, rig, server_models
 from .client import Client, ServerError
 from .errors import CaptureError
 from .jobs import FINISHED, RemoteJob
+from .reference_image import read as read_reference
 from .uv_layers import ensure_uv_map
 from .wire import PROTOCOL_VERSION, Passes, ProtocolError, protocol
 
@@ -51,17 +54,21 @@ POLL_INTERVAL = 0.1  # seconds between polls while running to the end
 TEMPORARY_RIG = "ZS Rig (temporary)"
 
 
-def check_server(client: Client) -> dict[str, int]:
+def check_server(client: Client) -> tuple[dict[str, int], server_models.Catalog]:
     """The server answers, speaks this protocol and accepts the token (ServerError
-    otherwise) -> its limits (``max_steps``, ``max_views``, ... ; empty from an older server)."""
+    otherwise) -> (its limits: ``max_steps``, ``max_views``, ... ; empty from an older
+    server, what it offers: models, LoRAs, IP-Adapters). The lists also become the panel's
+    (:func:`server_models.remember`)."""
     quick = Client(client.url, client.token, timeout=min(client.timeout, SERVER_CHECK_TIMEOUT))
     health = quick.health()
     spoken = health.get("protocol")
     if spoken is not None and spoken != PROTOCOL_VERSION:
         raise ServerError(f"the server at {client.url} speaks protocol {spoken}, this add-on {PROTOCOL_VERSION}; "
                           "update the one that is older")
-    quick.models()  # needs the token: a wrong one is a 401 now, not after the render
-    return dict(health.get("limits") or {})
+    # Needs the token: a wrong one is a 401 now, not after the render.
+    catalog = server_models.Catalog.from_answer(quick.models(), client.url, default=str(health.get("model") or ""))
+    server_models.remember(catalog)
+    return dict(health.get("limits") or {}), catalog
 
 
 def check_limits(limits: dict[str, int], request, views: int, width: int, height: int, unit: str) -> None:
@@ -82,6 +89,9 @@ class Generation:
     """The steps both kinds share. ``settings`` is the kind's settings object
     (``api.TextureSettings`` / ``api.AnimationSettings``); sampling runs in ``sampler``
     when given, else on ``client``'s server (neither: only check and capture can run).
+    ``reference_image`` (a Blender image, an image file or an (H, W, 3) array; see
+    :mod:`.reference_image`) steers every view or frame; its pixels are read at
+    :meth:`check`.
     ``out_dir`` receives the job's outputs (None: a new folder); :meth:`close` removes a
     folder it made when the job did not finish, or always with ``temporary_outputs`` (the
     panel keeps only the applied texture). :meth:`close` reverts a Smart UV map capture
@@ -92,7 +102,7 @@ class Generation:
 
     def __init__(self, scene: bpy.types.Scene, settings, *, client: Client | None = None,
                  sampler: Sampler | None = None, progress: Progress | None = None, out_dir=None,
-                 name: str = "ZS Texture", temporary_outputs: bool = False):
+                 name: str = "ZS Texture", temporary_outputs: bool = False, reference_image=None):
         if client is not None and sampler is not None:
             raise CaptureError("give either a sampler or a server, not both")
         self.scene_name = scene.name
@@ -103,6 +113,8 @@ class Generation:
         self.name = name
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.request = None
+        self.reference_source = reference_image
+        self.reference = None  # (H', W', 3) float32 once checked, or None
         self.passes: Passes | None = None
         self.job: RemoteJob | None = None
         self.state = "new"
@@ -126,13 +138,17 @@ class Generation:
         """Every check before the scene changes; raises CaptureError, ProtocolError or
         ServerError naming what is wrong."""
         self.request = self._check_scene()
+        self.reference = read_reference(self.reference_source)
         if self.client is not None:
-            check_limits(check_server(self.client), self.request, *self._size(), unit=self.unit)
+            limits, catalog = check_server(self.client)
+            check_limits(limits, self.request, *self._size(), unit=self.unit)
+            catalog.check(self.request)
         return self
 
     def capture(self) -> Passes:
-        """Render the passes (after :meth:`check`)."""
+        """Render the passes (after :meth:`check`), the reference image's pixels with them."""
         self.passes = self._render(self._rendered)
+        self.passes.reference_image = self.reference
         return self.passes
 
     def submit(self) -> "Generation":

@@ -4,16 +4,18 @@ Main panel: server status (Connect / Start), the mode (Texture / Animation), pro
 and sampling knobs, the views (texture) or the frame range, camera and frame size
 (animation), Generate / Cancel and the job's progress. Sub-panels: Method (noise,
 attention, scheduler, UV sync; for an animation also background noise, anchor frames,
-momentum, chunk size, background and pixel sync), Output (texture size, UV map and
-folder; for an animation the UV map and the frames folder) and Advanced (every other
-parameter of the wire format's table for the mode).
+momentum, chunk size, background and pixel sync), Model (the server's models as a
+dropdown with the chosen one's family, the LoRA list with weights, the reference image with
+its strength and IP-Adapter; names the server lacks or of another family are flagged),
+Output (texture size, UV map and folder; for an animation the UV map and the frames
+folder) and Advanced (every other parameter of the wire format's table for the mode).
 """
 
 from __future__ import annotations
 
 import bpy
 
-from . import animation, properties
+from . import animation, properties, server_models
 from .errors import CaptureError
 from . import jobs
 from .operators import server, server_setup
@@ -111,6 +113,79 @@ class ZS_PT_main(_SidebarPanel, bpy.types.Panel):
             layout.label(text="Live preview: Image Editor > ZS Preview", icon="IMAGE_DATA")
 
 
+class ZS_UL_loras(bpy.types.UIList):
+    """The LoRA list: each entry's name (flagged when the server lacks it or it is for
+    another family than the model) and weight."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_property, *_args):
+        problem = lora_problem(data, item.name)
+        row = layout.row(align=True)
+        row.alert = bool(problem)
+        row.prop(item, "name", text="", emboss=False, icon="ERROR" if problem else "MODIFIER")
+        row.prop(item, "weight", text="")
+
+
+def lora_problem(settings, name: str) -> str:
+    """What is wrong with LoRA ``name`` on the settings' model ("" : nothing known)."""
+    if not name.strip():
+        return "an entry without a name (type one, or remove it) is left out"
+    return server_models.CATALOG.lora_problem(name.strip(), settings.model)
+
+
+class ZS_PT_model(_SubPanel, bpy.types.Panel):
+    """The model, LoRAs and reference image: the dropdowns offer what the server listed at
+    the last Connect."""
+
+    bl_label = "Model"
+
+    def draw(self, context):
+        layout, settings = _settings_layout(self.layout, context)
+        catalog = server_models.CATALOG
+        row = layout.row(align=True)
+        row.prop(settings, "model_choice")
+        row.operator("zs.check_server", text="", icon="FILE_REFRESH")
+        _draw_model_info(layout, catalog, settings.model)
+
+        column = layout.column()
+        column.use_property_split = False
+        column.label(text="LoRAs")
+        row = column.row()
+        row.template_list("ZS_UL_loras", "", settings, "lora_list", settings, "lora_index", rows=2)
+        buttons = row.column(align=True)
+        buttons.operator("zs.lora_add", text="", icon="ADD")
+        buttons.operator("zs.lora_remove", text="", icon="REMOVE")
+        for entry in settings.lora_list:
+            problem = lora_problem(settings, entry.name)
+            if problem:
+                _wrapped(column, problem, icon="ERROR")
+
+        column.label(text="Reference Image")
+        column.template_ID(settings, "reference_image", new="image.new", open="image.open")
+        sub = layout.column()
+        sub.active = settings.reference_image is not None
+        sub.prop(settings, "reference_strength", text="Strength")
+        sub.prop(settings, "ip_adapter_choice")
+        problem = catalog.ip_adapter_problem(settings.ip_adapter, settings.model)
+        if problem:
+            _wrapped(sub, problem, icon="ERROR")
+
+
+def _draw_model_info(layout, catalog: server_models.Catalog, model: str) -> None:
+    """The chosen model's family and details, or why they are unknown."""
+    if catalog.models is None:
+        layout.label(text="Connect to list the server's models", icon="INFO")
+        return
+    problem = catalog.model_problem(model)
+    if problem:
+        _wrapped(layout, problem, icon="ERROR")
+        return
+    offer = catalog.model(model)
+    if offer is None:
+        return
+    text = server_models.family_title(offer.family) if offer.family else "Family not given by the server"
+    layout.label(text=f"{text}; {offer.detail}" if offer.detail else text, icon="INFO")
+
+
 class ZS_PT_method(_SubPanel, bpy.types.Panel):
     bl_label = "Method"
     bl_options = {"DEFAULT_CLOSED"}
@@ -156,13 +231,14 @@ class ZS_PT_output(_SubPanel, bpy.types.Panel):
 
 
 # The parameters the panels above draw by hand, per mode; Advanced draws the table's others.
+MODEL_PARAMETERS = {"model", "loras", "reference_strength", "ip_adapter"}  # the Model panel's
 DRAWN = {
     "TEXTURE": {"prompt", "negative_prompt", "seed", "steps", "guidance_scale", "controlnet_scale", "views",
                 "elevation", "top_view", "view_size", "noise", "attention", "scheduler", "sync_strength",
-                "texture_size", "uv_map", "smart_uv"},
+                "texture_size", "uv_map", "smart_uv", *MODEL_PARAMETERS},
     "ANIMATION": {"prompt", "negative_prompt", "seed", "steps", "guidance_scale", "controlnet_scale", "noise",
                   "background_noise", "attention", "keyframes", "momentum", "chunk", "scheduler", "sync_strength",
-                  "background_sync", "background_uv", "pixel_sync", "uv_map"},
+                  "background_sync", "background_uv", "pixel_sync", "uv_map", *MODEL_PARAMETERS},
 }
 
 
@@ -222,12 +298,14 @@ def _running() -> bool:
     return job is not None and job.alive
 
 
-def _wrapped(layout, text: str, columns: int = 48) -> None:
-    """Long messages (errors) as several labels: a panel does not wrap text."""
+def _wrapped(layout, text: str, columns: int = 48, icon: str = "NONE") -> None:
+    """Long messages (errors) as several labels: a panel does not wrap text. ``icon``
+    marks the first line."""
     import textwrap
 
-    for line in textwrap.wrap(text, columns) or [""]:
-        layout.label(text=line)
+    for index, line in enumerate(textwrap.wrap(text, columns) or [""]):
+        layout.label(text=line, icon=icon if index == 0 else "NONE")
 
 
-classes = (ZS_PT_main, ZS_PT_method, ZS_PT_output, ZS_PT_advanced)
+lists = (ZS_UL_loras,)
+classes = (ZS_PT_main, ZS_PT_model, ZS_PT_method, ZS_PT_output, ZS_PT_advanced)

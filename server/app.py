@@ -2,9 +2,10 @@
 
 Startup (once): make the data dir owner-only, read or create the token, recover the job
 store (re-queue queued jobs, fail the job a previous run left running, quarantine what
-cannot be read), prune old jobs, load the model, start the supervised worker thread.
-Shutdown: stop the worker and end the event streams. Admission control
-(:mod:`.admission`) and the download holds (:mod:`.downloads`) live on the app.
+cannot be read), prune old jobs, load the default model into the cache of loaded models,
+start the supervised worker thread. Shutdown: stop the worker and end the event streams.
+Admission control (:mod:`.admission`), the download holds (:mod:`.downloads`), the list of
+models (:mod:`.model_registry`) and the loaded ones (:mod:`.model_cache`) live on the app.
 """
 
 from __future__ import annotations
@@ -22,21 +23,38 @@ from .admission import Admission
 from .config import Settings
 from .downloads import DownloadHolds
 from .jobs import JobStore, describe_os_error
+from .model_cache import ModelCache, check_files, default_budget, load_entry
+from .model_registry import SETTING, Entry, ModelEntry, ModelRegistry
 from .sse import Notifier
 from .worker import Worker
 
 log = logging.getLogger("zs.server")
 
 
-def load_components(settings: Settings):
+def default_entry(settings: Settings, registry: ModelRegistry) -> ModelEntry:
+    """The default model's entry of the list, its files checked; ModelLoadError naming every
+    missing file (and the ``hf download`` command) when it cannot be loaded."""
     from zs_core import models  # torch and diffusers load here, not on import of the server
 
-    return models.load(settings.default_model, settings.controlnet, device=settings.device)
+    cache_dir = settings.hub_cache or None
+    entry = registry.listing().models.get(settings.default_model)
+    if entry is None:
+        # Not a built-in, a file, a folder nor a cached pipeline. Offline the check raises,
+        # naming every missing file; online, the load at start downloads it: the one download
+        # a server makes (a job never makes one).
+        info = models.check_available(settings.default_model, settings.controlnet, cache_dir=cache_dir)
+        control = info.controlnet
+        return ModelEntry(settings.default_model, info.family, settings.default_model, SETTING,
+                          (Entry(control.name, info.family, control.path or control.name, SETTING),), 0)
+    check_files(entry, cache_dir)
+    return entry
 
 
 def create_app(settings: Settings, components=None) -> FastAPI:
-    """The app for ``settings``. ``components`` (already loaded) skips the model load."""
+    """The app for ``settings``. ``components`` (already loaded: the default model) skips
+    its load."""
     secure_data_dir(settings.data_dir)
+    registry = ModelRegistry(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -52,16 +70,25 @@ def create_app(settings: Settings, components=None) -> FastAPI:
             log.exception("pruning old jobs failed")
         loaded = components
         if loaded is None:
-            log.info("loading model %s (controlnet %s) on %s", settings.default_model, settings.controlnet or "default",
+            entry = await run_in_threadpool(default_entry, settings, registry)
+            log.info("loading model %s (controlnet %s) on %s", entry.name, entry.controlnets[0].name,
                      settings.device)
-            loaded = await run_in_threadpool(load_components, settings)
+            loaded = await run_in_threadpool(load_entry, entry, settings.device, settings.hub_cache or None,
+                                              settings.model_dtype)
+        budget = settings.model_memory_bytes or default_budget(loaded.device)
+        cache = ModelCache(budget)
+        cache.put(settings.default_model, loaded)
         notifier = Notifier(asyncio.get_running_loop())
         store.add_listener(notifier.notify)
-        worker = Worker(store, loaded, settings)
-        app.state.store, app.state.components, app.state.notifier = store, loaded, notifier
+        worker = Worker(store, cache, registry, settings,
+                        lambda entry: load_entry(entry, settings.device, settings.hub_cache or None,
+                                                 settings.model_dtype))
+        app.state.store, app.state.models, app.state.notifier = store, cache, notifier
+        app.state.device = loaded.device
         app.state.worker = worker
         worker.start()
-        log.info("model %s ready on %s; jobs in %s", loaded.name, loaded.device, settings.jobs_dir)
+        log.info("model %s ready on %s (loaded models kept up to %d bytes); jobs in %s", settings.default_model,
+                 loaded.device, budget, settings.jobs_dir)
         try:
             yield
         finally:
@@ -77,7 +104,9 @@ def create_app(settings: Settings, components=None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.token = settings.resolve_token()
-    app.state.components = None
+    app.state.registry = registry
+    app.state.models = None
+    app.state.device = None
     app.state.store = None
     app.state.worker = None
     app.state.admission = Admission(settings)

@@ -17,6 +17,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 TOKEN_FILE = "token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+SWITCHES = ("auto", "on", "off")
 
 
 def default_data_dir() -> Path:
@@ -38,8 +39,17 @@ class Settings:
     # None: read <data_dir>/token, creating it (mode 0600) on first start.
     token: str | None = None
     default_model: str = "tiny"  # for jobs that name no model
-    controlnet: str | None = None
+    controlnet: str | None = None  # the default model's depth ControlNet (None: found as for the others)
     device: str = "auto"
+    # Loaded models are kept in an LRU up to this many bytes of weights (server/model_cache.py);
+    # 0: from the device (CUDA: its memory less headroom for the jobs; CPU: half the RAM).
+    model_memory_bytes: int = 0
+    # The Hugging Face hub cache the model list scans ("": huggingface_hub's, HF_HUB_CACHE).
+    hub_cache: str = ""
+    # How models run (zs_core/memory.py): "auto" chooses from the device's memory per job.
+    dtype: str = "auto"  # auto (fp16 on GPUs, fp32 on the CPU), fp32, fp16 or bf16
+    offload: str = "auto"  # model CPU offload: auto, on or off
+    vae_tiling: str = "auto"  # decode large views in tiles: auto, on or off
 
     # Limits on what one job may ask for; each violation is a 4xx naming the field.
     max_upload_bytes: int = 1024 ** 3
@@ -78,10 +88,28 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
+        for name, allowed in (("dtype", ("auto", "fp32", "fp16", "bf16")), ("offload", SWITCHES),
+                              ("vae_tiling", SWITCHES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    def switch(self, name: str) -> bool | None:
+        """A memory option as the memory plan takes it: None (auto), True or False."""
+        return {"auto": None, "on": True, "off": False}[getattr(self, name)]
+
+    @property
+    def model_dtype(self) -> str | None:
+        """The dtype models are loaded in (None: the device's default)."""
+        return None if self.dtype == "auto" else self.dtype
 
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+    @property
+    def models_dir(self) -> Path:
+        """Models, and loras/, controlnets/, ip_adapters/ beside them (server/model_registry.py)."""
+        return self.data_dir / "models"
 
     @property
     def is_loopback(self) -> bool:

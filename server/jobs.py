@@ -614,6 +614,13 @@ class JobStore:
             waiting = list(self._queue)
         self._notify(job.id, *waiting)  # the queued jobs see the step they wait on
 
+    def log_event(self, job: Job, event_type: str, data: dict) -> None:
+        """Log an event besides steps and states (e.g. a model loading), not fsynced (like a
+        step). Raises OSError when the log cannot be written: the job then fails."""
+        with self._changed:
+            self._log_event_locked(job, event_type, data, sync=False)
+        self._notify(job.id)
+
     def finish(self, job: Job, state: str, *, error: str | None = None, extra: dict | None = None) -> None:
         """Never raises: the state changes in memory (and the event streams hear it); writing
         it to disk is retried by :meth:`flush` when it fails."""

@@ -19,11 +19,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.requests import Request as HttpRequest
 
-from zs_core.protocol import PROTOCOL_VERSION, request_schema
+from zs_core.families import ModelLoadError
+from zs_core.protocol import PROTOCOL_VERSION, Request, request_schema
 
 from . import admission, result_files, sse, uploads
 from .errors import ApiError, ErrorBody, insufficient_storage, is_disk_full
 from .jobs import DONE, PASSES_FILE, RESULT_ZIP, JobConflict, JobNotFound, JobStore
+from .model_cache import check_files
+from .model_registry import Resolved
 
 bearer = HTTPBearer(auto_error=False, description="The token in <data-dir>/token")
 
@@ -60,8 +63,10 @@ class Health(BaseModel):
     version: str
     protocol: int
     device: str
-    model: str
-    model_loaded: bool
+    model: str  # the default model (for jobs that name none)
+    model_loaded: bool  # whether the default model is loaded
+    models_loaded: list[str] = []  # every loaded model, least recently used first
+    model_loading: str | None = None  # the model being loaded now
     queue_length: int
     running: str | None
     # This server's limits, so a client can refuse a job before capturing its passes.
@@ -72,15 +77,28 @@ LIMITS = ("max_steps", "max_views", "max_frames", "max_resolution", "max_texture
 
 
 class ModelInfo(BaseModel):
-    name: str
+    name: str  # what a request's ``model`` names
+    family: str  # sd15, sdxl ("" when the files do not say)
+    source: str  # builtin, folder or file (in <data_dir>/models/), hub (the hub cache), setting (zs serve's)
+    controlnets: list[str]  # the depth ControlNets it can use; the first is the one it loads
+    loaded: bool
+    bytes: int  # its weights: in memory when loaded, else on disk (0: not known)
+    # Kept from the one-model server: the ControlNet it loads, where and in what precision.
     controlnet: str
     device: str
-    dtype: str
-    loaded: bool
+    dtype: str | None  # once loaded
+
+
+class AdapterInfo(BaseModel):
+    name: str  # what a request's ``loras`` entries / ``ip_adapter`` name
+    family: str  # the model family it fits ("" when the file does not say)
 
 
 class ModelList(BaseModel):
+    default: str  # the model of jobs that name none
     models: list[ModelInfo]
+    loras: list[AdapterInfo]
+    ip_adapters: list[AdapterInfo]
 
 
 class Accepted(BaseModel):
@@ -151,13 +169,16 @@ def _job_or_404(store: JobStore, job_id: str):
 async def health(request: HttpRequest) -> Health:
     """Liveness and what is loaded. The one route that needs no token."""
     state = _state(request)
-    components = getattr(state, "components", None)
+    cache = getattr(state, "models", None)
     store: JobStore | None = getattr(state, "store", None)
     worker = getattr(state, "worker", None)
     report = worker.health() if worker is not None else {"status": "ok", "reasons": [], "worker": None}
+    loaded = [entry["name"] for entry in cache.loaded()] if cache is not None else []
+    default = state.settings.default_model
     return Health(**report, version=_version(), protocol=PROTOCOL_VERSION,
-                  device=str(components.device) if components is not None else "none",
-                  model=state.settings.default_model, model_loaded=components is not None,
+                  device=str(state.device) if state.device is not None else "none",
+                  model=default, model_loaded=default in loaded, models_loaded=loaded,
+                  model_loading=cache.loading if cache is not None else None,
                   queue_length=store.queue_length() if store else 0,
                   running=store.running_job() if store else None,
                   limits={name: int(getattr(state.settings, name)) for name in LIMITS})
@@ -165,11 +186,26 @@ async def health(request: HttpRequest) -> Health:
 
 @protected.get("/models", response_model=ModelList)
 async def list_models(request: HttpRequest) -> ModelList:
-    """The model this server loaded at start (one per server; restart with --model to change)."""
-    components = _state(request).components
-    return ModelList(models=[ModelInfo(name=components.name, controlnet=components.controlnet_name,
-                                       device=str(components.device), dtype=str(components.dtype).removeprefix("torch."),
-                                       loaded=True)])
+    """What this server can load (server/model_registry.py): the models with their family
+    and depth ControlNets, which are loaded, and the LoRAs and IP-Adapters. A job names
+    entries of these lists and nothing else."""
+    state = _state(request)
+    listing = await run_in_threadpool(state.registry.listing)  # a folder changed: a scan
+    loaded = {entry["name"]: entry["bytes"] for entry in state.models.loaded()}
+    models = []
+    for entry in listing.models.values():
+        components = state.models.get(entry.name)
+        models.append(ModelInfo(
+            name=entry.name, family=entry.family, source=entry.source,
+            controlnets=[controlnet.name for controlnet in entry.controlnets], loaded=entry.name in loaded,
+            bytes=loaded.get(entry.name, entry.bytes),
+            controlnet=components.controlnet_name if components is not None else
+            (entry.controlnets[0].name if entry.controlnets else ""),
+            device=str(state.device),
+            dtype=str(components.dtype).removeprefix("torch.") if components is not None else None))
+    return ModelList(default=listing.default, models=models,
+                     loras=[AdapterInfo(name=e.name, family=e.family) for e in listing.loras.values()],
+                     ip_adapters=[AdapterInfo(name=e.name, family=e.family) for e in listing.ip_adapters.values()])
 
 
 _SUBMIT_BODY = {
@@ -200,9 +236,19 @@ async def submit_job(request: HttpRequest, client: str = Depends(admission.admit
     """Queue a job: multipart form with ``request`` (JSON) and ``passes`` (.npz), or for an
     animation ``exr_sequence`` (a zip of the EXR files and sidecars a ZS-passes render wrote)."""
     state = _state(request)
+    resolved = []
+
+    async def check_names(request_json: bytes) -> None:
+        # The model, LoRAs and IP-Adapter it names must be on the list (and a model not loaded
+        # yet have all its files): a 422 before the passes are read.
+        resolved.append(await run_in_threadpool(_resolve, state, Request.from_json(request_json)))
+
     # The body streams to disk; each check runs before what it guards costs memory (server/uploads.py).
-    async with uploads.receive(request, state.settings, _upload_gate(state)) as upload:
-        job = await uploads.check(upload, state.components)
+    async with uploads.receive(request, state.settings, _upload_gate(state), check_names) as upload:
+        # The passes are checked against the job's model when it is loaded, else the last used
+        # one (the checks need only the VAE's factor, 8 in every family); the worker checks again.
+        components = (state.models.get(resolved[0].model.name) if resolved else None) or state.models.recent()
+        job = await uploads.check(upload, components)
         created = await run_in_threadpool(_create_job, state.store, job, client)
     snapshot = state.store.snapshot(created.id)
     status_url = f"/v1/jobs/{created.id}"
@@ -245,6 +291,16 @@ async def job_events(request: HttpRequest, job_id: str,
     return StreamingResponse(sse.event_stream(state.store, state.notifier, job_id, resume_from),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _resolve(state, job_request: Request) -> Resolved:
+    resolved = state.registry.resolve(job_request)
+    if state.models.get(resolved.model.name) is None:
+        try:
+            check_files(resolved.model, state.settings.hub_cache or None)
+        except ModelLoadError as exc:
+            raise ApiError(422, "model", str(exc).removeprefix("model: ")) from None
+    return resolved
 
 
 def _upload_gate(state) -> uploads.UploadGate:

@@ -34,14 +34,14 @@ import shutil
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from fastapi.concurrency import run_in_threadpool
 from starlette.requests import Request as HttpRequest
 
 from zs_core import run
-from zs_core.protocol import CAMERA_ARRAYS, TEXEL_ARRAYS, VIEW_ARRAYS, ArrayHeader, NpzArchive, Passes, \
-    ProtocolError, Request
+from zs_core.protocol import CAMERA_ARRAYS, REFERENCE_IMAGE_SIDES, TEXEL_ARRAYS, VIEW_ARRAYS, ArrayHeader, \
+    NpzArchive, Passes, ProtocolError, Request
 
 from . import exr_upload
 from .budget import Budget
@@ -50,6 +50,7 @@ from .errors import ApiError, busy, insufficient_storage, is_disk_full
 from .form_stream import FieldRule, FormStream
 
 PASSES_FIELDS = ("passes", "exr_sequence")  # exactly one of them
+REFERENCE_IMAGE = "reference_image"  # the one array of the passes not shaped by the views
 SPOOL_FOLDER = "uploads"
 BATCH_BYTES = 1 << 20  # body bytes handed to the parser's thread at once
 RETRY_AFTER_SECONDS = 5
@@ -118,18 +119,22 @@ class Upload:
 
 
 @asynccontextmanager
-async def receive(request: HttpRequest, settings: Settings, gate: UploadGate) -> AsyncIterator[Upload]:
+async def receive(request: HttpRequest, settings: Settings, gate: UploadGate,
+                  on_request: Callable[[bytes], Awaitable[None]] | None = None) -> AsyncIterator[Upload]:
     """Stream the body into a new upload folder -> the Upload; everything it holds (files,
-    budgets) is given back when the block ends, whatever happens in it."""
+    budgets) is given back when the block ends, whatever happens in it. ``on_request``
+    gets the request JSON part as soon as it is in (it comes first in the form): an
+    error it raises refuses the upload before the passes are read."""
     upload = Upload(gate, settings)
     try:
-        await _stream_body(request, upload)
+        await _stream_body(request, upload, on_request)
         yield upload
     finally:
         upload.release()
 
 
-async def _stream_body(request: HttpRequest, upload: Upload) -> None:
+async def _stream_body(request: HttpRequest, upload: Upload,
+                       on_request: Callable[[bytes], Awaitable[None]] | None = None) -> None:
     settings = upload.settings
     limit = settings.max_upload_bytes
     declared = request.headers.get("content-length")
@@ -157,9 +162,14 @@ async def _stream_body(request: HttpRequest, upload: Upload) -> None:
             if batched >= BATCH_BYTES:
                 await run_in_threadpool(_feed, form, b"".join(batch), declared or received, upload.folder)
                 batch, batched = [], 0
+                if on_request is not None and isinstance(form.values.get("request"), bytes):
+                    await on_request(form.values["request"])
+                    on_request = None
         if batch:
             await run_in_threadpool(_feed, form, b"".join(batch), declared or received, upload.folder)
         upload.fields = form.finish()
+        if on_request is not None and isinstance(upload.fields.get("request"), bytes):
+            await on_request(upload.fields["request"])
     finally:
         form.close()
 
@@ -257,8 +267,9 @@ def check_npz_headers(headers: dict[str, ArrayHeader], settings: Settings, anima
 
     Per-view arrays (``VIEW_ARRAYS``: views, height, width, then their channels; frames for
     an animation, ``max_frames``), cameras (views, 4, 4) and texel maps (``TEXEL_ARRAYS``:
-    T, T, channels) must have exactly their shape; each size is held to its limit, and
-    the total to ``max_unpacked_bytes``. The dtypes were checked by NpzArchive."""
+    T, T, channels) must have exactly their shape, the reference image (H', W', 3) any
+    size within REFERENCE_IMAGE_SIDES; each size is held to its limit, and the total to
+    ``max_unpacked_bytes``. The dtypes were checked by NpzArchive."""
     for header in headers.values():
         _check_layout(header)
     for name, header in headers.items():
@@ -267,11 +278,17 @@ def check_npz_headers(headers: dict[str, ArrayHeader], settings: Settings, anima
         elif name in TEXEL_ARRAYS and max(header.shape[:2]) > settings.max_texture_size:
             raise ProtocolError(name, f"{max(header.shape[:2])} texels a side; this server takes at most "
                                       f"{settings.max_texture_size}")
+        elif name == REFERENCE_IMAGE and not (REFERENCE_IMAGE_SIDES[0] <= min(header.shape[:2])
+                                              and max(header.shape[:2]) <= REFERENCE_IMAGE_SIDES[1]):
+            raise ProtocolError(name, f"{header.shape[1]}x{header.shape[0]} pixels; each side must be in "
+                                      f"[{REFERENCE_IMAGE_SIDES[0]}, {REFERENCE_IMAGE_SIDES[1]}]")
     if "depth" not in headers:
         raise ProtocolError("depth", "missing from the passes")
     views = headers["depth"].shape[:3]
     texels = next((header.shape[:2] for name, header in headers.items() if name in TEXEL_ARRAYS), None)
     for name, header in headers.items():
+        if name == REFERENCE_IMAGE:  # any size, not tied to the views
+            continue
         if name in TEXEL_ARRAYS:
             if header.shape[:2] != texels:
                 raise ProtocolError(name, f"declared shape {header.shape}; the other texel maps are "
@@ -292,6 +309,8 @@ def _check_layout(header: ArrayHeader) -> None:
         expected = ("V", "H", "W", *VIEW_ARRAYS[name][0])
     elif name in CAMERA_ARRAYS:
         expected = ("V", 4, 4)
+    elif name == REFERENCE_IMAGE:
+        expected = ("H", "W", 3)
     else:
         expected = ("T", "T", *TEXEL_ARRAYS[name][0])
     fixed = all(want == got for want, got in zip(expected, header.shape) if isinstance(want, int))

@@ -1,8 +1,11 @@
-"""The one worker thread: takes jobs in FIFO order and runs them on the loaded model.
+"""The one worker thread: takes jobs in FIFO order and runs each on the model it names.
 
-A job is read back from its folder, sampled with :func:`zs_core.run.run_job` into
-``out.partial/`` and renamed to ``out/`` only when complete and on disk. Every sampler step
-becomes a ``progress`` event with a small PNG preview.
+A job is read back from its folder, its model, LoRAs and IP-Adapter resolved to entries of
+the server's list (:mod:`.model_registry`; a name that left the list fails the job), its
+model taken from the loaded ones or loaded (:mod:`.model_cache`; a ``model`` event before
+and after a load), the job's LoRAs put on it, then sampled with
+:func:`zs_core.run.run_job` into ``out.partial/`` and renamed to ``out/`` only when complete
+and on disk. Every sampler step becomes a ``progress`` event with a small PNG preview.
 
 The worker cannot die of a job or of the disk: anything the sampler or the store throws
 fails that job with a reason ("disk full: ...", "its folder ... was removed from outside
@@ -17,20 +20,24 @@ from __future__ import annotations
 import base64
 import gc
 import io
+import json
 import logging
 import shutil
 import threading
 import time
+from typing import Callable
 
 from PIL import Image
 
-from zs_core import run, sampler
-from zs_core.protocol import Passes, Request
+from zs_core import loras, memory, run, sampler
+from zs_core.protocol import METRICS_JSON, Passes, Request
 
 from . import durable
 from .config import Settings
 from .jobs import (CANCELLED, DONE, FAILED, OUTPUT_DIR, PARTIAL_OUTPUT_DIR, PASSES_FILE, REMOVED_REASON, REQUEST_FILE,
                    RUNNING, Job, JobStore, StartDeferred, describe_os_error)
+from .model_cache import ModelCache
+from .model_registry import ModelEntry, ModelRegistry
 
 log = logging.getLogger("zs.server")
 
@@ -39,6 +46,7 @@ BACKOFF_SECONDS = (0.2, 2.0)  # first and longest wait before retrying a job tha
 SUPERVISE_SECONDS = 0.5
 IDLE_STALE_SECONDS = 10.0  # an idle worker not seen for this long is reported
 STEP_STALE_SECONDS = 900.0  # a running job without a step for this long is reported
+MODEL_EVENT = "model"  # a job's model being loaded: {"model", "state": "loading" | "loaded", "message"}
 
 
 def encode_preview(preview, max_side: int) -> dict:
@@ -76,12 +84,17 @@ def failure_reason(job: Job, exc: BaseException) -> str:
 
 
 class Worker:
-    """Runs queued jobs one after another on ``components`` in a supervised background thread."""
+    """Runs queued jobs one after another, each on its model, in a supervised background thread.
 
-    def __init__(self, store: JobStore, components, settings: Settings):
+    ``load(entry)`` loads a model of the registry's list (:func:`.model_cache.load_entry`)."""
+
+    def __init__(self, store: JobStore, models: ModelCache, registry: ModelRegistry, settings: Settings,
+                 load: Callable[[ModelEntry], object]):
         self.store = store
-        self.components = components
+        self.models = models
+        self.registry = registry
         self.settings = settings
+        self._load = load
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._supervisor = threading.Thread(target=self._supervise, name="zs-worker-supervisor", daemon=True)
@@ -242,6 +255,15 @@ class Worker:
             self._seen = time.monotonic()
             return job.cancel_flag.is_set() or self._stopping.is_set()
 
+        def on_load(name: str, seconds: float | None) -> None:
+            self._seen = time.monotonic()
+            if seconds is None:
+                self.store.log_event(job, MODEL_EVENT, {"model": name, "state": "loading",
+                                                         "message": f"loading model {name}"})
+            else:
+                self.store.log_event(job, MODEL_EVENT, {"model": name, "state": "loaded", "seconds": round(seconds, 3),
+                                                         "message": f"model loaded in {seconds:.1f} s"})
+
         shutil.rmtree(partial, ignore_errors=True)
         durable.make_dir(partial)
         if job.preloaded is not None:
@@ -249,6 +271,27 @@ class Worker:
         else:
             request = Request.from_json((job.folder / REQUEST_FILE).read_bytes())
             passes = Passes.load(job.folder / PASSES_FILE)
-        metrics = run.run_job(self.components, request, passes, partial, progress=on_progress, cancel=should_stop)
+        resolved = self.registry.resolve(request)  # again: the list may have changed while it was queued
+        model = resolved.model
+        with self.models.use(model.name, lambda: self._load(model), model.bytes, on_load) as components:
+            if should_stop():
+                raise sampler.Cancelled()
+            adapt(components, resolved.lora_files)
+            memory.apply(components, memory.plan_for_job(components, request, passes,
+                                                         offload=self.settings.switch("offload"),
+                                                         vae_tiling=self.settings.switch("vae_tiling")))
+            metrics = run.run_job(components, resolved.core_request(request), passes, partial,
+                                  progress=on_progress, cancel=should_stop)
+        # The result names the entries as the client did, not where they are on the server.
+        metrics["request"] = request.to_dict()
+        (partial / METRICS_JSON).write_text(json.dumps(metrics, indent=2, sort_keys=True))  # commit_tree syncs it
         durable.commit_tree(partial, job.folder / OUTPUT_DIR)
         return metrics
+
+
+def adapt(components, lora_files: list[tuple[str, float]]) -> None:
+    """Put the job's LoRAs (files, weights) on the model and take the previous job's off
+    (:func:`zs_core.loras.apply` keeps loaded adapters for a later job that names them);
+    a model without active LoRAs is left alone for a job without any."""
+    if lora_files or loras.state(components).active:
+        loras.apply(components, lora_files)

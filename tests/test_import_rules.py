@@ -26,7 +26,7 @@ FORBIDDEN = {
     "blender_addon": {"torch", "diffusers", "transformers", "pydantic", "fastapi", "uvicorn", "starlette",
                       "safetensors", "scipy", "cv2", "PIL", "zs_core", "server", "zs_cli"},
 }
-LIGHT_MODULES = ("zs_core", "zs_core.protocol", "zs_core.render_passes", "zs_core.exr_sequence", "zs_core.noise_field", "zs_core.geometry", "zs_core.bake", "zs_core.metrics",
+LIGHT_MODULES = ("zs_core", "zs_core.protocol", "zs_core.render_passes", "zs_core.exr_sequence", "zs_core.noise_field", "zs_core.memory", "zs_core.families", "zs_core.geometry", "zs_core.bake", "zs_core.metrics",
                  "zs_core.scene", "zs_core.images", "zs_cli")
 IMPORT_FUNCTIONS = {"import_module", "__import__"}
 LOADED_BY_PATH = ("zs_core/protocol.py", "zs_core/render_passes.py")  # blender_addon/wire.py loads these

@@ -19,7 +19,8 @@ from zs_core.protocol import ANIMATION, PARAMETERS, TEXTURE, ProtocolError, Requ
 ROOT = Path(__file__).resolve().parents[1]
 # The zs command's options that are not parameters of a job: where things go, which model.
 CLI_OPTIONS = {"help", "source", "out", "controlnet", "device", "objects", "use_scene_cameras", "frames",
-               "camera", "server", "token", "passes_only", "animation", "size", "host", "port", "data_dir"}
+               "camera", "server", "token", "passes_only", "animation", "size", "host", "port", "data_dir",
+               "reference_image", "dtype", "offload", "vae_tiling"}
 
 
 def subcommand(name: str) -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """Running the Blender flow from the ``zs`` command: Blender's Python module (``bpy``)
 in this process, its console lines kept out of the terminal, and the sampling backend the
-flow calls (zs_core in this process, or a server)."""
+flow calls (zs_core in this process, :mod:`zs_cli.local`, or a server)."""
 
 from __future__ import annotations
 
@@ -103,24 +103,6 @@ def run_with_bar(components, request, passes, out) -> dict:
         bar.close()
 
 
-def in_process_sampler(model: str, controlnet: str | None, device: str):
-    """sampler(request dict, passes, out_dir) -> metrics for the Blender flow: zs_core in
-    this process, with a progress bar. The model is loaded on the first call."""
-    from zs_core import models
-    from zs_core.protocol import Passes, Request
-
-    loaded = {}
-
-    def sample(request_dict: dict, passes, out_dir) -> dict:
-        if "components" not in loaded:
-            loaded["components"] = models.load(model, controlnet, device=device)
-        request = Request.from_dict(request_dict)
-        core_passes = Passes.from_arrays(passes.arrays()).validate()  # the add-on's own Passes class
-        return run_with_bar(loaded["components"], request, core_passes, out_dir)
-
-    return sample
-
-
 def build_extension(out: Path) -> Path:
     """The extension's zip, built into ``out`` by Blender's own extension tool (the one
     ``blender --command extension build`` runs, shipped inside the bpy module) -> its path."""
@@ -153,18 +135,16 @@ def local_token() -> str | None:
 
 
 @contextlib.contextmanager
-def sampling_backend(args, command: str):
-    """Yields the Blender flow's backend keywords: the server of ``--server``, else the
-    in-process sampler; progress bars for the pass render and the server's steps (the
-    in-process sampler has its own), closed at the end also when the run fails."""
+def sampling_backend(command: str, *, local=None, server: str | None = None, token: str | None = None):
+    """Yields the Blender flow's backend keywords: the server at ``server`` (with ``token``),
+    else ``local`` (a :class:`~zs_cli.local.LocalSampler`); progress bars for the pass
+    render and the server's steps (the in-process sampler has its own), closed at the end
+    also when the run fails."""
     bars = EventBars(command)
     try:
-        if getattr(args, "server", None):  # zs demo has no --server
-            token = args.token or local_token()
-            if token is None:
-                raise ValueError(f"--token: no token for {args.server}; {NO_TOKEN_HINT}")
-            yield dict(server=args.server, token=token, progress=bars)
+        if server:
+            yield dict(server=server, token=token, progress=bars)
         else:
-            yield dict(sampler=in_process_sampler(args.model or "tiny", args.controlnet, args.device), progress=bars)
+            yield dict(sampler=local.sample, progress=bars)
     finally:
         bars.close()

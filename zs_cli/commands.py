@@ -2,7 +2,9 @@
 
 A ``.blend`` source runs the Blender flow (``blender_addon.batch``) with the sampling in
 this process or on ``--server``; a passes bundle (``.npz``) and, for ``animate``, an EXR
-sequence rendered with the "ZS passes" setting (``shot_####.exr``) are sampled here directly."""
+sequence rendered with the "ZS passes" setting (``shot_####.exr``) are sampled here directly.
+Whatever a run needs (the reference image, the model, its ControlNet, LoRAs and IP-Adapter,
+or their names on the server) is resolved first (:mod:`.preflight`), before Blender starts."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from pathlib import Path
 
 from zs_core.protocol import ANIMATION, TEXTURE, Passes, Request, offered, parse_frame_range, values_from_arguments
 
-from . import blender, report
+from . import blender, preflight, report
+from .local import LocalSampler
 
 # The demo's own defaults: a small, quick run that still shows every part of the flow.
 DEMO_PROMPT = "a weathered bronze statue, detailed texture"
@@ -34,10 +37,12 @@ def demo(args: argparse.Namespace) -> int:
         raise ValueError("--frames: only for the animation demo (--animation)")
     values = values_from_arguments(args, kind, capture=("views",), overrides=DEMO_DEFAULTS[kind])
     out = Path(args.out)
+    reference = preflight.reference_image(args.reference_image)
+    resolved = preflight.resolve_local(args, values, reference)
     if kind == ANIMATION:
-        return _demo_animation(args, out, values, args.frames or parse_frame_range(DEMO_FRAMES))
+        return _demo_animation(args, out, values, args.frames or parse_frame_range(DEMO_FRAMES), resolved, reference)
     if blender.bpy_available():
-        return _demo_blender(args, out, values)
+        return _demo_blender(args, out, values, resolved, reference)
     print("zs demo: Blender's Python module (bpy) is not installed, so this runs the numpy sphere scene "
           f"instead of the Blender flow; install it with: {INSTALL_BLENDER}", file=sys.stderr)
     print(f"zs demo: built-in scene ({values['views']} views of {args.size}x{args.size}), model {args.model or 'tiny'}",
@@ -47,24 +52,26 @@ def demo(args: argparse.Namespace) -> int:
     request = _request(TEXTURE, values)
     passes = scene.sphere_scene(views=values["views"], width=args.size, height=args.size,
                                 texture_size=request.texture_size)
-    report.texture_outputs(out, blender.run_with_bar(_load_model(args), request, passes, out))
+    report.texture_outputs(out, LocalSampler(resolved, args, reference, "demo").run(request, passes, out))
     return 0
 
 
-def _demo_blender(args: argparse.Namespace, out: Path, values: dict) -> int:
+def _demo_blender(args: argparse.Namespace, out: Path, values: dict, resolved, reference) -> int:
     """`zs demo` in Blender: Suzanne (with a material of her own) and an orbit rig."""
     batch = blender.batch()
     print(f"zs demo: Suzanne in Blender, {values['views']} cameras of {args.size}x{args.size}, model {args.model or 'tiny'}",
           file=sys.stderr)
-    with blender.log_to(out), blender.sampling_backend(args, "demo") as backend:
+    local = LocalSampler(resolved, args, None, "demo")  # the flow joins the reference image to the passes
+    with blender.log_to(out), blender.sampling_backend("demo", local=local) as backend:
         scene_path = batch.build_demo_scene(out / "scene.blend")
         summary = batch.texture_blend(scene_path, out, [batch.DEMO_OBJECT], dict(values, view_size=args.size),
-                                      **backend)
+                                      reference_image=reference, **backend)
     report.textured_blend(summary)
     return 0
 
 
-def _demo_animation(args: argparse.Namespace, out: Path, values: dict, frames: tuple[int, int]) -> int:
+def _demo_animation(args: argparse.Namespace, out: Path, values: dict, frames: tuple[int, int], resolved,
+                    reference) -> int:
     """`zs demo --animation`: Suzanne sliding and turning before a dollying camera,
     re-styled into consistent frames (the numpy animated scene without bpy)."""
     count = frames[1] - frames[0] + 1
@@ -72,9 +79,11 @@ def _demo_animation(args: argparse.Namespace, out: Path, values: dict, frames: t
         batch = blender.batch()
         print(f"zs demo --animation: Suzanne in Blender, {count} frames of {args.size}x{args.size}, model "
               f"{args.model or 'tiny'}", file=sys.stderr)
-        with blender.log_to(out), blender.sampling_backend(args, "demo") as backend:
+        local = LocalSampler(resolved, args, None, "demo")
+        with blender.log_to(out), blender.sampling_backend("demo", local=local) as backend:
             scene_path = batch.build_animated_demo_scene(out / "scene.blend", frames=frames, size=args.size)
-            summary = batch.animate_blend(scene_path, out, values, objects=[batch.DEMO_OBJECT], **backend)
+            summary = batch.animate_blend(scene_path, out, values, objects=[batch.DEMO_OBJECT],
+                                          reference_image=reference, **backend)
         report.animated_blend(summary)
         return 0
     if values["background_uv"]:
@@ -86,7 +95,7 @@ def _demo_animation(args: argparse.Namespace, out: Path, values: dict, frames: t
 
     request = _request(ANIMATION, values)
     passes = scene.animated_scene(frames=count, width=args.size, height=args.size)
-    report.animation_outputs(out, blender.run_with_bar(_load_model(args), request, passes, out))
+    report.animation_outputs(out, LocalSampler(resolved, args, reference, "demo").run(request, passes, out))
     return 0
 
 
@@ -105,6 +114,8 @@ def _sample(args: argparse.Namespace, kind: str, blend_run, outputs) -> int:
         return blend_run(args, source)
     _only_for_blend(args, kind)
     values = values_from_arguments(args, kind, capture=False)
+    reference = preflight.reference_image(args.reference_image)
+    resolved = preflight.resolve_local(args, values, reference)
     if source.suffix == ".exr":
         from zs_core import exr_sequence
 
@@ -115,12 +126,15 @@ def _sample(args: argparse.Namespace, kind: str, blend_run, outputs) -> int:
               f"{len(shot.files)} EXR files", file=sys.stderr)
     else:
         passes = Passes.load(source).validate()
+    if reference is None and passes.reference_image is not None:  # the bundle's own
+        preflight.resolve_ip_adapter(resolved.family, values["ip_adapter"])
     if kind == TEXTURE and args.texture_size is None and passes.texel_position is not None:
         values["texture_size"] = passes.texel_position.shape[0]  # the bundle's texel maps
     unit = "frames" if kind == ANIMATION else "views"
     print(f"zs {args.command}: {passes.views} {unit} of {passes.width}x{passes.height} from {source}, model "
           f"{args.model or 'tiny'}", file=sys.stderr)
-    outputs(Path(args.out), blender.run_with_bar(_load_model(args), _request(kind, values), passes, args.out))
+    local = LocalSampler(resolved, args, reference, args.command)
+    outputs(Path(args.out), local.run(_request(kind, values), passes, args.out))
     return 0
 
 
@@ -130,23 +144,28 @@ def _texture_blend(args: argparse.Namespace, source: Path) -> int:
         raise ValueError("--object: name the object to texture (repeat --object for several)")
     if args.use_scene_cameras and args.views is not None:
         raise ValueError("--views: an orbit rig is not built with --use-scene-cameras; give one of the two")
-    batch = blender.batch()
     values = values_from_arguments(args, TEXTURE)
-    with blender.log_to(Path(args.out)), _backend(args, "texture") as backend:
+    reference = preflight.reference_image(args.reference_image)
+    backend = _backend(args, "texture", values, reference)  # before Blender starts
+    batch = blender.batch()
+    with blender.log_to(Path(args.out)), backend as keywords:
         summary = batch.texture_blend(source, args.out, args.objects, values,
                                       use_scene_cameras=args.use_scene_cameras, passes_only=args.passes_only,
-                                      **backend)
+                                      reference_image=reference, **keywords)
     _report_blend(args, "texture", summary, report.textured_blend)
     return 0
 
 
 def _animate_blend(args: argparse.Namespace, source: Path) -> int:
     """`zs animate FILE.blend`: open, re-style the camera's shot, save out/animated.blend."""
-    batch = blender.batch()
     values = values_from_arguments(args, ANIMATION)
-    with blender.log_to(Path(args.out)), _backend(args, "animate") as backend:
+    reference = preflight.reference_image(args.reference_image)
+    backend = _backend(args, "animate", values, reference)  # before Blender starts
+    batch = blender.batch()
+    with blender.log_to(Path(args.out)), backend as keywords:
         summary = batch.animate_blend(source, args.out, values, camera=args.camera, frames=args.frames,
-                                      objects=args.objects, passes_only=args.passes_only, **backend)
+                                      objects=args.objects, passes_only=args.passes_only, reference_image=reference,
+                                      **keywords)
     _report_blend(args, "animate", summary, report.animated_blend)
     return 0
 
@@ -171,16 +190,22 @@ def serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from server.app import create_app
+    from server.app import create_app, default_entry
     from server.config import TOKEN_FILE, Settings
+    from server.model_registry import ModelRegistry
 
-    settings = Settings.from_env(host=args.host, port=args.port, default_model=args.default_model, controlnet=args.controlnet,
-                                 data_dir=args.data_dir, device=args.device)
+    settings = Settings.from_env(host=args.host, port=args.port, default_model=args.default_model,
+                                 controlnet=args.controlnet, data_dir=args.data_dir, device=args.device,
+                                 dtype=args.dtype, offload=args.offload, vae_tiling=args.vae_tiling,
+                                 model_memory_bytes=args.model_memory_bytes, hub_cache=args.hub_cache)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.is_loopback:
         print(f"zs serve: WARNING: binding {settings.host} makes the server reachable from other machines; "
               "anyone who can reach it and has the token can run jobs. Use 127.0.0.1 unless you mean it.",
               file=sys.stderr)
+    # Before the server starts: a missing model is a ModelLoadError naming its files, which
+    # main() prints as one line (exit code 2), not a traceback from the server's startup.
+    default_entry(settings, ModelRegistry(settings))
     app = create_app(settings)
     token_note = "from ZS_TOKEN" if settings.token else f"in {settings.data_dir / TOKEN_FILE}"
     print(f"zs serve: http://{settings.host}:{settings.port} (API docs at /docs, token {token_note}, "
@@ -218,17 +243,20 @@ def _request(kind: str, values: dict) -> Request:
     return Request(kind=kind, **wire).validate()
 
 
-def _load_model(args: argparse.Namespace):
-    from zs_core import models
-
-    return models.load(args.model or "tiny", args.controlnet, device=args.device)
-
-
-def _backend(args: argparse.Namespace, command: str):
-    """No sampling backend for a passes-only run."""
+def _backend(args: argparse.Namespace, command: str, values: dict, reference):
+    """The sampling backend of a .blend run, everything it needs resolved: the names on
+    ``--server``, or the model in this process. None for a passes-only run (the reference
+    image still joins the bundle)."""
     if args.passes_only:
         return contextlib.nullcontext({})
-    return blender.sampling_backend(args, command)
+    if args.server:
+        preflight.reject_local_flags(args, f"the server at {args.server}")
+        token = preflight.server_token(args)
+        preflight.check_server(args.server, token, values)
+        return blender.sampling_backend(command, server=args.server, token=token)
+    resolved = preflight.resolve_local(args, values, reference)
+    # The flow joins the reference image to the passes it captures.
+    return blender.sampling_backend(command, local=LocalSampler(resolved, args, None, command))
 
 
 def _report_blend(args: argparse.Namespace, command: str, summary: dict, full) -> None:

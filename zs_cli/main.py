@@ -15,10 +15,27 @@ from .commands import DEMO_DEFAULTS, DEMO_FRAMES
 
 def _model_options(parser) -> None:
     # --model, --lora, --ip-adapter come from the parameter table (they travel in the request).
-    group = parser.add_argument_group("model (sampling in this process)")
+    group = parser.add_argument_group("model and memory (sampling in this process)")
     group.add_argument("--controlnet", default=None,
-                       help="depth ControlNet (default: tiny for tiny, else SD1.5 depth)")
+                       help="depth ControlNet: a diffusers folder, a .safetensors file or a hub id (default: a model "
+                            "folder's own controlnet/, else the built-in's or the family's: "
+                            "lllyasviel/control_v11f1p_sd15_depth for SD 1.5, diffusers/controlnet-depth-sdxl-1.0 "
+                            "for SDXL)")
     group.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (default: auto)")
+    group.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None,
+                       help="precision (default: fp16 on GPUs, fp32 on the CPU)")
+    group.add_argument("--offload", action=argparse.BooleanOptionalAction, default=None,
+                       help="model CPU offload: weights wait on the CPU, each stage's models move to the GPU when "
+                            "they run (default: when the model does not fit the GPU's memory otherwise)")
+    group.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=None,
+                       help="decode views in tiles of 512 pixels, one view at a time (default: when decoding "
+                            "whole views does not fit the GPU's memory)")
+
+
+def _reference_option(group) -> None:
+    group.add_argument("--reference-image", default=None, metavar="IMAGE",
+                       help="an image file (PNG, JPEG ...) whose look steers every view or frame (IP-Adapter; "
+                            "see --ip-adapter and --reference-strength); it travels with the passes")
 
 
 def _server_options(group) -> None:
@@ -44,8 +61,9 @@ def _demo_parser(commands_) -> None:
                       help=f"FIRST-LAST frames of the animation demo's shot (default: {DEMO_FRAMES}); "
                            "animation only")
     _model_options(demo)
-    add_arguments(demo.add_argument_group("sampling"), (TEXTURE, ANIMATION), capture=("views",),
-                  overrides=DEMO_DEFAULTS)
+    sampling = demo.add_argument_group("sampling")
+    add_arguments(sampling, (TEXTURE, ANIMATION), capture=("views",), overrides=DEMO_DEFAULTS)
+    _reference_option(sampling)
     demo.set_defaults(func=commands.demo)
 
 
@@ -54,7 +72,9 @@ def _texture_parser(commands_) -> None:
     texture.add_argument("source", help="FILE.blend, or passes.npz (a bundle: see docs/protocol.md)")
     texture.add_argument("--out", required=True, help="output folder")
     _model_options(texture)
-    add_arguments(texture.add_argument_group("sampling"), (TEXTURE,), capture=False)
+    sampling = texture.add_argument_group("sampling")
+    add_arguments(sampling, (TEXTURE,), capture=False)
+    _reference_option(sampling)
     blend = texture.add_argument_group(".blend files")
     blend.add_argument("--object", dest="objects", action="append", default=None,
                        help="object to texture (repeat for several)")
@@ -72,7 +92,9 @@ def _animate_parser(commands_) -> None:
                                         "sequence rendered with the ZS passes setting, e.g. renders/shot_####.exr")
     animate.add_argument("--out", required=True, help="output folder")
     _model_options(animate)
-    add_arguments(animate.add_argument_group("sampling"), (ANIMATION,), capture=False)
+    sampling = animate.add_argument_group("sampling")
+    add_arguments(sampling, (ANIMATION,), capture=False)
+    _reference_option(sampling)
     blend = animate.add_argument_group(".blend files")
     blend.add_argument("--frames", type=frame_range_argument, default=None,
                        help="FIRST-LAST, inside the scene's frame range (default: the scene's range)")
@@ -97,6 +119,16 @@ def _serve_parser(commands_) -> None:
     serve.add_argument("--data-dir", default=None, help="jobs, results and the token (default: the user data "
                                                         "folder)")
     serve.add_argument("--device", default=None, help="auto (default), cuda, cuda:N, mps or cpu")
+    memory = serve.add_argument_group("memory (default: auto, chosen per job from the device's memory)")
+    memory.add_argument("--dtype", default=None, choices=("auto", "fp32", "fp16", "bf16"),
+                        help="precision of the models (auto: fp16 on GPUs, fp32 on the CPU)")
+    memory.add_argument("--offload", default=None, choices=("auto", "on", "off"), help="model CPU offload")
+    memory.add_argument("--vae-tiling", default=None, choices=("auto", "on", "off"),
+                        help="decode large views in tiles")
+    serve.add_argument("--model-memory", dest="model_memory_bytes", type=int, default=None, metavar="BYTES",
+                       help="keep loaded models up to this many bytes of weights (default: from the device)")
+    serve.add_argument("--hub-cache", default=None, help="the Hugging Face hub cache whose models are listed "
+                                                         "(default: huggingface_hub's)")
     serve.set_defaults(func=commands.serve)
 
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from . import memory
 from .protocol import ATTENTION_MODES, KEYFRAME_POLICIES
 
 # The wire's names; each has an implementation here (CROSS_VIEW_ATTENTION, KEYFRAME_SOURCES),
@@ -146,9 +147,12 @@ def _check_index(name: str, value: int, views: int | None) -> None:
         raise ValueError(f"{name}: {value} is not a view index (0..{views - 1})")
 
 
-def _check_params(views, reference, reference_weight, policy, anchors, momentum) -> None:
+def _check_params(views, reference, reference_weight, policy, anchors, momentum, score_bytes=None) -> None:
     if views is not None and (not isinstance(views, int) or views < 1):
         raise ValueError(f"views: expected a positive int or None, got {views!r}")
+    if score_bytes is not None and (isinstance(score_bytes, bool) or not isinstance(score_bytes, int)
+                                    or score_bytes < 1):
+        raise ValueError(f"score_bytes: expected a positive int or None, got {score_bytes!r}")
     _check_index("reference", reference, views)
     if not reference_weight >= 0 or math.isinf(reference_weight):
         raise ValueError(f"reference_weight: expected a finite weight >= 0, got {reference_weight!r}")
@@ -205,11 +209,11 @@ class CrossViewAttnProcessor(_SelfAttentionOnly):
 
     def __init__(self, mode: str, *, views: int | None = None, reference: int = 0,
                  reference_weight: float = 1.0, policy: str | None = None,
-                 anchors: Sequence[int] | None = None, momentum: float = 0.5):
+                 anchors: Sequence[int] | None = None, momentum: float = 0.5, score_bytes: int | None = None):
         _check_mode(mode)
         if mode == "self":
             raise ValueError("mode: 'self' is the stock processor; use processor_for('self')")
-        _check_params(views, reference, reference_weight, policy, anchors, momentum)
+        _check_params(views, reference, reference_weight, policy, anchors, momentum, score_bytes)
         super().__init__()
         self.mode = mode
         self.views = views
@@ -218,6 +222,7 @@ class CrossViewAttnProcessor(_SelfAttentionOnly):
         self.policy = policy or "first"
         self.anchors = None if anchors is None else tuple(int(a) for a in anchors)
         self.momentum = float(momentum)
+        self.score_bytes = score_bytes
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mode={self.mode!r}, views={self.views})"
@@ -245,7 +250,7 @@ class CrossViewAttnProcessor(_SelfAttentionOnly):
 # Cross-view mode -> (processor, query, key, value (G*V, h, N, d), groups G, views V) -> (G*V, h, N, d).
 CROSS_VIEW_ATTENTION: dict[str, Callable[..., torch.Tensor]] = {
     "extended": lambda processor, query, key, value, groups, views: extended_attention(
-        query, key, value, groups, views),
+        query, key, value, groups, views, processor.score_bytes),
     "neighbors": lambda processor, query, key, value, groups, views: gathered_attention(
         query, key, value, groups, *neighbor_sources(views, processor.reference, processor.reference_weight)),
     "keyframes": lambda processor, query, key, value, groups, views: gathered_attention(
@@ -309,11 +314,14 @@ def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
 
 def extended_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                       groups: int, views: int) -> torch.Tensor:
+                       groups: int, views: int, score_bytes: int | None = None) -> torch.Tensor:
     """All views of a group in one sequence: ``(G*V, h, N, d)`` -> ``(G*V, h, N, d)``.
 
     Tokens are reshaped to ``(G, h, V*N, d)`` rather than copying all keys per view, so
-    memory is the group's tokens plus whatever the SDPA kernel needs.
+    memory is the group's tokens plus whatever the SDPA kernel needs. ``score_bytes``
+    bounds the scores a kernel that materialises them (MPS, the math fallback) holds at
+    once: (V*N)^2 per head would be tens of GiB at 8 views of 1024^2; the queries then go
+    in chunks, each over all keys, so the result is the same (memory.chunked_sdpa).
     """
     batch, heads, tokens, head_dim = query.shape
 
@@ -321,7 +329,10 @@ def extended_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
         grouped = tensor.reshape(groups, views, heads, tokens, head_dim).transpose(1, 2)
         return grouped.reshape(groups, heads, views * tokens, head_dim)
 
-    out = _sdpa(as_group(query), as_group(key), as_group(value))
+    if score_bytes is None:
+        out = _sdpa(as_group(query), as_group(key), as_group(value))
+    else:
+        out = memory.chunked_sdpa(as_group(query), as_group(key), as_group(value), score_bytes=score_bytes)
     out = out.reshape(groups, heads, views, tokens, head_dim).transpose(1, 2)
     return out.reshape(batch, heads, tokens, head_dim)
 
@@ -582,7 +593,8 @@ def processor_for(mode: str, **params) -> AttnProcessor2_0 | CrossViewAttnProces
     """The attention processor for ``mode``; ``self`` gives the stock ``AttnProcessor2_0``.
 
     Params: ``views`` (V, None = the whole batch is one group), ``reference``,
-    ``reference_weight``, ``policy``, ``anchors``, ``momentum``. Validated here.
+    ``reference_weight``, ``policy``, ``anchors``, ``momentum``, ``score_bytes`` (extended:
+    the bound on attention scores per kernel call, None: none). Validated here.
     """
     _check_mode(mode)
     params = _defaults(params)
@@ -593,7 +605,8 @@ def processor_for(mode: str, **params) -> AttnProcessor2_0 | CrossViewAttnProces
 
 
 def _defaults(params: dict) -> dict:
-    known = dict(views=None, reference=0, reference_weight=1.0, policy=None, anchors=None, momentum=0.5)
+    known = dict(views=None, reference=0, reference_weight=1.0, policy=None, anchors=None, momentum=0.5,
+                 score_bytes=None)
     unknown = set(params) - set(known)
     if unknown:
         raise TypeError(f"unknown attention parameter(s): {', '.join(sorted(unknown))}")

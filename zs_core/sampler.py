@@ -37,7 +37,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from . import attention, noise, preview, reference, sync
+from . import attention, families, memory, noise, preview, reference, sync
 from .models import Components
 from .protocol import ANIMATION, Passes, ProtocolError, Request
 from .step_noise import drawn_from as step_noise_from
@@ -135,17 +135,14 @@ def check_inputs(components: Components, request: Request, passes: Passes) -> No
 
 
 @torch.inference_mode()
-def encode_prompt(components: Components, prompt: str, negative_prompt: str, views: int,
-                  guidance: bool) -> torch.Tensor:
-    """Text embeddings ``(2V, 77, D)`` = [uncond x V, cond x V] with CFG, else ``(V, 77, D)``."""
-    texts = [negative_prompt, prompt] if guidance else [prompt]
-    tokens = components.tokenizer(
-        texts, padding="max_length", max_length=components.tokenizer.model_max_length,
-        truncation=True, return_tensors="pt",
-    )
-    embeddings = components.text_encoder(tokens.input_ids.to(components.device))[0]
-    embeddings = embeddings.to(components.dtype)
-    return embeddings.repeat_interleave(views, dim=0)
+def encode_prompt(components: Components, prompt: str, negative_prompt: str, guidance: bool,
+                  size: tuple[int, int]) -> tuple[torch.Tensor, dict]:
+    """The prompt as the model's family conditions on it, one row per CFG group ([negative,
+    prompt] with guidance, else [prompt]): text embeddings ``(G, 77, D)`` and the added
+    conditioning for UNet and ControlNet (SD 1.5: none; SDXL: ``text_embeds (G, P)``,
+    ``time_ids (G, 6)`` naming ``size`` = (height, width) of the image the UNet sees)."""
+    family = families.get(components.family)
+    return family.encode_prompt(components, prompt, negative_prompt, guidance, size)
 
 
 def control_images(depth: np.ndarray) -> torch.Tensor:
@@ -224,12 +221,23 @@ def _repeat_rows(value, views: int):
     return value.repeat_interleave(views, dim=0)
 
 
+def model_image_size(request: Request, passes: Passes) -> tuple[int, int]:
+    """(height, width) of one image the UNet denoises: a view, or with the grid layout the
+    whole grid (so SDXL's size ids name the image it actually generates, as diffusers'
+    pipeline would for that image)."""
+    if request.layout == "grid":
+        grid = GridLayout(passes.views)
+        return grid.rows * passes.height, grid.cols * passes.width
+    return passes.height, passes.width
+
+
 def condition(components: Components, request: Request, passes: Passes) -> Conditioning:
-    """Encode the prompt (one embedding per CFG half) and make the control images (one
-    near/far for the whole job, so a surface keeps its brightness in every view or chunk)."""
+    """Encode the prompt (one embedding per CFG half, with the family's added conditioning)
+    and make the control images (one near/far for the whole job, so a surface keeps its
+    brightness in every view or chunk)."""
     guidance = request.guidance_scale > 1.0
-    embeds = encode_prompt(components, request.prompt, request.negative_prompt, 1, guidance)
-    added = {}  # the family's extra conditioning (SDXL: pooled text embeddings, time ids)
+    embeds, added = encode_prompt(components, request.prompt, request.negative_prompt, guidance,
+                                  model_image_size(request, passes))
     unet_added = reference.unet_conditioning(components, request, passes, guidance)
     return Conditioning(embeds, control_images(passes.depth), request.guidance_scale, added, unet_added)
 
@@ -268,7 +276,8 @@ def decode(components: Components, latents: torch.Tensor, chunk: int = 4) -> np.
     images = []
     scale = components.vae.config.scaling_factor
     for start in range(0, latents.shape[0], chunk):
-        part = latents[start:start + chunk].to(components.device, components.dtype) / scale
+        # The VAE's own dtype: fp32 when its config asks to be upcast (models.vae_dtype).
+        part = latents[start:start + chunk].to(components.device, next(components.vae.parameters()).dtype) / scale
         image = components.vae.decode(part, return_dict=False)[0]
         images.append((image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(images)
@@ -409,7 +418,10 @@ class WholeBatch:
         self.components, self.guidance_scale = components, conditioning.guidance_scale
         self.layout = GridLayout(views) if request.layout == "grid" else ViewLayout()
         model_views = self.layout.model_views or views
-        self.processor = attention.processor_for(request.attention, **attention_params(request, model_views))
+        params = attention_params(request, model_views)
+        if request.attention == "extended":  # bounded by the memory plan, when one is applied
+            params["score_bytes"] = memory.attention_score_bytes(components)
+        self.processor = attention.processor_for(request.attention, **params)
         self.spans = ((0, views),)
         # The batch's text and control in model space, built once for every step.
         self.batch = conditioning.batch(model_views)

@@ -1,18 +1,25 @@
-"""(T) The built-in ``tiny`` model: real diffusers / transformers classes, small configs.
+"""(T) The built-in ``tiny`` and ``tiny-sdxl`` models: real diffusers / transformers classes,
+small configs.
 
 Nothing is downloaded: every component is built from a config with a fixed seed, and
-the CLIP tokenizer's vocabulary and merges are generated here. Images it makes are
-noise-like (the weights are random), but every code path is the one a real SD1.5 +
-depth-ControlNet checkpoint takes, so tests and the demo exercise the real pipeline.
+the CLIP tokenizer's vocabulary and merges are generated here. Images they make are
+noise-like (the weights are random), but every code path is the one a real SD1.5 (or
+SDXL) + depth-ControlNet checkpoint takes, so tests and the demo exercise the real
+pipeline. ``tiny-sdxl`` has SDXL's shape in small: two text encoders (CLIP and CLIP with
+projection, of different widths), a UNet and ControlNet taking pooled text + size ids
+("text_time"), no attention in the first level, more transformer layers deeper down.
 """
 
 from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 TINY_SEED = 20261122
+TINY_SDXL_SEED = 20261123
+# SDXL's size ids: original size, crop top-left, target size (2 numbers each).
+SDXL_TIME_IDS = 6
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -34,8 +41,9 @@ def _byte_alphabet() -> list[str]:
     return [chr(c) for c in codes]
 
 
-def build_tokenizer() -> CLIPTokenizer:
-    """A CLIP BPE tokenizer over bytes plus whole-word merges for a few words."""
+def build_tokenizer(pad_token: str = EOS) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer over bytes plus whole-word merges for a few words. SD's tokenizers
+    pad with the end token; SDXL's second one pads with "!" (pass ``pad_token="!"``)."""
     alphabet = _byte_alphabet()
     tokens = alphabet + [c + "</w>" for c in alphabet]
     merges: list[tuple[str, str]] = []
@@ -53,7 +61,7 @@ def build_tokenizer() -> CLIPTokenizer:
     tokens += [BOS, EOS]
     vocab = {token: index for index, token in enumerate(tokens)}
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, bos_token=BOS, eos_token=EOS,
-                              pad_token=EOS, unk_token=EOS)
+                              pad_token=pad_token, unk_token=EOS)
     tokenizer.model_max_length = 77
     return tokenizer
 
@@ -73,6 +81,29 @@ def unet_config(cross_attention_dim: int = 32) -> dict:
     )
 
 
+def sdxl_unet_config(text_width: int = 96, pooled_width: int = 32, time_embed_dim: int = 8) -> dict:
+    """SDXL's UNet layout in small: plain first level, cross-attention below with more
+    transformer layers deeper down, linear projections, and the "text_time" added
+    embedding of the pooled text ``(pooled_width,)`` plus 6 size ids."""
+    return dict(
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
+        attention_head_dim=(2, 4, 4),  # head counts, as SDXL's config names them
+        use_linear_projection=True,
+        cross_attention_dim=text_width,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=time_embed_dim * SDXL_TIME_IDS + pooled_width,
+        norm_num_groups=8,
+    )
+
+
 def vae_config() -> dict:
     # Four down blocks: a scale factor of 8, matching ControlNet's 8x conditioning embedding.
     return dict(
@@ -88,17 +119,19 @@ def vae_config() -> dict:
     )
 
 
-def text_config(vocab_size: int, eos_token_id: int, bos_token_id: int) -> CLIPTextConfig:
+def text_config(vocab_size: int, eos_token_id: int, bos_token_id: int, hidden_size: int = 32, layers: int = 2,
+                pad_token_id: int | None = None, **extra) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         max_position_embeddings=77,
         eos_token_id=eos_token_id,
         bos_token_id=bos_token_id,
-        pad_token_id=eos_token_id,
+        pad_token_id=eos_token_id if pad_token_id is None else pad_token_id,
+        **extra,
     )
 
 
@@ -114,6 +147,14 @@ def scheduler() -> DDIMScheduler:
         steps_offset=1,
         prediction_type="epsilon",
     )
+
+
+def sdxl_scheduler() -> DDIMScheduler:
+    """SDXL base's noise schedule (the values of its scheduler config that DDIM reads; the
+    sampler builds the requested scheduler class from it)."""
+    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+                         timestep_spacing="leading", sample_max_value=1.0)
 
 
 def build_controlnet(unet: UNet2DConditionModel) -> ControlNetModel:
@@ -166,3 +207,35 @@ def build(unet_overrides: dict | None = None) -> dict:
         module.eval()
     return dict(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder,
                 tokenizer=tokenizer, scheduler=scheduler())
+
+
+def build_sdxl(unet_overrides: dict | None = None) -> dict:
+    """All components of ``tiny-sdxl``, deterministic for a given config.
+
+    Returns a dict with keys unet, controlnet, vae, text_encoder (CLIPTextModel, width 32),
+    text_encoder_2 (CLIPTextModelWithProjection, width 64, projection 32), tokenizer,
+    tokenizer_2, scheduler; the UNet's text width is 32 + 64 = 96 and its added embedding
+    takes the 32-wide pooled text and 6 size ids. ``unet_overrides`` changes the UNet config
+    (benchmarks use a mid-size one).
+    """
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(TINY_SDXL_SEED)
+        tokenizer, tokenizer_2 = build_tokenizer(), build_tokenizer(pad_token="!")
+        ids = dict(vocab_size=len(tokenizer.get_vocab()), eos_token_id=tokenizer.eos_token_id,
+                   bos_token_id=tokenizer.bos_token_id)
+        # Three layers, so the penultimate hidden states SDXL reads are not the last ones.
+        text_encoder = CLIPTextModel(text_config(**ids, hidden_size=32, layers=3))
+        text_encoder_2 = CLIPTextModelWithProjection(text_config(
+            **ids, hidden_size=64, layers=3, pad_token_id=tokenizer_2.pad_token_id, projection_dim=32))
+        config = sdxl_unet_config(text_width=32 + 64, pooled_width=text_encoder_2.config.projection_dim)
+        config.update(unet_overrides or {})
+        unet = UNet2DConditionModel(**config)
+        vae = AutoencoderKL(**vae_config(), scaling_factor=0.13025, force_upcast=True)  # SDXL VAE's values
+        controlnet = build_controlnet(unet)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    for module in (unet, vae, text_encoder, text_encoder_2, controlnet):
+        module.eval()
+    return dict(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=sdxl_scheduler())

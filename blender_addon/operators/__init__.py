@@ -1,5 +1,5 @@
 """The add-on's operators (``zs.*``): build rig, generate (modal), cancel, apply a texture,
-load animation frames, server, server set-up, ZS passes on / off.
+load animation frames, server, server set-up, ZS passes on / off, the LoRA list.
 
 ``classes`` gathers every module's classes in registration order (PropertyGroups used
 by operator properties come first: apply.py lists ZS_ObjectUV before its operator).
@@ -7,7 +7,7 @@ by operator properties come first: apply.py lists ZS_ObjectUV before its operato
 
 from __future__ import annotations
 
-from . import animation, apply, cancel, generate, passes, rig, server, server_setup
+from . import animation, apply, cancel, generate, models, passes, rig, server, server_setup
 
 classes = (*apply.classes, *animation.classes, *rig.classes, *generate.classes, *cancel.classes,
-           *server.classes, *server_setup.classes, *passes.classes)
+           *server.classes, *server_setup.classes, *passes.classes, *models.classes)

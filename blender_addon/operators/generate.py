@@ -1,8 +1,9 @@
 """Generate: the panel's run of the one Blender flow (:mod:`..flow`).
 
-The scene settings become the mode's settings (:func:`properties.settings_for`) and a
-flow generation: the selected meshes seen by the selected cameras or a temporary orbit
-rig (texture), or the camera's shot over the frame range (animation). On the main thread
+The scene settings become the mode's settings (:func:`properties.settings_for`: the
+chosen model, the LoRA list and the IP-Adapter included) and a flow generation: the
+selected meshes seen by the selected cameras or a temporary orbit rig (texture), or the
+camera's shot over the frame range (animation), with the Reference Image's pixels. On the main thread
 (Blender) the generation checks everything, the server and the token included, then
 renders the passes; its worker thread (:class:`jobs.RemoteJob`) uploads, follows the
 events and downloads the result. A modal operator polls it from a timer, writes progress
@@ -140,7 +141,8 @@ class GenerateSession:
         cameras = self._cameras(context)
         return flow.TextureGeneration(self.scene, options, target_objects(context), cameras,
                                       temporary_rig=True, image_folder=self._image_folder(),
-                                      client=self.client, progress=self._on_event, temporary_outputs=True)
+                                      client=self.client, progress=self._on_event, temporary_outputs=True,
+                                      reference_image=self.settings.reference_image)
 
     def _rendering_status(self) -> str:
         generation = self.generation
@@ -262,7 +264,8 @@ class AnimationSession(GenerateSession):
         return flow.AnimationGeneration(self.scene, options, settings.anim_camera or None, objects,
                                         properties.animation_frames(settings, self.scene),
                                         frames_base=output_folder(settings.frames_folder), name=self.NAME,
-                                        client=self.client, progress=self._on_event)
+                                        client=self.client, progress=self._on_event,
+                                        reference_image=settings.reference_image)
 
     def _rendering_status(self) -> str:
         shot = self.generation.shot

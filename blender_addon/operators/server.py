@@ -2,7 +2,9 @@
 
 Nothing here waits on the network in Blender's main thread: a check runs ``health`` (and
 ``models``, which needs the token) on a helper thread, and a ``bpy.app.timers`` callback
-picks up the answer, stores it in :data:`STATUS` (drawn by the panel) and redraws.
+picks up the answer, stores it in :data:`STATUS` (drawn by the panel) and the server's
+models, LoRAs and IP-Adapters in :data:`..server_models.CATALOG` (the Model panel's
+dropdowns), and redraws.
 
 Start runs the preferences' launch command (default ``zs serve``) as a child process,
 without a shell, with ``ZS_PORT`` (and ``ZS_HOST``) taken from the server URL and
@@ -26,7 +28,7 @@ from urllib.parse import urlsplit
 
 import bpy
 
-from .. import preferences
+from .. import preferences, server_models
 from ..client import Client, ServerError
 from .base import available_when, cancelled, finished
 
@@ -44,6 +46,7 @@ class ServerStatus:
     message: str = ""
     server_model: str = ""  # the server's default model, from /v1/health
     url: str = ""
+    catalog: server_models.Catalog | None = None  # what GET /v1/models listed (online only)
 
 
 STATUS = ServerStatus()
@@ -60,12 +63,12 @@ def check(url: str, token: str | None) -> ServerStatus:
         return ServerStatus("offline", str(exc), url=url)
     model = str(health.get("model") or "")
     try:
-        client.models()
+        catalog = server_models.Catalog.from_answer(client.models(), url, default=model)
     except ServerError as exc:
         return ServerStatus("error", str(exc), model, url)
     device = health.get("device")
     detail = f"{model} on {device}" if device else model
-    return ServerStatus("online", f"{detail}; {health.get('queue_length', 0)} job(s) queued", model, url)
+    return ServerStatus("online", f"{detail}; {health.get('queue_length', 0)} job(s) queued", model, url, catalog)
 
 
 class _Probe:
@@ -89,6 +92,9 @@ def _redraw() -> None:
 
 def _set(status: ServerStatus) -> None:
     STATUS.state, STATUS.message, STATUS.server_model, STATUS.url = status.state, status.message, status.server_model, status.url
+    STATUS.catalog = status.catalog
+    if status.catalog is not None:  # offline keeps the last lists: the dropdowns still show them
+        server_models.remember(status.catalog)
 
 
 def _watch(prefs, until: float | None) -> None:

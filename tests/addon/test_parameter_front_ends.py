@@ -18,7 +18,7 @@ from zs_core.protocol import Request as CoreRequest  # noqa: E402
 
 KINDS = (protocol.TEXTURE, protocol.ANIMATION)
 BATCH_OPTIONS = {"help", "blend", "objects", "out", "server", "token", "passes_only", "use_scene_cameras", "frames",
-                 "camera"}
+                 "camera", "reference_image"}
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Animation core: chunked cross-frame attention equals the unchunked processors, memory per
-query stays flat as the sequence grows, and the frame loop and its outputs on the tiny model."""
+query stays flat as the sequence grows, and the frame loop and its outputs on the tiny model
+(chunking and temporal sync on the tiny SDXL too)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from zs_core import animation, attention, run, sampler, scene
+from zs_core import animation, attention, models, run, sampler, scene
 from zs_core.protocol import FRAME_PNG, METRICS_JSON, ProtocolError, Request
 
 TIMESTEP = 500
@@ -130,6 +131,11 @@ def shot():
     return scene.animated_scene(frames=5, width=64, height=64)
 
 
+@pytest.fixture(scope="module")
+def tiny_sdxl():
+    return models.load("tiny-sdxl", device="cpu")
+
+
 def animation_request(**changes) -> Request:
     settings = dict(kind="animation", prompt="a red fox", steps=3, seed=11, chunk=2, noise="surface",
                     attention="tma", sync_strength=0.0, background_sync=0.0, pixel_sync=0.0)
@@ -145,9 +151,12 @@ def test_one_chunk_of_self_attention_is_the_plain_sampler(tiny, shot):
     torch.testing.assert_close(ours.latents, plain.latents.float().cpu(), atol=1e-4, rtol=0)
 
 
-def test_chunk_size_does_not_change_the_result(tiny, shot):
-    small = animation.sample_frames(tiny, animation_request(chunk=2), shot)
-    whole = animation.sample_frames(tiny, animation_request(chunk=5), shot)
+@pytest.mark.parametrize("model", ["tiny", "tiny_sdxl"])
+def test_chunk_size_does_not_change_the_result(request, shot, model):
+    """Also with SDXL's added conditioning (pooled text, size ids), repeated per chunk."""
+    components = request.getfixturevalue(model)
+    small = animation.sample_frames(components, animation_request(chunk=2), shot)
+    whole = animation.sample_frames(components, animation_request(chunk=5), shot)
     torch.testing.assert_close(small.latents, whole.latents, atol=1e-3, rtol=0)
     assert small.attention_stats["chunks"] == 3 and whole.attention_stats["chunks"] == 1
 
@@ -194,9 +203,11 @@ def test_mp4_holds_every_frame_at_the_requested_rate(tmp_path):
     assert np.abs(decoded[2] / 255.0 - frames[3]).mean() > np.abs(decoded[2] / 255.0 - frames[2]).mean()
 
 
-def test_temporal_sync_lowers_the_latent_warp_error(tiny, shot):
-    plain = animation.sample_frames(tiny, animation_request(), shot)
-    synced = animation.sample_frames(tiny, animation_request(sync_strength=0.9, background_sync=0.9), shot)
+@pytest.mark.parametrize("model", ["tiny", "tiny_sdxl"])
+def test_temporal_sync_lowers_the_latent_warp_error(request, shot, model):
+    components = request.getfixturevalue(model)
+    plain = animation.sample_frames(components, animation_request(), shot)
+    synced = animation.sample_frames(components, animation_request(sync_strength=0.9, background_sync=0.9), shot)
     before = animation.temporal_metrics(plain, shot, 8)["latent_temporal_warp_error"]
     after = animation.temporal_metrics(synced, shot, 8)["latent_temporal_warp_error"]
     assert after < 0.6 * before

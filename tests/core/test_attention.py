@@ -160,6 +160,21 @@ def test_extended_matches_the_oracle(tiny):
         assert torch.allclose(attention.processor_for("extended", views=3)(attn, hidden), expected, atol=ATOL)
 
 
+def test_extended_in_bounded_memory_matches_the_oracle(tiny):
+    """With a bound on the scores a kernel holds, the queries go in chunks (several here:
+    the bound fits a few queries' scores), each over all keys: the same result."""
+    attn = first_self_attention(tiny)
+    hidden = hidden_states(2 * 3)
+    tokens = hidden.shape[1]
+    score_bytes = 2 * attn.heads * (3 * tokens) * 4 * 8  # 8 queries' scores of both groups, float32
+    processor = attention.processor_for("extended", views=3, score_bytes=score_bytes)
+    with torch.inference_mode():
+        expected = oracle(attn, hidden, 3, [[1.0] * 3] * 3)
+        assert torch.allclose(processor(attn, hidden), expected, atol=ATOL)
+    with pytest.raises(ValueError, match="score_bytes"):
+        attention.processor_for("extended", views=3, score_bytes=0)
+
+
 @pytest.mark.parametrize("mu", [0.2, 0.6])
 def test_tma_matches_the_recursive_definition(tiny, mu):
     attn = first_self_attention(tiny)

@@ -1,6 +1,7 @@
 """UV latent synchronisation: views agree after a synced step, strength 0 changes nothing,
 the scheduler's own x0 becomes the synced one (DDIM and DPM-Solver++), and synced sampling
-agrees across views with every scheduler (few-step and stochastic ones included)."""
+agrees across views with every scheduler (few-step and stochastic ones included), on the
+tiny SDXL too."""
 
 from __future__ import annotations
 
@@ -8,10 +9,17 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from zs_core import metrics, noise, protocol, sampler, scene, sync
+from zs_core import metrics, models, noise, protocol, sampler, scene, sync
 from zs_core.protocol import Request
 
 SIZE, FACTOR = 128, 8
+# SDXL runs a deterministic, a stochastic and a few-step scheduler (each costs two samples).
+SDXL_SCHEDULERS = ("ddim", "euler_a", "lcm")
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl():
+    return models.load("tiny-sdxl", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +94,14 @@ def test_strength_zero_is_a_no_op_and_half_is_between(passes):
     torch.testing.assert_close(half, 0.5 * (full + eps), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("scheduler_name", protocol.SCHEDULERS)
-def test_synced_sampling_makes_final_latents_agree(tiny, passes, scheduler_name):
+@pytest.mark.parametrize("model, scheduler_name", [("tiny", name) for name in protocol.SCHEDULERS]
+                         + [("tiny_sdxl", name) for name in SDXL_SCHEDULERS])
+def test_synced_sampling_makes_final_latents_agree(request, passes, model, scheduler_name):
+    components = request.getfixturevalue(model)
     base = dict(prompt="stone", steps=4, seed=3, noise="iid", attention="self", scheduler=scheduler_name,
                 sync_end=0.0)
-    plain = sampler.sample(tiny, Request(sync_strength=0.0, **base), passes)
-    synced = sampler.sample(tiny, Request(sync_strength=1.0, **base), passes)
+    plain = sampler.sample(components, Request(sync_strength=0.0, **base), passes)
+    synced = sampler.sample(components, Request(sync_strength=1.0, **base), passes)
     assert latent_disagreement(synced.latents, passes) < 0.3 * latent_disagreement(plain.latents, passes)
 
 

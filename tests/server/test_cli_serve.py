@@ -29,7 +29,7 @@ def test_serve_defaults_to_loopback_without_warning(captured_run, tmp_path, caps
 
 
 def test_serve_warns_when_bound_beyond_loopback(captured_run, tmp_path, capsys):
-    assert cli.main(["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path), "--default-model", "some/model"]) == 0
+    assert cli.main(["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path), "--default-model", "tiny-sdxl"]) == 0
     assert captured_run[0][1]["host"] == "0.0.0.0"
-    assert captured_run[0][0].state.settings.default_model == "some/model"
+    assert captured_run[0][0].state.settings.default_model == "tiny-sdxl"
     assert "WARNING" in capsys.readouterr().err
