@@ -14,6 +14,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import zs_core  # noqa: E402,F401  before any diffusers import: it hides a transformers warning ZS has no use for
 
 
+# A UNet large enough to dominate a step (about 90 MB of fp32 weights) with head dimensions
+# 32-64 like SD1.5's 40-160 (attention_head_dim is the head count here), so attention takes
+# a realistic share of the time: the benchmarks' stand-in for a real model.
+MID_UNET = dict(
+    block_out_channels=(128, 256, 256),
+    attention_head_dim=4,
+    layers_per_block=2,
+    down_block_types=("CrossAttnDownBlock2D",) * 3,
+    up_block_types=("CrossAttnUpBlock2D",) * 3,
+)
+
+
 def best_of(function, repeats: int = 3) -> float:
     """Fastest wall time of ``repeats`` calls (the least disturbed by a noisy machine)."""
     times = []

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, report
+from _common import MID_UNET, ROOT, report
 
 from server.config import Settings
 from server.model_cache import ModelCache, load_entry
@@ -34,14 +34,6 @@ from zs_core import loras, models
 sys.path.insert(0, str(ROOT / "tests"))
 from adapter_files import write_lora  # noqa: E402
 
-# As bench/sampler_overhead.py: a UNet large enough to dominate (about 90 MB of fp32 weights).
-MID_UNET = dict(
-    block_out_channels=(128, 256, 256),
-    attention_head_dim=4,
-    layers_per_block=2,
-    down_block_types=("CrossAttnDownBlock2D",) * 3,
-    up_block_types=("CrossAttnUpBlock2D",) * 3,
-)
 REPEATS = 3
 
 

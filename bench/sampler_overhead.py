@@ -12,7 +12,7 @@ attention below, pooled text + size ids): surface noise + stock attention (targe
 from __future__ import annotations
 
 import torch
-from _common import interleaved, report
+from _common import MID_UNET, interleaved, report
 from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
 
 from zs_core import models, noise, sampler, scene
@@ -20,15 +20,6 @@ from zs_core.protocol import Request
 
 VIEWS, SIZE, STEPS = 8, 256, 2
 SDXL_SIZE = 384
-# Head dimensions 32-64 like SD1.5's 40-160 (attention_head_dim is the head count here),
-# so attention takes a realistic share of the UNet's time.
-MID_UNET = dict(
-    block_out_channels=(128, 256, 256),
-    attention_head_dim=4,
-    layers_per_block=2,
-    down_block_types=("CrossAttnDownBlock2D",) * 3,
-    up_block_types=("CrossAttnUpBlock2D",) * 3,
-)
 # SDXL's layout at a fraction of its width: no attention at the first level, more
 # transformer layers deeper down, head dimension 32-64 (SDXL: 64).
 MID_SDXL_UNET = dict(

@@ -8,8 +8,7 @@ used by bench/sampler_overhead.py, measured in the same run. Target: share < 5%.
 from __future__ import annotations
 
 import torch
-from _common import interleaved, report
-from sampler_overhead import MID_UNET
+from _common import MID_UNET, interleaved, report
 
 from zs_core import models, noise, sampler, scene, sync
 from zs_core.protocol import Request
