@@ -20,7 +20,8 @@ def animation_outputs(out: Path, metrics: dict) -> None:
     print(f"wrote {metrics['frames']} frames to {out / 'frames'}", file=sys.stderr)
     if metrics.get("mp4"):
         print(f"video: {out / metrics['mp4']}", file=sys.stderr)
-    _metrics(out, metrics, ("temporal_warp_error", "latent_temporal_warp_error"))
+    _metrics(out, metrics, ("temporal_warp_error", "temporal_warp_error_object", "temporal_warp_error_background",
+                            "latent_temporal_warp_error"))
 
 
 def _metrics(out: Path, metrics: dict, keys) -> None:

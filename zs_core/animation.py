@@ -278,8 +278,8 @@ def _latent_correspondence(passes: Passes, factor: int):
 
 
 def temporal_metrics(result: AnimationResult, passes: Passes, factor: int) -> dict:
-    """``temporal_warp_error`` (RGB frames) and ``latent_temporal_warp_error`` (final
-    latents): mean absolute difference between consecutive frames at the same point,
+    """``temporal_warp_error`` (RGB frames; also ``_object`` and ``_background`` apart) and
+    ``latent_temporal_warp_error`` (final latents): mean absolute difference between consecutive frames at the same point,
     through UV on the object and along the vector pass elsewhere (see
     :func:`zs_core.metrics.temporal_warp_error`). Pixels are matched at about one texel per
     pixel (per latent pixel for latents). Empty for fewer than 2 frames or without UV."""
@@ -292,9 +292,12 @@ def temporal_metrics(result: AnimationResult, passes: Passes, factor: int) -> di
     latent_texels = _texels(passes, float(factor))
     latent_uv, latent_mask, latent_vector = _latent_correspondence(passes, factor)
     latent_frames = result.latents.permute(0, 2, 3, 1).numpy()
+    rgb = metrics.temporal_warp_errors(result.images, passes.uv, passes.mask, rgb_vector, texels=rgb_texels)
     return {
-        "temporal_warp_error": round(metrics.temporal_warp_error(result.images, passes.uv, passes.mask,
-                                                                 rgb_vector, texels=rgb_texels), 5),
+        "temporal_warp_error": round(rgb["all"], 5),
+        # The object (matched exactly through its UV) and the rest (along the vector pass).
+        "temporal_warp_error_object": None if rgb["object"] is None else round(rgb["object"], 5),
+        "temporal_warp_error_background": None if rgb["background"] is None else round(rgb["background"], 5),
         "latent_temporal_warp_error": round(metrics.temporal_warp_error(latent_frames, latent_uv, latent_mask,
                                                                         latent_vector, texels=latent_texels), 5),
         "texels_rgb": rgb_texels,

@@ -101,6 +101,12 @@ def bake_residual(images: np.ndarray, passes, texture: np.ndarray | None = None,
 
 def temporal_warp_error(frames: np.ndarray, uv: np.ndarray | None = None, mask: np.ndarray | None = None,
                         vector: np.ndarray | None = None, texels: int = 64) -> float:
+    """:func:`temporal_warp_errors`' ``all``: object and background pooled."""
+    return temporal_warp_errors(frames, uv, mask, vector, texels)["all"]
+
+
+def temporal_warp_errors(frames: np.ndarray, uv: np.ndarray | None = None, mask: np.ndarray | None = None,
+                         vector: np.ndarray | None = None, texels: int = 64) -> dict[str, float | None]:
     """Mean absolute difference between consecutive frames where they see the same point.
 
     ``frames (F, H, W, C)``. Object pixels (``mask (F, H, W)`` with ``uv (F, H, W, 2)``)
@@ -110,7 +116,9 @@ def temporal_warp_error(frames: np.ndarray, uv: np.ndarray | None = None, mask: 
     pixels (all of them without uv) are matched through ``vector (F or F-1, H, W, 2)``:
     pixel p of frame i moves to p + vector[i] in frame i+1, [col, row] in pixels with rows
     down (the wire format), sampled bilinearly and compared where it lands inside the
-    image. Each pair's samples are pooled into one mean; returns the mean over pairs.
+    image. Each pair's samples are pooled into one mean; returns the mean over pairs as
+    ``all``, and the same of the object's samples alone (``object``, through UV) and of the
+    rest (``background``, along the vectors); None where a part has no samples.
     0 = frames agree exactly; independent N(0, 1) frames give about 2/sqrt(pi) = 1.13.
     """
     frames = np.asarray(frames, dtype=np.float32)
@@ -126,21 +134,22 @@ def temporal_warp_error(frames: np.ndarray, uv: np.ndarray | None = None, mask: 
             raise ValueError(f"vector: expected shape ({count}, {height}, {width}, 2), got {vector.shape}")
     if not use_uv and vector is None:
         raise ValueError("uv: temporal_warp_error needs uv with mask, or vector")
-    pair_errors = []
+    pair_errors: dict[str, list[float]] = {"all": [], "object": [], "background": []}
     for index in range(count - 1):
-        differences = []
+        parts = {}
         if use_uv:
-            differences.append(_texel_differences(frames[index:index + 2], uv[index:index + 2],
-                                                  mask[index:index + 2], texels))
+            parts["object"] = _texel_differences(frames[index:index + 2], uv[index:index + 2],
+                                                 mask[index:index + 2], texels)
         if vector is not None:
             background = ~mask[index] if use_uv else np.ones((height, width), bool)
-            differences.append(_warped_differences(frames[index], frames[index + 1], vector[index], background))
-        differences = np.concatenate(differences)
-        if differences.size:
-            pair_errors.append(float(differences.mean()))
-    if not pair_errors:
+            parts["background"] = _warped_differences(frames[index], frames[index + 1], vector[index], background)
+        parts["all"] = np.concatenate(list(parts.values()))
+        for name, differences in parts.items():
+            if differences.size:
+                pair_errors[name].append(float(differences.mean()))
+    if not pair_errors["all"]:
         raise ValueError("frames: no pixel of any frame could be matched in the next frame")
-    return float(np.mean(pair_errors))
+    return {name: float(np.mean(errors)) if errors else None for name, errors in pair_errors.items()}
 
 
 def _check_correspondence(uv, mask, frames_shape) -> None:

@@ -152,6 +152,11 @@ def test_uv_for_the_object_and_vectors_for_the_background(passes, images):
     vector = uniform_vector(2, 128, 128, 3.0, 0.0)
     assert metrics.temporal_warp_error(frames, uv=uv, mask=mask, vector=vector) < 1e-6
     assert metrics.temporal_warp_error(frames, uv=uv, mask=mask, vector=0 * vector) > 0.01
+    # Apart: a wrong vector pass spoils the background alone; the object is matched through UV.
+    parts = metrics.temporal_warp_errors(frames, uv=uv, mask=mask, vector=0 * vector)
+    assert parts["object"] < 1e-6 < 0.01 < parts["background"]
+    assert parts["object"] < parts["all"] < parts["background"]
+    assert metrics.temporal_warp_errors(frames, uv=uv, mask=mask)["background"] is None
 
 
 def test_temporal_warp_error_needs_a_correspondence():
