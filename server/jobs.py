@@ -334,7 +334,7 @@ class JobStore:
             job.events = read_event_log(folder / EVENTS_FILE, repair=True)  # more events will follow
             job.saved_events = len(job.events)
         if job.state == QUEUED:
-            job.passes_bytes = _size_or_zero(folder / PASSES_FILE)
+            job.passes_bytes = file_size(folder / PASSES_FILE)
         return job, ""
 
     def _quarantine(self, folder: Path, problem: str) -> None:
@@ -405,7 +405,7 @@ class JobStore:
         staging = staging if staging is not None else self.stage(passes_npz)
         try:
             durable.write_atomic(staging / REQUEST_FILE, request_json)
-            passes_bytes = _size_or_zero(staging / PASSES_FILE)
+            passes_bytes = file_size(staging / PASSES_FILE)
             with self._changed:
                 job = Job(id=new_job_id(), seq=self._next_seq, created=time.time(), state=QUEUED, total=total,
                           kind=request_kind(request_json), client=client, folder=staging, events=[],
@@ -791,7 +791,8 @@ class JobStore:
         return offset
 
 
-def _size_or_zero(path: Path) -> int:
+def file_size(path: Path) -> int:
+    """The size of a file in bytes, 0 when it cannot be read (gone, not permitted)."""
     try:
         return path.stat().st_size
     except OSError:

@@ -44,6 +44,7 @@ from zs_core import families
 from zs_core.protocol import ProtocolError, Request, format_loras, parse_loras
 
 from .config import Settings
+from .jobs import file_size
 
 log = logging.getLogger("zs.server")
 
@@ -423,18 +424,11 @@ def _weights_bytes(path: Path) -> int:
     """Bytes of the weight files at ``path`` (a file, or a folder and its subfolders);
     symlinks into the hub cache's blobs are followed."""
     if path.is_file():
-        return _size(path)
+        return file_size(path)
     total = 0
     for root, _dirs, files in os.walk(path):
-        total += sum(_size(Path(root) / name) for name in files if name.endswith(WEIGHT_SUFFIXES))
+        total += sum(file_size(Path(root) / name) for name in files if name.endswith(WEIGHT_SUFFIXES))
     return total
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _children(folder: Path) -> list[Path]:

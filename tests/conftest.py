@@ -1,4 +1,4 @@
-"""Shared fixtures: the built-in tiny model, loaded once per test session."""
+"""Shared fixtures: the built-in tiny models, loaded once per test session."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ def tiny():
     from zs_core import models
 
     return models.load("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl():
+    from zs_core import models
+
+    return models.load("tiny-sdxl", device="cpu")
 
 
 @pytest.fixture(scope="session")

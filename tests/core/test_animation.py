@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from zs_core import animation, attention, models, run, sampler, scene
+from zs_core import animation, attention, run, sampler, scene
 from zs_core.protocol import FRAME_PNG, METRICS_JSON, ProtocolError, Request
 
 TIMESTEP = 500
@@ -129,11 +129,6 @@ def test_chunks_out_of_order_name_the_missing_frame(tiny):
 @pytest.fixture(scope="module")
 def shot():
     return scene.animated_scene(frames=5, width=64, height=64)
-
-
-@pytest.fixture(scope="module")
-def tiny_sdxl():
-    return models.load("tiny-sdxl", device="cpu")
 
 
 def animation_request(**changes) -> Request:

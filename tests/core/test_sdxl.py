@@ -22,11 +22,6 @@ TCD_ETA = 0.3  # TCDScheduler.step's own default; diffusers' pipelines pass thei
 
 
 @pytest.fixture(scope="module")
-def tiny_sdxl():
-    return models.load("tiny-sdxl", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def sdxl_dir(tiny_sdxl, tmp_path_factory):
     return models.save(tiny_sdxl, tmp_path_factory.mktemp("tiny-sdxl"))
 

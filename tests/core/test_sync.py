@@ -9,17 +9,12 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from zs_core import metrics, models, noise, protocol, sampler, scene, sync
+from zs_core import metrics, noise, protocol, sampler, scene, sync
 from zs_core.protocol import Request
 
 SIZE, FACTOR = 128, 8
 # SDXL runs a deterministic, a stochastic and a few-step scheduler (each costs two samples).
 SDXL_SCHEDULERS = ("ddim", "euler_a", "lcm")
-
-
-@pytest.fixture(scope="module")
-def tiny_sdxl():
-    return models.load("tiny-sdxl", device="cpu")
 
 
 @pytest.fixture(scope="module")
