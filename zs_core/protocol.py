@@ -664,6 +664,7 @@ ARRAY_DTYPES: dict[str, tuple[np.dtype, ...]] = {
     **{name: (np.dtype(np.float32), np.dtype(np.float64)) for name in CAMERA_ARRAYS},
     **{name: (_DTYPES[kind],) for name, (_, kind) in TEXEL_ARRAYS.items()},
     "reference_image": (np.dtype(np.float32),),
+    "completion": (np.dtype(np.bool_),),
 }
 REFERENCE_IMAGE_SIDES = (16, 4096)  # smallest and largest side of a reference image, in pixels
 
@@ -681,7 +682,11 @@ class Passes:
     world_to_camera, projection (V, 4, 4); texel_position,
     texel_normal (T, T, 3) and texel_mask (T, T) bool, optional (texturing only);
     reference_image (H', W', 3) float32 RGB in [0, 1], optional: the look every view or
-    frame is steered towards (IP-Adapter; any size, not tied to the views).
+    frame is steered towards (IP-Adapter; any size, not tied to the views);
+    completion (V,) bool, optional (texturing only): True marks a completion view, aimed at
+    surface the other views miss or see only at grazing angles. Completion views are sampled
+    after the others with what those textured held fixed, and baked only where the others
+    did not see the surface well (zs_core/completion.py).
     """
 
     depth: np.ndarray
@@ -697,6 +702,7 @@ class Passes:
     texel_normal: np.ndarray | None = None
     texel_mask: np.ndarray | None = None
     reference_image: np.ndarray | None = None
+    completion: np.ndarray | None = None
 
     @property
     def views(self) -> int:
@@ -769,7 +775,25 @@ class Passes:
             _check(array.dtype == _DTYPES[kind], name, f"expected dtype {_DTYPES[kind].name}, got {array.dtype}")
         if self.reference_image is not None:
             self._validate_reference_image()
+        if self.completion is not None:
+            self._validate_completion()
         return self
+
+    def _validate_completion(self) -> None:
+        flags = self.completion
+        _check(isinstance(flags, np.ndarray) and flags.shape == (self.views,), "completion",
+               f"expected shape ({self.views},), got {getattr(flags, 'shape', None)}")
+        _check(flags.dtype == np.bool_, "completion", f"expected dtype bool, got {flags.dtype}")
+        _check(not bool(flags.all()), "completion", "every view is a completion view; at least one must not be")
+        for name in ("uv", "world_to_camera", "projection", "texel_position", "texel_normal", "texel_mask"):
+            _check(getattr(self, name) is not None, "completion", f"completion views need the {name} array")
+
+    @property
+    def main_views(self) -> np.ndarray:
+        """Indices (V',) int64 of the views that are not completion views."""
+        if self.completion is None:
+            return np.arange(self.views)
+        return np.flatnonzero(~self.completion)
 
     def _validate_reference_image(self) -> None:
         image, (low, high) = self.reference_image, REFERENCE_IMAGE_SIDES

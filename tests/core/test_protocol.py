@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from zs_core import scene
 from zs_core.protocol import Passes, ProtocolError, Request
 
 
@@ -217,3 +218,22 @@ def test_zip_directory_reads_the_end_records_plain_and_zip64():
                                             zipfile.ZipFile(buffer).infolist())
     with pytest.raises(ValueError):
         zip_directory(io.BytesIO(b"not a zip"))
+
+
+def test_completion_flags_round_trip_and_are_checked():
+    passes = scene.sphere_scene(views=3, width=32, height=32, texture_size=32)
+    passes.completion = np.array([False, False, True])
+    loaded = Passes.load(passes.to_npz_bytes()).validate()
+    assert loaded.completion.tolist() == [False, False, True]
+    assert loaded.main_views.tolist() == [0, 1]
+    for flags, message in ((np.array([True, True, True]), "at least one must not be"),
+                           (np.array([False, True]), "expected shape (3,)"),
+                           (np.array([0, 0, 1]), "expected dtype bool")):
+        passes.completion = flags
+        with pytest.raises(ProtocolError, match="completion") as caught:
+            passes.validate()
+        assert message in str(caught.value)
+    passes.completion = np.array([False, False, True])
+    passes.texel_mask = None
+    with pytest.raises(ProtocolError, match="texel_mask"):
+        passes.validate()
