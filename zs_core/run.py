@@ -7,12 +7,15 @@ Shared by the ``zs`` CLI and the server's worker so both produce the same files
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Callable
 
-from . import animation, bake, geometry, images, metrics, sampler
+import numpy as np
+
+from . import animation, bake, completion, geometry, images, metrics, sampler
 from .models import Components
 from .protocol import ANIMATION, CONTACT_SHEET_PNG, FRAME_PNG, METRICS_JSON, TEXTURE_PNG, VIEW_PNG, Passes, Request
 
@@ -51,7 +54,7 @@ def check_inputs(components: Components, request: Request, passes: Passes) -> No
     if request.kind == "animation":
         animation.check_inputs(components, request, passes)
     else:
-        sampler.check_inputs(components, request, passes)
+        completion.check_inputs(components, request, passes)
 
 
 def run_job(
@@ -74,7 +77,7 @@ def run_job(
     """
     out_dir = Path(out_dir)
     animated = request.kind == ANIMATION
-    sample = animation.sample_frames if animated else sampler.sample
+    sample = animation.sample_frames if animated else completion.sample
     started = time.perf_counter()
     result = sample(components, request, passes, progress=progress, cancel=cancel)
     sampling_seconds = time.perf_counter() - started
@@ -101,12 +104,22 @@ def run_job(
 def write_texture_outputs(components: Components, request: Request, passes: Passes, result: sampler.SampleResult,
                           out_dir: Path, sampling_seconds: float) -> dict:
     """A texture job's own outputs beside its ``views/NNNN.png``: ``texture.png`` (baked when
-    the passes carry texel maps) and ``contact_sheet.png`` -> its own metrics (cross-view
-    consistency, texture size, coverage and bake residual)."""
-    metrics_out = consistency_metrics(result, passes, components.vae_scale_factor)
+    the passes carry texel maps; completion views fill what the main views missed, see
+    :mod:`zs_core.completion`) and ``contact_sheet.png`` -> its own metrics (cross-view
+    consistency of the main views, texture size, coverage, where the texels come from,
+    bake residual)."""
+    flags = getattr(result, "completion", None)
+    flags = np.zeros(passes.views, bool) if flags is None or not len(flags) else flags
+    main = passes.main_views if flags.any() else np.arange(passes.views)
+    main_passes = completion.select_views(passes, main) if flags.any() else passes
+    main_result = dataclasses.replace(result, images=result.images[main], latents=result.latents[main])
+    metrics_out = consistency_metrics(main_result, main_passes, components.vae_scale_factor)
     texture = None
     if passes.texel_position is not None:
-        baked = bake.bake(result.images, passes)
+        weights = getattr(result, "weights", None)
+        weights = bake.gather_weights(passes) if weights is None else weights
+        blended = completion.completed_weights(weights, flags) if flags.any() else weights
+        baked = bake.bake(result.images, passes, weights=blended)
         residual = metrics.bake_residual(result.images, passes, texture=baked.texture)
         # Texel maps fix the bake's grain; a different requested size is a resample.
         texture = images.resize_square(baked.texture, request.texture_size)
@@ -114,14 +127,20 @@ def write_texture_outputs(components: Components, request: Request, passes: Pass
         metrics_out["texture_size"] = int(texture.shape[0])
         metrics_out["texture_coverage"] = round(float(baked.coverage), 5)
         metrics_out["bake_residual"] = round(float(residual["mean"]), 5)
+        metrics_out.update(completion.texel_sources(weights, flags))
+        metrics_out["surface_coverage"] = completion.surface_coverage(weights, passes.texel_position, flags)
+        metrics_out["completion_views"] = int(flags.sum())
 
     control = sampler.control_images(passes.depth).numpy()
-    rows = [("depth (ControlNet input)", [images.depth_to_gray(c) for c in control]),
-            ("generated views", list(result.images))]
+    rows = [("depth (ControlNet input)", [images.depth_to_gray(c) for c in control[main]]),
+            ("generated views", list(result.images[main]))]
     if texture is not None:
         # The baked texture seen through every camera: where views disagreed, it blurs.
         rendered = bake.render(baked.texture, passes.uv, passes.mask)
-        rows.append(("baked texture on the object", list(rendered)))
+        rows.append(("baked texture on the object", list(rendered[main])))
+        if flags.any():
+            rows.append(("completion views: generated | baked texture",
+                         [image for view in np.flatnonzero(flags) for image in (result.images[view], rendered[view])]))
     sheet = images.contact_sheet(rows, extra=("baked texture", texture) if texture is not None else None)
     images.save_png(sheet, out_dir / CONTACT_SHEET_PNG)
     return metrics_out
