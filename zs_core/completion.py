@@ -57,16 +57,6 @@ class CompletedSample(sampler.SampleResult):
     weights: bake.BakeWeights | None = None
 
 
-def select_views(passes: Passes, views) -> Passes:
-    """The passes of ``views`` (indices, in that order): every per-view array and camera
-    sliced; texel maps and the reference image shared."""
-    views = np.asarray(views, dtype=np.int64)
-    per_view = {"depth", "mask", "uv", "normal", "position", "vector", "background_id", "world_to_camera",
-                "projection", "completion"}
-    arrays = {name: (value[views] if name in per_view else value) for name, value in passes.arrays().items()}
-    return Passes(**arrays)
-
-
 def main_confidence(weights: bake.BakeWeights) -> np.ndarray:
     """(T, T) float32 in [0, 1]: 1 where the best of these views sees the texel at
     SEEN_WELL_COS or better, 0 below GRAZING_COS or unseen, linear in the cosine between."""
@@ -223,7 +213,7 @@ def sample(components: Components, request: Request, passes: Passes, *,
         return CompletedSample(result.images, result.latents, result.initial_noise, completion)
     check_inputs(components, request, passes)
     main_views, fill_views = np.flatnonzero(~completion), np.flatnonzero(completion)
-    main_passes, fill_passes = select_views(passes, main_views), select_views(passes, fill_views)
+    main_passes, fill_passes = passes.select(main_views), passes.select(fill_views)
     # Two stages of request.steps each: one progress bar over both.
     first = _staged(progress, 0, 2 * request.steps)
     # reference_view names a view of the whole passes: the same view among the main ones.

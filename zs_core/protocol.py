@@ -788,6 +788,14 @@ class Passes:
         for name in ("uv", "world_to_camera", "projection", "texel_position", "texel_normal", "texel_mask"):
             _check(getattr(self, name) is not None, "completion", f"completion views need the {name} array")
 
+    def select(self, views) -> "Passes":
+        """The passes of ``views`` (indices, in that order): every per-view array and camera
+        sliced; the texel maps and the reference image shared."""
+        views = np.asarray(list(views), dtype=np.int64)
+        per_view = {*VIEW_ARRAYS, *CAMERA_ARRAYS, "completion"}
+        return Passes(**{name: (value[views] if name in per_view else value)
+                         for name, value in self.arrays().items()})
+
     @property
     def main_views(self) -> np.ndarray:
         """Indices (V',) int64 of the views that are not completion views."""

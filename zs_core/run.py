@@ -111,7 +111,7 @@ def write_texture_outputs(components: Components, request: Request, passes: Pass
     flags = getattr(result, "completion", None)
     flags = np.zeros(passes.views, bool) if flags is None or not len(flags) else flags
     main = passes.main_views if flags.any() else np.arange(passes.views)
-    main_passes = completion.select_views(passes, main) if flags.any() else passes
+    main_passes = passes.select(main) if flags.any() else passes
     main_result = dataclasses.replace(result, images=result.images[main], latents=result.latents[main])
     metrics_out = consistency_metrics(main_result, main_passes, components.vae_scale_factor)
     texture = None

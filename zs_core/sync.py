@@ -17,6 +17,8 @@ never read back, so no fill is needed. Background latents are left to the model.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -68,13 +70,18 @@ class UVSync:
     def __init__(self, passes: Passes, request: Request, factor: int = 8, samples_per_side: int = 4,
                  texture_size: int | None = None, device: torch.device | str = "cpu", *,
                  mask: np.ndarray | None = None, layers: np.ndarray | None = None, strength: float | None = None,
-                 texels_per_latent: float | None = None):
+                 texels_per_latent: float | None = None, held: tuple[int, int] | None = None,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if passes.uv is None:
             raise ValueError("uv: UV synchronisation needs the UV pass (V, H, W, 2)")
         views, height, width = passes.depth.shape
         self.request = request
         self.strength = request.sync_strength if strength is None else float(strength)
         self.shape = (views, height // factor, width // factor)
+        # A job split over workers: this one holds views [start, stop) (its x0 is theirs);
+        # the texel ids come from every view, so all workers share them.
+        start, stop = (0, views) if held is None else held
+        self.reduce = reduce
         full_mask = passes.mask if mask is None else mask
         # Sample a regular sub-grid of each factor x factor block: enough to follow the
         # footprint, a fraction of the cost of every pixel.
@@ -86,7 +93,10 @@ class UVSync:
         view_index, rows, cols = np.nonzero(mask)
         latent_rows = (rows * stride + offset) // factor
         latent_cols = (cols * stride + offset) // factor
-        latent_index = (view_index * self.shape[1] + latent_rows) * self.shape[2] + latent_cols
+        mine = np.flatnonzero((view_index >= start) & (view_index < stop))  # samples of the held views
+        latent_index = ((view_index[mine] - start) * self.shape[1] + latent_rows[mine]) * self.shape[2] \
+            + latent_cols[mine]
+        self.shape = (stop - start, *self.shape[1:])
         layer = (np.zeros(len(view_index), np.int64) if layers is None
                  else layers[:, offset::stride, offset::stride][mask].astype(np.int64))
         self.pyramid = None
@@ -94,7 +104,7 @@ class UVSync:
             # The target: every sample at the size of its own footprint, fused in a pyramid.
             size = _sizes_of_detail(passes.uv, full_mask, factor, PYRAMID_TEXELS_PER_LATENT)
             size = size[:, offset::stride, offset::stride][mask]
-            self.pyramid = UVPyramid(uv[mask], size, device=device)
+            self.pyramid = UVPyramid(uv[mask], size, device=device, held=mine)
             # Each view votes per unit of surface, not per pixel: a sample stands for its
             # footprint's area, so a close-up's many pixels do not outvote a far view.
             footprint = geometry.uv_footprint(passes.uv, full_mask.astype(np.int64))[:, offset::stride,
@@ -116,13 +126,14 @@ class UVSync:
         texel_index = (layer * span + texel[:, 1]) * span + texel[:, 0]
         texel_index = np.unique(texel_index, return_inverse=True)[1].reshape(-1)  # touched texels only
         self.texels = int(texel_index.max()) + 1 if texel_index.size else 0
+        texel_index = texel_index[mine]
         samples_per_block = (factor // stride) ** 2
 
         self.device = torch.device(device)
         self.latent_index = torch.from_numpy(latent_index.astype(np.int64)).to(self.device)
         self.texel_index = torch.from_numpy(texel_index).to(self.device)
-        self.cosine = torch.from_numpy(np.maximum(cosine[mask], 1e-4)).to(self.device)
-        self.area = None if self.pyramid is None else torch.from_numpy(area.astype(np.float32)).to(self.device)
+        self.cosine = torch.from_numpy(np.maximum(cosine[mask][mine], 1e-4)).to(self.device)
+        self.area = None if self.pyramid is None else torch.from_numpy(area[mine].astype(np.float32)).to(self.device)
         count = torch.bincount(self.latent_index, minlength=int(np.prod(self.shape))).float()
         self.covered = count > 0
         self.coverage = (count / samples_per_block).clamp(max=1.0)
@@ -143,13 +154,13 @@ class UVSync:
         samples = flat[self.latent_index]  # (P, C)
         weight = self.cosine.pow(exponent)  # (P,)
         if self.pyramid is not None:
-            readings = self.pyramid.fuse(samples, weight * self.area)
+            readings = self.pyramid.fuse(samples, weight * self.area, self.reduce)
         else:
-            texels = self.texels
-            texture = torch.zeros(texels, channels, device=flat.device).index_add_(0, self.texel_index,
-                                                                                  samples * weight[:, None])
-            total = torch.zeros(texels, device=flat.device).index_add_(0, self.texel_index, weight)
-            readings = (texture / total.clamp(min=1e-12)[:, None])[self.texel_index]
+            columns = torch.cat([samples * weight[:, None], weight[:, None]], dim=1)
+            sums = torch.zeros(self.texels, channels + 1, device=flat.device).index_add_(0, self.texel_index, columns)
+            if self.reduce is not None:  # the other workers' views' sums
+                sums = self.reduce(sums.reshape(-1)).view(self.texels, channels + 1)
+            readings = (sums[:, :channels] / sums[:, channels:].clamp(min=1e-12))[self.texel_index]
         rendered = torch.zeros_like(flat).index_add_(0, self.latent_index, readings)
         rendered = rendered / self.count[:, None]
         # Latents half on the object keep the model's own x0 for their background share.

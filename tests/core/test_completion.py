@@ -28,7 +28,7 @@ def polar_scene(size: int = SIZE, texels: int = TEXELS) -> Passes:
 
 
 def without_completion_views(passes: Passes) -> Passes:
-    main = completion.select_views(passes, passes.main_views)
+    main = passes.select(passes.main_views)
     main.completion = None
     return main
 
@@ -95,7 +95,7 @@ def test_completion_views_hold_the_known_latents(tiny, scheduler):
     assert reports == [(step, 8) for step in range(1, 9)]  # one bar over both stages
 
     flags = passes.completion
-    main, fill = (completion.select_views(passes, np.flatnonzero(chosen)) for chosen in (~flags, flags))
+    main, fill = (passes.select(np.flatnonzero(chosen)) for chosen in (~flags, flags))
     main_weights = completion._views(result.weights, ~flags)
     texture = bake.bake(result.images[~flags], main, weights=main_weights).texture
     known, mask = completion.known_inputs(tiny, texture, completion.main_confidence(main_weights), fill)

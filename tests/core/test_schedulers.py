@@ -111,7 +111,31 @@ def test_drawn_from_hands_the_scheduler_exactly_the_given_noise(tiny):
     import diffusers.schedulers.scheduling_euler_ancestral_discrete as module
     from diffusers.utils.torch_utils import randn_tensor
 
-    assert module.randn_tensor is randn_tensor  # put back after the step, also after an error
+    # Outside the context (also after an error) the module draws as diffusers does.
+    drawn = module.randn_tensor((2, 3), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(drawn, randn_tensor((2, 3), generator=torch.Generator().manual_seed(7)))
+
+
+def test_step_noise_supplies_are_per_thread(tiny):
+    """Workers of a split job step their schedulers in threads at once: each draws its own."""
+    import threading
+
+    barrier, seen = threading.Barrier(2), {}
+
+    def step(value: float) -> None:
+        scheduler = sampler.make_scheduler(tiny, "euler_a")
+        scheduler.set_timesteps(STEPS)
+        latents = torch.zeros(1, 4, 8, 8)
+        with step_noise.drawn_from(scheduler, lambda: torch.full((1, 4, 8, 8), value)):
+            barrier.wait()  # both supplies installed before either draws
+            seen[value] = scheduler.step(torch.zeros_like(latents), scheduler.timesteps[0], latents).prev_sample
+
+    threads = [threading.Thread(target=step, args=(value,)) for value in (1.0, -1.0)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen[1.0].min() > 0 and seen[-1.0].max() < 0 and torch.allclose(seen[1.0], -seen[-1.0])
 
 
 def test_stochastic_steps_draw_surface_noise_that_views_share():

@@ -1,0 +1,128 @@
+"""A texture job split over several workers (zs_core/distributed.py) equals the job on one.
+
+The workers here are threads of this process, each with its own copy of the tiny model,
+talking through real Gloo process groups on 127.0.0.1 (as Ray actors do across processes).
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from zs_core import distributed, sampler, scene
+from zs_core.protocol import ProtocolError, Request
+
+VIEWS = 8
+
+
+@pytest.fixture(scope="module")
+def passes():
+    return scene.sphere_scene(views=VIEWS, width=64, height=64, texture_size=64)
+
+
+@pytest.fixture(scope="module")
+def models(tiny):
+    """One model per worker (attention processors are installed per model)."""
+    return [tiny] + [copy.deepcopy(tiny) for _ in range(3)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_split(models, request, passes, workers: int, cancel_at: int | None = None):
+    """Every worker's result (or exception), in rank order."""
+    port, results = free_port(), [None] * workers
+    calls = [0] * workers
+
+    def run(rank: int) -> None:
+        collective = distributed.GlooCollective("127.0.0.1", port, rank, workers, name="test", timeout=60)
+
+        def cancel() -> bool:  # only worker 1 is asked to stop
+            calls[rank] += 1
+            return rank == 1 and cancel_at is not None and calls[rank] > cancel_at
+
+        try:
+            results[rank] = distributed.sample_shard(models[rank], request, passes, collective, cancel=cancel)
+        except Exception as exc:  # noqa: BLE001 - handed back to the test
+            results[rank] = exc
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    return results
+
+
+def test_partition():
+    assert distributed.partition(8, 3) == [(0, 3), (3, 6), (6, 8)]
+    assert distributed.partition(2, 4) == [(0, 1), (1, 2), (2, 2), (2, 2)]
+    with pytest.raises(ValueError):
+        distributed.partition(4, 0)
+
+
+@pytest.mark.parametrize("mode", ["self", "extended", "neighbors", "keyframes", "tma"])
+def test_split_equals_one_worker(models, passes, mode):
+    request = Request(prompt="stone", steps=3, seed=5, noise="surface", attention=mode, sync_strength=1.0,
+                      scheduler="euler_a", reference_view=3)
+    single = sampler.sample(models[0], request, passes)
+    for workers in (2, 4):
+        results = run_split(models, request, passes, workers)
+        for result in results:
+            assert not isinstance(result, Exception), result
+        latents = torch.cat([result.latents for result in results])
+        torch.testing.assert_close(latents, single.latents, atol=1e-4, rtol=0)
+        images = np.concatenate([result.images for result in results])
+        np.testing.assert_allclose(images, single.images, atol=1e-4)
+
+
+def test_split_without_exchange_differs(models, passes):
+    """The exchange matters: workers that sync and attend only among their own views give
+    another result (so the equality above is not trivially true)."""
+    request = Request(prompt="stone", steps=3, seed=5, noise="surface", attention="extended", sync_strength=1.0)
+    single = sampler.sample(models[0], request, passes)
+    alone = [sampler.sample(models[0], request, passes.select(range(start, stop)))
+             for start, stop in distributed.partition(VIEWS, 2)]
+    assert (torch.cat([result.latents for result in alone]) - single.latents).abs().max() > 0.1
+
+
+def test_neighbors_send_only_the_range_ends(passes):
+    processor = distributed.ShardedAttention("neighbors", VIEWS, distributed.Solo(), reference=3)
+    processor.ranges = distributed.partition(VIEWS, 4)
+    assert processor._exports() == [[0, 1], [2, 3], [4, 5], [6, 7]]  # 2 views per worker of 2: both ends
+    processor.ranges = distributed.partition(VIEWS, 2)
+    assert processor._exports() == [[0, 3], [4, 7]]  # ring ends, and the reference 3
+    keyframes = distributed.ShardedAttention("keyframes", VIEWS, distributed.Solo(), policy="first")
+    keyframes.ranges = distributed.partition(VIEWS, 4)
+    assert keyframes._exports() == [[0], [], [], []]
+
+
+def test_cancel_on_one_worker_stops_all(models, passes):
+    request = Request(prompt="stone", steps=6, seed=5, noise="surface", attention="extended")
+    results = run_split(models, request, passes, 2, cancel_at=3)
+    assert all(isinstance(result, sampler.Cancelled) for result in results), results
+
+
+def test_what_is_not_split_is_named(tiny, passes):
+    grid = Request(prompt="x", steps=1, layout="grid", attention="self")
+    with pytest.raises(ProtocolError, match="layout"):
+        distributed.check_split(grid, passes)
+    flagged = passes.select(range(VIEWS))
+    flagged.completion = np.arange(VIEWS) == VIEWS - 1
+    with pytest.raises(ProtocolError, match="completion"):
+        distributed.check_split(Request(prompt="x", steps=1), flagged)
+
+
+def test_bytes_per_step_follow_the_modes():
+    sizes = {mode: distributed.bytes_per_step(mode, 64, 8, texels=10_000) for mode in distributed.SPLIT_MODES}
+    assert sizes["self"] == 10_000 * 11 * 4  # the sync's texel sums only
+    assert sizes["extended"] > sizes["neighbors"] > sizes["keyframes"] >= sizes["tma"] > sizes["self"]
+    assert distributed.bytes_per_step("extended", 64, 1) == 0
