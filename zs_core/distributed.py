@@ -20,7 +20,8 @@ machine or across a Ray cluster):
   worker that stopped.
 
 The grid layout (all views tiled into one image) and completion views (a second stage on
-the baked main views) are not split. docs/scaling.md gives the bytes each mode sends.
+the baked main views) are not split. docs/scaling.md gives the bytes each mode sends
+(:func:`bytes_per_step`).
 """
 
 from __future__ import annotations
@@ -124,31 +125,12 @@ class ShardedAttention(attention._SelfAttentionOnly):
         self.ranges = partition(views, collective.size)
         self.start, self.stop = self.ranges[collective.rank]
         self.momentum, self.score_bytes = float(momentum), score_bytes
-        self.sources = self.bias = None
-        if mode == "neighbors":
-            self.sources, self.bias = attention.neighbor_sources(views, reference, reference_weight)
-        elif mode == "keyframes":
-            self.sources, self.bias = attention.keyframe_sources(views, policy or "first", anchors)
-        self.exports = self._exports()
+        self.sources, self.bias = _sources(mode, views, reference, reference_weight, policy, anchors)
+        self.exports = exported_views(mode, views, collective.size, reference=reference,
+                                      reference_weight=reference_weight, policy=policy, anchors=anchors)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mode={self.mode!r}, views {self.start}..{self.stop - 1} of {self.views})"
-
-    def _exports(self) -> list[list[int]]:
-        """Per rank, the views of its range whose keys another rank's queries read."""
-        if self.mode == "extended":
-            return [list(range(start, stop)) for start, stop in self.ranges]
-        if self.mode == "tma":
-            return [[] for _ in self.ranges]
-        read = [set() for _ in self.ranges]  # views each rank's queries read
-        for rank, (start, stop) in enumerate(self.ranges):
-            used = self.sources[start:stop][torch.isfinite(self.bias[start:stop])]
-            read[rank] = set(used.tolist())
-        exports = []
-        for rank, (start, stop) in enumerate(self.ranges):
-            wanted = set().union(*(read[other] for other in range(len(self.ranges)) if other != rank))
-            exports.append(sorted(view for view in wanted if start <= view < stop))
-        return exports
 
     def _attention(self, attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         held = self.stop - self.start
@@ -228,6 +210,35 @@ def _chain_matrix(frames: int, mu: float, first: bool, like: torch.Tensor) -> to
     return matrix.to(like.dtype).to(like.device)
 
 
+def _sources(mode: str, views: int, reference: int, reference_weight: float, policy: str | None,
+             anchors: Sequence[int] | None):
+    """(sources (V, S), bias (V, S)) of the gathered modes, (None, None) for the others."""
+    if mode == "neighbors":
+        return attention.neighbor_sources(views, reference, reference_weight)
+    if mode == "keyframes":
+        return attention.keyframe_sources(views, policy or "first", anchors)
+    return None, None
+
+
+def exported_views(mode: str, views: int, workers: int, *, reference: int = 0, reference_weight: float = 1.0,
+                   policy: str | None = None, anchors: Sequence[int] | None = None) -> list[list[int]]:
+    """Per worker, the views of its range whose keys and values it sends each layer: all of
+    them for ``extended``; for ``neighbors`` / ``keyframes`` those another worker's queries
+    read; none for ``self`` and ``tma`` (which sends one momentum state instead)."""
+    ranges = partition(views, workers)
+    if mode == "extended":
+        return [list(range(start, stop)) for start, stop in ranges]
+    if mode not in ("neighbors", "keyframes"):
+        return [[] for _ in ranges]
+    sources, bias = _sources(mode, views, reference, reference_weight, policy, anchors)
+    read = [set(sources[start:stop][torch.isfinite(bias[start:stop])].tolist()) for start, stop in ranges]
+    exports = []
+    for rank, (start, stop) in enumerate(ranges):
+        wanted = set().union(*(read[other] for other in range(len(ranges)) if other != rank))
+        exports.append(sorted(view for view in wanted if start <= view < stop))
+    return exports
+
+
 # ------------------------------------------------------------------------- the job
 
 
@@ -290,48 +301,45 @@ def _processor_params(mode: str, params: dict) -> dict:
     return {names[key]: value for key, value in params.items() if key in names}
 
 
-def bytes_per_step(mode: str, views: int, workers: int, latent: tuple[int, int] = (64, 64), *,
-                   texels: int = 0, channels: int = 4, guidance: bool = True, unet: str = "sd15",
-                   policy: str = "first") -> int:
-    """Bytes one worker sends per denoising step of a job of ``views`` split over
-    ``workers`` (float32 on the wire): the attention exchange of every self-attention layer
-    of UNet and ControlNet, plus the UV sync's texel sums (``texels`` texels)."""
+def bytes_per_step(mode: str, views: int, workers: int, unet_config, latent: tuple[int, int], *,
+                   texels: int = 0, channels: int = 4, guidance: bool = True, reference: int = 0,
+                   policy: str | None = None) -> dict:
+    """What one denoising step of a texture job of ``views`` split over ``workers`` moves, as
+    float32, for a UNet of ``unet_config`` (its ControlNet mirrors the down and mid blocks)
+    at ``latent`` (h, w) -> {"attention": bytes each worker sends per step for the mode's
+    keys and values, summed over every self-attention layer of UNet and ControlNet (an
+    all-gather pads every worker's part to the largest); "sync": the UV sync's texel sums
+    (``texels`` texels of the pyramid, all-reduced); "per_worker": both}."""
+    if workers <= 1:
+        return {"attention": 0, "sync": 0, "per_worker": 0}
     groups = 2 if guidance else 1
-    ranges = partition(views, workers)
-    held = max(stop - start for start, stop in ranges)
-    per_view_tokens = sum(_self_attention_tokens(latent, unet))  # sum over layers of N * channels
-    if mode == "extended":
-        exported = held
-    elif mode == "tma":
-        exported = 1
-    elif mode == "neighbors":
-        exported = min(held, 3)  # both range ends, and the reference where a worker holds it
-    elif mode == "keyframes":
-        exported = {"first": 1, "middle": 1, "first_previous": 2}.get(policy, 1)
+    per_view = 2 * groups * 4 * sum(attention_layer_elements(unet_config, latent))  # keys and values
+    if mode == "tma":
+        sent = 1  # one momentum state (of one frame) per layer
     else:
-        exported = 0
-    attention_bytes = 2 * groups * exported * per_view_tokens * 4  # keys and values
-    sync_bytes = texels * (2 * channels + 3) * 4
-    return int(attention_bytes + sync_bytes) if workers > 1 else 0
+        sent = max(len(part) for part in exported_views(mode, views, workers, reference=reference, policy=policy))
+    sync = texels * (2 * channels + 3) * 4
+    return {"attention": sent * per_view, "sync": sync, "per_worker": sent * per_view + sync}
 
 
-def _self_attention_tokens(latent: tuple[int, int], unet: str) -> list[int]:
-    """tokens x channels of each self-attention layer of UNet + ControlNet (SD 1.5: three
-    resolutions with attention, 320/640/1280 channels; SDXL: two, 640/1280, deeper)."""
+def attention_layer_elements(unet_config, latent: tuple[int, int]) -> list[int]:
+    """tokens x channels of one view's keys at every self-attention layer of a UNet of
+    ``unet_config`` (a diffusers UNet2DConditionModel config) and of its ControlNet (its
+    down and mid blocks), for a latent of ``latent`` (h, w)."""
+    config = dict(unet_config)
+    widths = list(config["block_out_channels"])
+    depth = config.get("transformer_layers_per_block", 1)
+    depths = list(depth) if isinstance(depth, (list, tuple)) else [depth] * len(widths)
+    per_block = config.get("layers_per_block", 2)
     height, width = latent
-    if unet == "sdxl":
-        layout = [(2, 640, 2, 2), (4, 1280, 10, 2)]  # (downscale, channels, transformer depth, blocks)
-        unet_layers = [(h, c, depth * blocks) for h, c, depth, blocks in layout]
-        up = [(h, c, depth * 3) for h, c, depth, _ in layout]
-        mid = [(4, 1280, 10)]
-    else:
-        layout = [(1, 320), (2, 640), (4, 1280)]
-        unet_layers = [(h, c, 2) for h, c in layout]
-        up = [(h, c, 3) for h, c in layout]
-        mid = [(8, 1280, 1)]
-    down = unet_layers
-    out = []
-    for scale, channels, count in down + mid + up + down + mid:  # UNet, then ControlNet's down + mid
-        out.append(count * (height // scale) * (width // scale) * channels)
-    return out
 
+    def tokens(level: int) -> int:
+        return -(-height // 2 ** level) * -(-width // 2 ** level)
+
+    down = [per_block * depths[i] * tokens(i) * widths[i]
+            for i, kind in enumerate(config["down_block_types"]) if "CrossAttn" in kind]
+    last = len(widths) - 1
+    mid = [depths[-1] * tokens(last) * widths[-1]] if "CrossAttn" in (config.get("mid_block_type") or "") else []
+    up = [(per_block + 1) * depths[last - j] * tokens(last - j) * widths[last - j]
+          for j, kind in enumerate(config["up_block_types"]) if "CrossAttn" in kind]
+    return down + mid + up + down + mid  # the UNet, then its ControlNet

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from zs_core import distributed, sampler, scene
+from zs_core import distributed, sampler, scene, sync
 from zs_core.protocol import ProtocolError, Request
 
 VIEWS = 8
@@ -94,15 +94,55 @@ def test_split_without_exchange_differs(models, passes):
     assert (torch.cat([result.latents for result in alone]) - single.latents).abs().max() > 0.1
 
 
-def test_neighbors_send_only_the_range_ends(passes):
-    processor = distributed.ShardedAttention("neighbors", VIEWS, distributed.Solo(), reference=3)
-    processor.ranges = distributed.partition(VIEWS, 4)
-    assert processor._exports() == [[0, 1], [2, 3], [4, 5], [6, 7]]  # 2 views per worker of 2: both ends
-    processor.ranges = distributed.partition(VIEWS, 2)
-    assert processor._exports() == [[0, 3], [4, 7]]  # ring ends, and the reference 3
-    keyframes = distributed.ShardedAttention("keyframes", VIEWS, distributed.Solo(), policy="first")
-    keyframes.ranges = distributed.partition(VIEWS, 4)
-    assert keyframes._exports() == [[0], [], [], []]
+def test_neighbors_and_keyframes_send_only_what_others_read():
+    assert distributed.exported_views("neighbors", VIEWS, 4, reference=3) == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    assert distributed.exported_views("neighbors", VIEWS, 2, reference=3) == [[0, 3], [4, 7]]  # ring ends, reference
+    assert distributed.exported_views("keyframes", VIEWS, 4, policy="first") == [[0], [], [], []]
+    assert distributed.exported_views("extended", VIEWS, 2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert distributed.exported_views("tma", VIEWS, 2) == [[], []]
+
+
+class CountingCollective:
+    """A collective that counts the bytes this worker hands to all-gathers and all-reduces."""
+
+    def __init__(self, inner):
+        self.inner, self.rank, self.size = inner, inner.rank, inner.size
+        self.gathered = self.reduced = 0
+
+    def all_gather(self, tensor):
+        self.gathered += tensor.numel() * 4
+        return self.inner.all_gather(tensor)
+
+    def all_reduce(self, tensor):
+        if tensor.numel() > 1:  # not the cancel flag
+            self.reduced += tensor.numel() * 4
+        return self.inner.all_reduce(tensor)
+
+
+@pytest.mark.parametrize("mode", ["extended", "neighbors", "tma"])
+def test_bytes_per_step_is_what_workers_send(models, passes, mode):
+    """distributed.bytes_per_step, from the UNet's config, against the bytes counted going
+    into the collectives of a real split run (the tiny model, one step)."""
+    request = Request(prompt="stone", steps=1, seed=5, noise="surface", attention=mode, reference_view=3)
+    port, counted = free_port(), [None, None]
+
+    def run(rank: int) -> None:
+        collective = CountingCollective(distributed.GlooCollective("127.0.0.1", port, rank, 2, name="count"))
+        distributed.sample_shard(models[rank], request, passes, collective)
+        counted[rank] = collective
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    hook = sync.UVSync(passes, request, 8)
+    texels = hook.pyramid.total_texels
+    expected = distributed.bytes_per_step(mode, VIEWS, 2, models[0].unet.config, (8, 8), texels=texels,
+                                          guidance=request.guidance_scale > 1, reference=3)
+    for collective in counted:
+        assert collective.gathered == expected["attention"]
+        assert collective.reduced == expected["sync"]
 
 
 def test_cancel_on_one_worker_stops_all(models, passes):
@@ -121,8 +161,10 @@ def test_what_is_not_split_is_named(tiny, passes):
         distributed.check_split(Request(prompt="x", steps=1), flagged)
 
 
-def test_bytes_per_step_follow_the_modes():
-    sizes = {mode: distributed.bytes_per_step(mode, 64, 8, texels=10_000) for mode in distributed.SPLIT_MODES}
+def test_bytes_per_step_follow_the_modes(tiny):
+    config = tiny.unet.config
+    sizes = {mode: distributed.bytes_per_step(mode, 64, 8, config, (64, 64), texels=10_000)["per_worker"]
+             for mode in distributed.SPLIT_MODES}
     assert sizes["self"] == 10_000 * 11 * 4  # the sync's texel sums only
     assert sizes["extended"] > sizes["neighbors"] > sizes["keyframes"] >= sizes["tma"] > sizes["self"]
-    assert distributed.bytes_per_step("extended", 64, 1) == 0
+    assert distributed.bytes_per_step("extended", 64, 1, config, (64, 64))["per_worker"] == 0
