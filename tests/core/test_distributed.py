@@ -168,3 +168,14 @@ def test_bytes_per_step_follow_the_modes(tiny):
     assert sizes["self"] == 10_000 * 11 * 4  # the sync's texel sums only
     assert sizes["extended"] > sizes["neighbors"] > sizes["keyframes"] >= sizes["tma"] > sizes["self"]
     assert distributed.bytes_per_step("extended", 64, 1, config, (64, 64))["per_worker"] == 0
+
+
+def test_scaling_simulation_splits_exactly(tiny, monkeypatch):
+    """bench/split_scaling.py's timed stand-in model runs the real split (noise, sync,
+    all-reduce): its workers' latents equal one worker's (timing is the bench's business)."""
+    from bench import split_scaling
+
+    monkeypatch.setattr(split_scaling, "SECONDS_PER_VIEW", 0.0)
+    rows = split_scaling.measure(tiny, views=8, steps=2, workers=(1, 2))
+    assert [row["workers"] for row in rows] == [1, 2]
+    assert rows[1]["max_difference"] < 1e-4 and rows[1]["reduce_bytes_per_step"] > 0
