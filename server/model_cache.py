@@ -200,7 +200,9 @@ def load_entry(entry, device: str, hub_cache: str | None = None, dtype: str | No
 
     controlnet = entry.controlnets[0]
     # "tiny" is a built-in's own tiny ControlNet, or a random one made for another model's UNet.
-    components = models.load(entry.path, controlnet.path, device=device, dtype=dtype, cache_dir=hub_cache)
+    # The family's inpainting ControlNet joins when it is on disk (completion views use it).
+    components = models.load(entry.path, controlnet.path, device=device, dtype=dtype, cache_dir=hub_cache,
+                             inpaint_controlnet="auto")
     components.name, components.controlnet_name = entry.name, controlnet.name
     return components
 

@@ -31,8 +31,9 @@ class LocalSampler:
         from zs_core import memory, models
 
         if self.components is None:
+            # The family's inpainting ControlNet joins when it is on disk (completion views use it).
             self.components = models.load(self.resolved.model, self.resolved.controlnet, device=self.device,
-                                          dtype=self.dtype)
+                                          dtype=self.dtype, inpaint_controlnet="auto")
         chosen = memory.plan_for_job(self.components, request, passes, offload=self.offload,
                                      vae_tiling=self.vae_tiling)
         memory.apply(self.components, chosen)

@@ -12,7 +12,9 @@ what the others miss, placed at capture) runs in two stages (:func:`sample`):
    through their UV pass and encoded by the VAE gives known latents, and at every step the
    known latents' x0 replaces the prediction where the main views saw the surface well
    (masked latent blending, :class:`KnownLatents`); elsewhere the model generates, with
-   the job's surface noise, attention and UV sync among the completion views.
+   the job's surface noise, attention and UV sync among the completion views, and, when
+   the model has one loaded (``Components.inpaint_controlnet``, the family's inpainting
+   ControlNet), that ControlNet sees the known colours and where to paint.
 
 :func:`completed_weights` then bakes all views in one pass: each texel is the main views'
 colour where they saw it well, the completion views' where they did not, blended over a
@@ -42,6 +44,7 @@ from .x0_epsilon import epsilon_for, predicted_x0
 BAKE_EXPONENT = 4.0
 GRAZING_COS = 0.25
 SEEN_WELL_COS = 0.45
+INPAINT_SCALE = 1.0  # the inpainting ControlNet's scale, relative to the depth ControlNet's
 
 
 @dataclass
@@ -178,15 +181,20 @@ def encode(components: Components, images: np.ndarray, chunk: int = 4) -> torch.
 def known_inputs(components: Components, texture: np.ndarray, confidence: np.ndarray, passes: Passes):
     """The main views' ``texture (T, T, 3)`` and ``confidence (T, T)`` seen by the
     completion views' ``passes`` -> (known latents ``(V, 4, h, w)``, latent mask
-    ``(V, 1, h, w)``): a latent pixel is as known as the least known of its pixels (so the
-    model regenerates every latent that touches new surface or the background)."""
+    ``(V, 1, h, w)``, inpainting control images ``(V, 3, H, W)``): a latent pixel is as
+    known as the least known of its pixels (so the model regenerates every latent that
+    touches new surface or the background); the control image is the known colour where a
+    pixel is known at least half, -1 where the ControlNet is to paint (the convention the
+    inpainting ControlNets were trained with)."""
     factor = components.vae_scale_factor
     rendered = bake.render(texture, passes.uv, passes.mask)
     known = encode(components, rendered)
     pixel_known = bake.render(confidence[..., None], passes.uv, passes.mask)[..., 0]
     pixel_known = torch.from_numpy(pixel_known).unsqueeze(1)  # (V, 1, H, W)
     mask = -torch.nn.functional.max_pool2d(-pixel_known, factor)
-    return known, mask
+    image = torch.from_numpy(rendered).permute(0, 3, 1, 2)
+    inpaint = torch.where(pixel_known >= 0.5, image, torch.full_like(image, -1.0))
+    return known, mask, inpaint
 
 
 def check_inputs(components: Components, request: Request, passes: Passes) -> None:
@@ -224,12 +232,15 @@ def sample(components: Components, request: Request, passes: Passes, *,
         weights = bake.gather_weights(passes)
     main_weights = _views(weights, ~completion)
     texture = bake.bake(main.images, main_passes, weights=main_weights).texture
-    known, mask = known_inputs(components, texture, main_confidence(main_weights), fill_passes)
+    known, mask, inpaint = known_inputs(components, texture, main_confidence(main_weights), fill_passes)
     fill_request = dataclasses.replace(request, reference_view=0)  # a main view index means nothing here
     hooks = [sync.UVSync(fill_passes, fill_request, components.vae_scale_factor, device=components.device)] \
         if request.sync_strength > 0 and len(fill_views) > 1 else []
     hooks.append(KnownLatents(known, mask))
-    predictor = sampler.WholeBatch(components, fill_request, sampler.condition(components, fill_request, fill_passes))
+    conditioning = sampler.condition(components, fill_request, fill_passes)
+    if components.inpaint_controlnet is not None:  # the family's inpainting ControlNet, when loaded
+        conditioning.extra_control.append((components.inpaint_controlnet, inpaint, INPAINT_SCALE))
+    predictor = sampler.WholeBatch(components, fill_request, conditioning)
     second = _staged(progress, request.steps, 2 * request.steps)
     filled = sampler.denoise(components, fill_request, fill_passes, predictor, sampler.initial_noise, hooks=hooks,
                              progress=second, cancel=cancel)

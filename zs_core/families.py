@@ -104,6 +104,9 @@ class Family:
     # The text encoders (component name, transformers class) and tokenizers, in encoding order.
     text_encoders: tuple[tuple[str, str], ...]
     tokenizers: tuple[str, ...]
+    # hub id of its inpainting ControlNet ("": the family has none); completion views use it
+    # when it is on disk (zs_core/completion.py), and never download it.
+    inpaint_controlnet: str = ""
 
     def __repr__(self) -> str:
         return f"Family({self.name!r})"
@@ -148,6 +151,7 @@ SD15 = Family(
     encode_prompt=encode_sd15,
     text_encoders=(("text_encoder", "CLIPTextModel"),),
     tokenizers=("tokenizer",),
+    inpaint_controlnet="lllyasviel/control_v11p_sd15_inpaint",
 )
 SDXL = Family(
     name="sdxl", title="Stable Diffusion XL", native_size=1024,

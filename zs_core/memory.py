@@ -111,12 +111,12 @@ def weight_bytes(family: str, dtype: str = "fp16", reference: bool = False,
                  parameters: dict[str, int] | None = None) -> dict[str, int]:
     """Bytes of each stage's weights: ``{"encode", "denoise", "decode"}`` (with a reference
     image: the image encoder in encode, the IP-Adapter in denoise). ``parameters``: counts
-    per module name (unet, controlnet, vae, text_encoder, text_encoder_2) that replace the
+    per module name (unet, controlnet, inpaint_controlnet, vae, text_encoder, text_encoder_2) that replace the
     family's, e.g. a smaller ControlNet's or those of loaded modules."""
     counts = dict(_parameters(family), **(parameters or {}))
     size = DTYPE_BYTES[dtype]
     encode = counts["text_encoder"] + counts.get("text_encoder_2", 0)
-    denoise = counts["unet"] + counts["controlnet"]
+    denoise = counts["unet"] + counts["controlnet"] + counts.get("inpaint_controlnet", 0)
     if reference:  # counts of loaded modules already hold a loaded adapter
         encode += counts.get("image_encoder", IMAGE_ENCODER_PARAMETERS[family])
         denoise += 0 if "image_encoder" in counts else IP_ADAPTER_PARAMETERS[family]
@@ -322,7 +322,7 @@ def attention_score_bytes(components) -> int | None:
 # denoising stage, and diffusers runs its encode / decode through the hook without moving
 # their inputs (apply_forward_hook), so the VAE must already be where the inputs are.
 STAGES = {"text_encoder": "encode", "text_encoder_2": "encode", "image_encoder": "encode",
-          "unet": "denoise", "controlnet": "denoise", "vae": "decode"}
+          "unet": "denoise", "controlnet": "denoise", "inpaint_controlnet": "denoise", "vae": "decode"}
 RESIDENT = ("vae",)
 
 

@@ -83,6 +83,8 @@ class Components:
     feature_extractor: object | None = None
     # The pipeline's own settings from model_index.json (SDXL: force_zeros_for_empty_prompt).
     pipeline_config: dict = field(default_factory=dict)
+    # The family's inpainting ControlNet, when loaded: completion views condition on it too.
+    inpaint_controlnet: ControlNetModel | None = None
 
     @property
     def vae_scale_factor(self) -> int:
@@ -90,7 +92,8 @@ class Components:
 
     def modules(self) -> dict[str, torch.nn.Module]:
         found = dict(unet=self.unet, controlnet=self.controlnet, vae=self.vae, text_encoder=self.text_encoder,
-                     text_encoder_2=self.text_encoder_2, image_encoder=self.image_encoder)
+                     text_encoder_2=self.text_encoder_2, image_encoder=self.image_encoder,
+                     inpaint_controlnet=self.inpaint_controlnet)
         return {name: module for name, module in found.items() if module is not None}
 
 
@@ -387,13 +390,17 @@ def _controlnet_config(path: Path, family: families.Family, findings: _Findings)
 
 
 def load(model: str = "tiny", controlnet: str | None = None, device: str = "auto", dtype: str | None = None, *,
-         config: str | None = None, cache_dir: str | os.PathLike | None = None) -> Components:
+         config: str | None = None, cache_dir: str | os.PathLike | None = None,
+         inpaint_controlnet: str | None = None) -> Components:
     """Load the image model and its depth ControlNet, ready for :func:`zs_core.sampler.sample`.
 
     Resolves both first (:func:`check_available`, same arguments), so a missing file is
     named before anything loads. ``controlnet=None`` means the built-in models' own
     ControlNet, else the family's default depth ControlNet; ``"tiny"`` a random one built
-    for the model's UNet.
+    for the model's UNet. ``inpaint_controlnet``: None loads none; ``"auto"`` the family's
+    inpainting ControlNet when all its files are on disk, else none (never a download; the
+    built-in models have none); ``"tiny"`` a random one; any other name must be there
+    (see :func:`inpaint_controlnet_for`).
     """
     torch_device, torch_dtype = choose_device(device, dtype)
     info = check_available(model, controlnet, config=config, cache_dir=cache_dir)
@@ -404,10 +411,42 @@ def load(model: str = "tiny", controlnet: str | None = None, device: str = "auto
         control = built_in_controlnet if built_in_controlnet is not None else tiny.build_controlnet(base["unet"])
     else:
         control = _load_controlnet(info.controlnet, cache_dir)
-    components = _assemble(base, control, torch_device, torch_dtype, str(model), info.controlnet.name)
+    inpaint = inpaint_controlnet_for(model, family, base["unet"], inpaint_controlnet, cache_dir)
+    components = _assemble(base, control, torch_device, torch_dtype, str(model), info.controlnet.name,
+                           inpaint=inpaint)
     components.family, components.pipeline_config = family.name, pipeline_config
     _check_fits(components, family)
     return components
+
+
+def inpaint_controlnet_for(model: str, family: families.Family, unet, name: str | None,
+                           cache_dir=None) -> ControlNetModel | None:
+    """The inpainting ControlNet ``name`` asks for (see :func:`load`): None, ``"tiny"`` (a
+    random one for ``unet``, seeded apart from the depth one; for tests), ``"auto"``, or a
+    hub id / path that must be on disk (ModelLoadError otherwise)."""
+    if name is None or (name == "auto" and model in BUILTIN):  # a random one would only add noise
+        return None
+    if name == "tiny":
+        with torch.random.fork_rng():
+            torch.manual_seed(INPAINT_SEED)
+            return tiny.build_controlnet(unet)
+    wanted = family.inpaint_controlnet if name == "auto" else name
+    if not wanted:
+        return None
+    try:
+        info = check_available(model, wanted, cache_dir=cache_dir)
+    except ModelLoadError:
+        if name == "auto":
+            return None
+        raise
+    if info.to_download:
+        if name == "auto":
+            return None
+        raise ModelLoadError(f"inpaint_controlnet: {wanted} is not on disk: " + "; ".join(info.to_download))
+    return _load_controlnet(info.controlnet, cache_dir)
+
+
+INPAINT_SEED = 7  # the built-in tiny inpainting ControlNet's weights
 
 
 def load_tiny(unet_overrides: dict | None = None, device: str = "auto", family: str = "sd15") -> Components:
@@ -423,9 +462,9 @@ def load_tiny(unet_overrides: dict | None = None, device: str = "auto", family: 
 
 
 def _assemble(base: dict, control: ControlNetModel, device: torch.device, dtype: torch.dtype,
-              name: str, controlnet_name: str) -> Components:
+              name: str, controlnet_name: str, inpaint: ControlNetModel | None = None) -> Components:
     components = Components(controlnet=control, device=device, dtype=dtype, name=name,
-                            controlnet_name=controlnet_name, **base)
+                            controlnet_name=controlnet_name, inpaint_controlnet=inpaint, **base)
     for name, module in components.modules().items():
         module.to(device=device)
         wanted = vae_dtype(module, dtype) if name == "vae" else dtype

@@ -201,6 +201,10 @@ class Conditioning:
     guidance_scale: float
     added: dict = dataclasses.field(default_factory=dict)
     unet_added: dict = dataclasses.field(default_factory=dict)
+    # More ControlNets beside the depth one, each (ControlNet, its images (V, 3, H, W)
+    # float32 on the CPU, its scale relative to the depth one's): their residuals add up,
+    # as in diffusers' MultiControlNetModel (the completion views' inpainting ControlNet).
+    extra_control: list = dataclasses.field(default_factory=list)
 
     def per_group(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor (n, ...)`` once per CFG group -> ``(G*n, ...)``, in the embeddings' order."""
@@ -339,11 +343,13 @@ class GridLayout(ViewLayout):
 
 def guided_noise_pred(components: Components, scheduler, latents: torch.Tensor, timestep, batch: ModelBatch,
                       control: torch.Tensor, scale: float, guidance_scale: float,
-                      layout: ViewLayout | None = None) -> torch.Tensor:
+                      layout: ViewLayout | None = None, extra: Sequence[tuple] = ()) -> torch.Tensor:
     """Guided noise prediction ``(V, 4, h, w)`` for ``latents (V, 4, h, w)``: ControlNet and
     UNet on one batch [uncond views..., cond views...] (cond only when ``guidance_scale``
     <= 1). ``batch`` (text and extra conditioning) and ``control`` (control images) are that
-    batch's, already in the ``layout``'s model shape (the grid tiles views into one image)."""
+    batch's, already in the ``layout``'s model shape (the grid tiles views into one image).
+    ``extra``: more ControlNets, each (ControlNet, its control images in the model shape,
+    its scale relative to ``scale``); their residuals add to the depth ControlNet's."""
     layout = layout or ViewLayout()
     groups = 2 if guidance_scale > 1.0 else 1
     model_input = layout.to_model(scheduler.scale_model_input(torch.cat([latents] * groups), timestep))
@@ -351,6 +357,12 @@ def guided_noise_pred(components: Components, scheduler, latents: torch.Tensor, 
         model_input, timestep, encoder_hidden_states=batch.embeds, controlnet_cond=control,
         conditioning_scale=scale, guess_mode=False, return_dict=False, **batch.controlnet_kwargs(),
     )
+    for controlnet, images, relative in extra:
+        down, mid = controlnet(model_input, timestep, encoder_hidden_states=batch.embeds, controlnet_cond=images,
+                               conditioning_scale=scale * relative, guess_mode=False, return_dict=False,
+                               **batch.controlnet_kwargs())
+        down_residuals = [total + more for total, more in zip(down_residuals, down)]
+        mid_residual = mid_residual + mid
     noise_pred = components.unet(
         model_input, timestep, encoder_hidden_states=batch.embeds,
         down_block_additional_residuals=down_residuals,
@@ -427,6 +439,9 @@ class WholeBatch:
         self.batch = conditioning.batch(model_views)
         control = conditioning.control.to(components.device, components.dtype)
         self.control = self.layout.to_model(conditioning.per_group(control))
+        self.extra = [(net, self.layout.to_model(conditioning.per_group(images.to(components.device, components.dtype))),
+                       relative) for net, images, relative in conditioning.extra_control]
+        self.models = [net for net, _, _ in self.extra]  # more models the attention processor goes on
 
     def where(self, index: int, total: int, span: int) -> str:
         return f"before step {index + 1} of {total}"
@@ -434,7 +449,7 @@ class WholeBatch:
     def __call__(self, scheduler, index: int, span: int, timestep, latents: torch.Tensor,
                  scale: float) -> torch.Tensor:
         return guided_noise_pred(self.components, scheduler, latents, timestep, self.batch, self.control, scale,
-                                 self.guidance_scale, self.layout)
+                                 self.guidance_scale, self.layout, self.extra)
 
 
 def _poll(cancel: Callable[[], bool] | None, where: str) -> None:
@@ -506,7 +521,7 @@ def denoise(
     timesteps = scheduler.timesteps
     current = start_noise.to(components.device, components.dtype) * scheduler.init_noise_sigma
 
-    models = [components.unet, components.controlnet]
+    models = [components.unet, components.controlnet, *getattr(predictor, "models", ())]
     where = [""]  # the model call under way, for a cancel inside it
     with torch.inference_mode(), attention.install_processor(models, predictor.processor), \
             cancel_inside(models, cancel, where):

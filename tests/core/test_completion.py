@@ -3,6 +3,7 @@ views textured held fixed, baked in only where the main views did not see the su
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -98,7 +99,7 @@ def test_completion_views_hold_the_known_latents(tiny, scheduler):
     main, fill = (passes.select(np.flatnonzero(chosen)) for chosen in (~flags, flags))
     main_weights = completion._views(result.weights, ~flags)
     texture = bake.bake(result.images[~flags], main, weights=main_weights).texture
-    known, mask = completion.known_inputs(tiny, texture, completion.main_confidence(main_weights), fill)
+    known, mask, _ = completion.known_inputs(tiny, texture, completion.main_confidence(main_weights), fill)
     latents = result.latents[torch.from_numpy(np.flatnonzero(flags))]
     held = mask.expand_as(latents) > 0.999
     assert 0.05 < held.float().mean() < 0.6
@@ -136,3 +137,93 @@ def test_bad_completion_requests_are_named(tiny):
     with pytest.raises(ProtocolError, match="reference_view"):
         completion.check_inputs(tiny, Request(prompt="x", steps=1, attention="neighbors", reference_view=3), passes)
     completion.check_inputs(tiny, Request(prompt="x", steps=1, attention="neighbors", reference_view=2), passes)
+
+
+@pytest.fixture(scope="module")
+def tiny_inpaint(tiny):
+    """The tiny model with its built-in tiny inpainting ControlNet."""
+    from zs_core import models
+
+    with_inpaint = copy.copy(tiny)
+    with_inpaint.inpaint_controlnet = models.inpaint_controlnet_for("tiny", None, tiny.unet, "tiny")
+    return with_inpaint
+
+
+def test_extra_controlnet_equals_diffusers_multi_controlnet(tiny_inpaint):
+    """A second ControlNet's residuals add to the depth ControlNet's exactly as in diffusers'
+    MultiControlNetModel (the stock pipeline given both)."""
+    from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    from zs_core import noise, sampler
+
+    passes = scene.sphere_scene(views=2, width=SIZE, height=SIZE, texture_size=32)
+    request = Request(prompt="a red stone", negative_prompt="blurry", steps=3, seed=5, noise="iid", attention="self",
+                      sync_strength=0.0, guidance_scale=5.0, controlnet_scale=0.8)
+    latents = noise.iid(2, (4, SIZE // 8, SIZE // 8), seed=11)
+    inpaint = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    inpaint[:, :, : SIZE // 2] = -1.0  # the top half to paint
+    conditioning = sampler.condition(tiny_inpaint, request, passes)
+    conditioning.extra_control.append((tiny_inpaint.inpaint_controlnet, inpaint, 0.5))
+    predictor = sampler.WholeBatch(tiny_inpaint, request, conditioning)
+    ours = sampler.denoise(tiny_inpaint, request, passes, predictor, sampler.initial_noise, latents=latents)
+
+    pipeline = StableDiffusionControlNetPipeline(
+        vae=tiny_inpaint.vae, text_encoder=tiny_inpaint.text_encoder, tokenizer=tiny_inpaint.tokenizer,
+        unet=tiny_inpaint.unet, controlnet=MultiControlNetModel([tiny_inpaint.controlnet,
+                                                                 tiny_inpaint.inpaint_controlnet]),
+        scheduler=DDIMScheduler.from_config(tiny_inpaint.scheduler.config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipeline.set_progress_bar_config(disable=True)
+    stock = pipeline(prompt=[request.prompt] * 2, negative_prompt=[request.negative_prompt] * 2,
+                     image=[sampler.control_images(passes.depth), inpaint], height=SIZE, width=SIZE,
+                     num_inference_steps=3, guidance_scale=5.0, controlnet_conditioning_scale=[0.8, 0.4],
+                     latents=latents.clone(), output_type="np").images
+    np.testing.assert_allclose(ours.images, stock, atol=2e-5, rtol=0)
+    alone = sampler.sample(tiny_inpaint, request, passes, latents=latents)
+    assert np.abs(alone.images - ours.images).max() > 1e-3  # the second ControlNet changed the result
+
+
+def test_completion_views_use_the_inpainting_controlnet(tiny, tiny_inpaint):
+    passes = polar_scene()
+    request = Request(prompt="stone", steps=2, seed=3, noise="surface", attention="extended")
+    plain = completion.sample(tiny, request, passes)
+    painted = completion.sample(tiny_inpaint, request, passes)
+    flags = passes.completion
+    np.testing.assert_allclose(painted.images[~flags], plain.images[~flags], atol=1e-6)  # main views: no inpainting
+    assert np.abs(painted.images[flags] - plain.images[flags]).max() > 1e-3
+    # Its control image: the known colours where the main views saw well, -1 where it paints.
+    main = passes.select(np.flatnonzero(~flags))
+    main_weights = completion._views(painted.weights, ~flags)
+    texture = bake.bake(painted.images[~flags], main, weights=main_weights).texture
+    _, mask, inpaint = completion.known_inputs(tiny, texture, completion.main_confidence(main_weights),
+                                               passes.select(np.flatnonzero(flags)))
+    painting = (inpaint == -1.0).all(dim=1)
+    assert 0.2 < painting.float().mean() < 0.95
+    assert (inpaint[~painting.unsqueeze(1).expand_as(inpaint)] >= 0).all()
+
+
+def test_inpaint_controlnet_resolution(tiny, tiny_dir):
+    from zs_core import families, models
+
+    assert models.inpaint_controlnet_for("tiny", families.SD15, tiny.unet, None) is None
+    assert models.inpaint_controlnet_for("tiny", families.SD15, tiny.unet, "auto") is None  # built-ins have none
+    built = models.inpaint_controlnet_for("tiny", families.SD15, tiny.unet, "tiny")
+    again = models.inpaint_controlnet_for("tiny", families.SD15, tiny.unet, "tiny")
+    assert all(torch.equal(a, b) for a, b in zip(built.parameters(), again.parameters()))  # seeded
+    # A model on disk whose family's inpainting ControlNet is not there: none, no download.
+    assert models.inpaint_controlnet_for(str(tiny_dir), families.SD15, tiny.unet, "auto") is None
+    with pytest.raises(models.ModelLoadError, match="control_v11p_sd15_inpaint"):
+        models.inpaint_controlnet_for(str(tiny_dir), families.SD15, tiny.unet, "lllyasviel/control_v11p_sd15_inpaint")
+    assert models.inpaint_controlnet_for(str(tiny_dir), families.SDXL, tiny.unet, "auto") is None  # SDXL has none
+
+
+def test_inpaint_controlnet_loads_from_a_diffusers_folder(tiny, tiny_dir, tmp_path):
+    from zs_core import families, models
+
+    saved = models.inpaint_controlnet_for("tiny", families.SD15, tiny.unet, "tiny")
+    saved.save_pretrained(tmp_path / "inpaint")
+    loaded = models.inpaint_controlnet_for(str(tiny_dir), families.SD15, tiny.unet, str(tmp_path / "inpaint"))
+    assert all(torch.equal(a, b) for a, b in zip(saved.parameters(), loaded.parameters()))
+    components = models.load(str(tiny_dir), "tiny", device="cpu", inpaint_controlnet=str(tmp_path / "inpaint"))
+    assert components.inpaint_controlnet is not None and "inpaint_controlnet" in components.modules()
