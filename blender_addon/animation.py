@@ -233,17 +233,14 @@ def check_shot(scene: bpy.types.Scene, request, camera=None, objects=None, frame
     numbers = frame_list(frames, scene)
     camera = scene_camera(scene, camera, numbers)
     every_mesh = objects is None
-    if every_mesh and request.background_uv:
-        raise CaptureError("background_uv: with no target named, every mesh that renders is a target, so none "
-                           "is left as background; name the targets (--object, the objects argument, or select "
-                           "them in the panel)")
     objects = scene_meshes(scene) if every_mesh else list(objects)
     with_uv = check_targets(objects, uv_map, bool(request.uv_pass_uses()))
-    if request.background_uv and not background_surfaces(scene, objects):
-        raise CaptureError("background_uv: no mesh besides the targets has a UV map and renders; add UV maps "
-                           "to the set (floor, walls), or turn Background Through UV off")
+    # background_uv (on by default) where there is a background to sync through UV: none
+    # when every mesh is a target or no other mesh has a UV map (then the vector pass alone).
+    background_ids = bool(request.background_uv and with_uv and not every_mesh
+                          and background_surfaces(scene, objects))
     width, height = frame_size(scene, width, height)
-    return Shot(numbers, camera, objects, uv_map, with_uv, width, height, background_ids=request.background_uv)
+    return Shot(numbers, camera, objects, uv_map, with_uv, width, height, background_ids=background_ids)
 
 
 def new_out_dir(base, name: str) -> Path:

@@ -16,7 +16,9 @@ opens the file, re-styles the camera's shot over the frames and writes into ``ou
 background image and a Video Sequencer strip from the first frame.
 
 With ``passes_only`` both stop after the capture and write ``passes.npz`` and
-``request.json`` (a bundle to sample later without Blender). Settings are the names of
+``request.json`` (a bundle to sample later without Blender). A texture's camera coverage (what the
+cameras see at a usable angle, :mod:`.auto_rig`) is the summary's ``coverage`` and
+metrics.json's ``camera_coverage``. Settings are the names of
 the wire format's parameter table (``protocol.PARAMETERS``); the flags of :func:`main` and
 :func:`animate_main` are derived from it too (``--model``, ``--lora`` repeatable,
 ``--ip-adapter``, ``--reference-strength`` among them). ``reference_image`` (an image
@@ -55,7 +57,7 @@ from .flow import AnimationGeneration, Generation, TextureGeneration
 from .jobs import queue_text
 from .reference_image import read as read_reference
 from .scene_objects import target_objects
-from .wire import protocol
+from .wire import coverage, protocol
 
 TEXTURED_BLEND = "textured.blend"
 ANIMATED_BLEND = "animated.blend"
@@ -97,7 +99,8 @@ def texture_blend(blend_path, out_dir, object_names, settings: dict, *, use_scen
         "texture_file": str(Path(bpy.path.abspath(image.filepath, start=str(blend_path.parent)))),
         "objects": [obj.name for obj in objects],
         "materials": [material.name for material in materials],
-        "cameras": [camera.name for camera in generation.cameras],
+        "cameras": [camera.name for camera in generation.cameras or ()],
+        "coverage": generation.coverage,
         "job_id": generation.job.job_id if generation.job else None,
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -164,7 +167,8 @@ def _bundle(generation: Generation, out_dir: Path) -> dict:
     passes.save(out_dir / PASSES_NPZ)
     (out_dir / REQUEST_JSON).write_text(generation.request.to_json())
     return {"passes": str(out_dir / PASSES_NPZ), "request": str(out_dir / REQUEST_JSON), "views": passes.views,
-            "unit": generation.unit, "width": passes.width, "height": passes.height}
+            "unit": generation.unit, "width": passes.width, "height": passes.height,
+            "coverage": getattr(generation, "coverage", {})}
 
 
 def _finish(out_dir: Path, metrics: dict, summary: dict, recorded: Sequence[str]) -> dict:
@@ -357,9 +361,11 @@ def print_summary(summary: dict, stream=None) -> None:
     metrics = summary["metrics"]
     print(f"textured blend: {summary['textured_blend']} (objects {', '.join(summary['objects'])}; "
           f"new materials {', '.join(summary['materials'])})", file=stream)
-    coverage = metrics.get("texture_coverage")
-    seen = f", {100 * coverage:.1f}% of texels seen" if coverage is not None else ""
+    texels = metrics.get("texture_coverage")
+    seen = f", {100 * texels:.1f}% of texels seen" if texels is not None else ""
     print(f"texture: {summary['texture']} ({metrics.get('texture_size', '?')}^2{seen})", file=stream)
+    if summary.get("coverage"):
+        print(f"cameras: {coverage.describe(summary['coverage'])}", file=stream)
     print(f"contact sheet: {summary['contact_sheet']}", file=stream)
     print(f"metrics: {Path(summary['textured_blend']).parent / 'metrics.json'}", file=stream)
 
@@ -384,6 +390,8 @@ def print_bundle(summary: dict, stream=None) -> None:
     """Where a passes-only run's bundle went."""
     print(f"passes: {summary['passes']} ({summary['views']} {summary['unit']}s); request: {summary['request']}",
           file=stream or sys.stderr)
+    if summary.get("coverage"):
+        print(f"cameras: {coverage.describe(summary['coverage'])}", file=stream or sys.stderr)
 
 
 __all__ = ["texture_blend", "animate_blend", "build_demo_scene", "build_animated_demo_scene", "main", "animate_main",

@@ -7,8 +7,8 @@ this order:
     check()    every check (settings, objects, UV maps, cameras or the shot, the reference
                image's pixels, the server and its token, the model, LoRA and IP-Adapter
                names against the server's lists); nothing in the scene changes yet
-    capture()  render the passes (an orbit rig or a Smart UV map may be added first); the
-               reference image's pixels join them
+    capture()  render the passes (an orbit or auto rig, completion cameras or a Smart UV map
+               may be added first); the reference image's pixels join them
     submit()   start sampling: a server job on a worker thread (:class:`.jobs.RemoteJob`),
                or the injected in-process sampler, which runs to the end
     poll()     the sampling's state; its events go to ``progress``
@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Callable
 
 import bpy
+import numpy as np
 
-from . import animation, apply, pass_render, rig, server_models
+from . import animation, apply, auto_rig, pass_render, rig, server_models
 from .client import Client, ServerError
 from .errors import CaptureError
 from .jobs import FINISHED, RemoteJob
@@ -52,6 +53,7 @@ Progress = Callable[[str, dict], None]
 SERVER_CHECK_TIMEOUT = 5.0  # seconds: the checks before rendering must not freeze the UI for long
 POLL_INTERVAL = 0.1  # seconds between polls while running to the end
 TEMPORARY_RIG = "ZS Rig (temporary)"
+TEMPORARY_FILL = "ZS Fill (temporary)"  # completion cameras exist only while the capture renders
 
 
 def check_server(client: Client) -> tuple[dict[str, int], server_models.Catalog]:
@@ -158,7 +160,8 @@ class Generation:
         folder = self._output_folder()
         if self.sampler is not None:
             self.state = "running"
-            self.metrics = dict(self.sampler(self.request.to_dict(), self.passes, folder) or {})
+            self.metrics = self._with_capture(dict(self.sampler(self.request.to_dict(), self.passes, folder) or {}),
+                                              folder / protocol.METRICS_JSON)
             self.state = "done"
             self._emit("done", {"folder": folder})
             return self
@@ -177,7 +180,7 @@ class Generation:
         self.state, self.error = self.job.state, self.job.error
         if self.state == "done":
             metrics = self.job.result_path / protocol.METRICS_JSON
-            self.metrics = json.loads(metrics.read_text()) if metrics.is_file() else {}
+            self.metrics = self._with_capture(json.loads(metrics.read_text()) if metrics.is_file() else {}, metrics)
         return self.state
 
     def cancel(self) -> None:
@@ -242,6 +245,20 @@ class Generation:
     def _new_out_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"zs-{self.kind}-"))
 
+    def _with_capture(self, metrics: dict, path: Path) -> dict:
+        """The job's metrics with what the capture measured (:meth:`_capture_metrics`),
+        written back into its metrics.json at ``path`` when there is one."""
+        extra = self._capture_metrics()
+        if not extra:
+            return metrics
+        metrics = dict(metrics, **extra)
+        if path.is_file():
+            path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        return metrics
+
+    def _capture_metrics(self) -> dict:
+        return {}
+
     def _check_scene(self):
         raise NotImplementedError
 
@@ -262,8 +279,12 @@ class Generation:
 
 class TextureGeneration(Generation):
     """Texture ``objects`` (mesh objects) seen by ``cameras`` (None: an orbit rig of
-    ``settings.views`` cameras, kept in the scene unless ``temporary_rig``). :meth:`apply`
-    -> (new materials, new image); the texture PNG goes to ``image_folder`` (see
+    ``settings.views`` cameras, or with views 0 the auto rig; kept in the scene unless
+    ``temporary_rig``), and with ``settings.complete`` by completion cameras aimed at what
+    those miss (built for the capture only; the passes' ``completion`` marks their views).
+    :meth:`check` plans the cameras (:func:`auto_rig.plan_cameras`; ``coverage`` is its
+    report, which joins ``metrics`` as ``camera_coverage``). :meth:`apply` -> (new
+    materials, new image); the texture PNG goes to ``image_folder`` (see
     :func:`apply.apply_texture`)."""
 
     kind = protocol.TEXTURE
@@ -279,13 +300,21 @@ class TextureGeneration(Generation):
         # object deleted meanwhile must be a clear error, not a dead reference.
         self.uv_maps: dict[str, str] = {}
         self._new_uv_maps: list[tuple[str, str]] = []  # (object name, UV map) added by capture
+        self.camera_plan: auto_rig.CameraPlan | None = None
+        self.coverage: dict = {}  # the camera plan's coverage report
 
     @property
     def views(self) -> int:
+        """The views the capture renders, completion views included (known once checked)."""
+        if self.camera_plan is not None:
+            return self.camera_plan.views
         return len(self.cameras) if self.cameras else self.settings.views + self.settings.top_view
 
     def _size(self) -> tuple[int, int, int]:
         return self.views, self.settings.view_size, self.settings.view_size
+
+    def _capture_metrics(self) -> dict:
+        return {"camera_coverage": self.coverage} if self.coverage else {}
 
     def _check_scene(self):
         request = self.settings.check()
@@ -304,6 +333,9 @@ class TextureGeneration(Generation):
             for camera in self.cameras:
                 if getattr(camera, "type", None) != "CAMERA":
                     raise CaptureError(f"{getattr(camera, 'name', camera)!r} is not a camera object")
+        # Reads the scene only: the cameras (and how many views) are known before anything changes.
+        self.camera_plan = auto_rig.plan_cameras(self.scene, self.objects, self.settings, self.cameras)
+        self.coverage = self.camera_plan.report()
         return request
 
     def _render(self, on_view) -> Passes:
@@ -318,28 +350,32 @@ class TextureGeneration(Generation):
         names = set(self.uv_maps.values())
         uv_map = names.pop() if len(names) == 1 else None
         size = settings.view_size
-        if self.cameras is not None:
-            return pass_render.render_passes(scene, self.cameras, self.objects, size, size, uv_map=uv_map,
-                                             texture_size=settings.texture_size, on_view=on_view)
-        with self._rig(scene) as cameras:
-            return pass_render.render_passes(scene, cameras, self.objects, size, size, uv_map=uv_map,
-                                             texture_size=settings.texture_size, on_view=on_view)
+        with self._rig(scene) as (main, fill):
+            passes = pass_render.render_passes(scene, main + fill, self.objects, size, size, uv_map=uv_map,
+                                               texture_size=settings.texture_size, on_view=on_view)
+        if fill:
+            passes.completion = np.arange(passes.views) >= len(main)
+            passes.validate()
+        return passes
 
     @contextlib.contextmanager
     def _rig(self, scene):
-        """The orbit rig, kept after the capture, or (``temporary_rig``) removed again with
-        the scene camera restored."""
-        settings = self.settings
+        """The planned cameras -> (main cameras, completion cameras). A rig (orbit or auto)
+        is kept after the capture, or (``temporary_rig``) removed again; completion
+        cameras built for the capture always are; the scene camera is restored."""
         scene_camera = scene.camera
+        collection = TEMPORARY_RIG if self.temporary_rig else rig.RIG_COLLECTION
         try:
-            cameras = rig.rig_for(scene, self.objects, settings,
-                                  TEMPORARY_RIG if self.temporary_rig else rig.RIG_COLLECTION)
-            if not self.temporary_rig:
-                self.cameras = cameras
-            yield cameras
+            main, fill = auto_rig.build_plan(scene, self.camera_plan, collection, TEMPORARY_FILL)
+            if self.cameras is None and not self.temporary_rig:
+                self.cameras = main
+            yield main, fill
         finally:
-            if self.temporary_rig:
-                _remove_rig(scene, scene_camera)
+            rig.remove_collection(scene, TEMPORARY_FILL)
+            if self.temporary_rig and self.camera_plan.source != "cameras":
+                rig.remove_collection(scene, TEMPORARY_RIG)
+            if scene.camera is None or (self.temporary_rig and scene.camera != scene_camera):
+                scene.camera = scene_camera
 
     def apply(self):
         """Put the texture on the objects through new materials -> (materials, image)."""
@@ -418,12 +454,3 @@ def _object(name: str) -> bpy.types.Object:
     if obj is None:
         raise CaptureError(f"object {name!r} no longer exists (renamed or deleted during the job?)")
     return obj
-
-
-def _remove_rig(scene: bpy.types.Scene, scene_camera) -> None:
-    rig.clear_rig(scene, TEMPORARY_RIG)
-    collection = bpy.data.collections.get(TEMPORARY_RIG)
-    if collection is not None and not collection.all_objects:
-        bpy.data.collections.remove(collection)
-    if scene.camera != scene_camera:
-        scene.camera = scene_camera

@@ -39,6 +39,8 @@ KIND_OF_MODE = {"TEXTURE": protocol.TEXTURE, "ANIMATION": protocol.ANIMATION}
 VIEW_SOURCES = [
     ("CAMERAS", "Selected Cameras", "Render from the selected camera objects"),
     ("RIG", "Orbit Rig", "Render from an orbit rig around the objects (built when missing)"),
+    ("AUTO", "Auto Rig", "Render from cameras chosen from the objects' geometry until they see 98% of what can be "
+                         "seen from outside at a usable angle, within the view budget"),
 ]
 
 
@@ -284,11 +286,15 @@ def _value(parameter: protocol.Parameter, value):
 
 def settings_for(settings, kind: str | None = None):
     """The panel's properties (a ZS_Settings, or anything with its attributes) ->
-    ``TextureSettings`` / ``AnimationSettings`` of the mode's (or ``kind``'s) job."""
+    ``TextureSettings`` / ``AnimationSettings`` of the mode's (or ``kind``'s) job. Views
+    from the Auto Rig are views 0 (the table's "auto")."""
     kind = kind or kind_of(settings)
     cls = AnimationSettings if kind == protocol.ANIMATION else TextureSettings
-    return cls(**{parameter.name: _value(parameter, getattr(settings, property_name(parameter, kind)))
-                  for parameter in panel_parameters(kind)})
+    values = {parameter.name: _value(parameter, getattr(settings, property_name(parameter, kind)))
+              for parameter in panel_parameters(kind)}
+    if kind == protocol.TEXTURE and getattr(settings, "views_source", "") == "AUTO":
+        values["views"] = 0
+    return cls(**values)
 
 
 def build_request(settings) -> Request:

@@ -1,12 +1,16 @@
-"""Camera rigs around the target objects: an orbit ring plus optional top views.
+"""Camera rigs around the target objects: an orbit ring plus optional top views, and the
+cameras of a coverage plan (the auto rig, completion views; see :mod:`.auto_rig`).
 
 The geometry (bounding sphere, camera placement, look-at rotation, quaternion) is plain
-numpy; the Blender part only creates camera objects from it. Ring conventions match
-``zs_core.scene.ring_cameras``: view 0 in front (on -Y, Blender's front view), the next
-ones counter-clockwise seen from above; a top view looks straight down with +Y up in
-the image. Rig cameras live in one collection ("ZS Rig") and carry the custom property
-``zs_rig``; building again replaces them (no duplicates, no orphan camera data).
-Imports: bpy, the standard library and numpy only.
+numpy, shared with ``zs_core/coverage.py``; the Blender part only creates camera objects
+from it (:func:`build_cameras`: cameras as the wire format describes them, i.e.
+``coverage.Cameras``). Ring conventions match ``zs_core.scene.ring_cameras``: view 0 in
+front (on -Y, Blender's front view), the next ones counter-clockwise seen from above; a
+top view looks straight down with +Y up in the image. Rig cameras live in one collection
+("ZS Rig") and carry the custom property ``zs_rig`` (their view order); completion cameras
+("ZS Fill NN") carry ``zs_fill`` too, so a capture from them knows what they are. Building
+again replaces them (no duplicates, no orphan camera data). Imports: bpy, the standard
+library and numpy only.
 """
 
 from __future__ import annotations
@@ -19,31 +23,20 @@ import numpy as np
 
 from .errors import CaptureError
 from .scene_evaluation import evaluated_depsgraph
+from .wire import coverage
 
 RIG_COLLECTION = "ZS Rig"
 RIG_PROPERTY = "zs_rig"
-SENSOR_MM = 36.0  # Blender's default sensor width (sensor fit AUTO)
+FILL_PROPERTY = "zs_fill"  # a completion camera
+SENSOR_MM = coverage.SENSOR_MM  # Blender's default sensor width (sensor fit AUTO)
+LENS_MM = 50.0  # the rigs' lens: Blender's default
+
+bounding_sphere = coverage.bounding_sphere
+fit_distance = coverage.fit_distance
+look_at_rotation = coverage.look_at_rotation
 
 
 # ----------------------------------------------------------------------------- numpy core
-
-
-def bounding_sphere(corners: np.ndarray) -> tuple[np.ndarray, float]:
-    """World points (N, 3) -> (centre (3,) of their box, radius enclosing all of them)."""
-    corners = np.asarray(corners, dtype=np.float64).reshape(-1, 3)
-    centre = 0.5 * (corners.min(axis=0) + corners.max(axis=0))
-    radius = float(np.linalg.norm(corners - centre, axis=1).max())
-    return centre, max(radius, 1e-6)
-
-
-def fit_distance(radius: float, lens_mm: float, width: int, height: int, margin: float = 1.1,
-                 sensor_mm: float = SENSOR_MM) -> float:
-    """Camera distance at which a sphere of ``radius`` fits the narrower field of view,
-    with ``margin`` (> 1 leaves room around it). Sensor fit AUTO: the sensor spans the
-    larger image dimension."""
-    tan_wide = 0.5 * sensor_mm / lens_mm
-    tan_narrow = tan_wide * min(width, height) / max(width, height)
-    return margin * radius / math.sin(math.atan(tan_narrow))
 
 
 def orbit_eyes(centre, distance: float, count: int, elevation_deg: float, top_views: int = 0) -> np.ndarray:
@@ -58,17 +51,16 @@ def orbit_eyes(centre, distance: float, count: int, elevation_deg: float, top_vi
     return centre + distance * np.concatenate([ring, tops]).reshape(-1, 3)
 
 
-def look_at_rotation(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """Rotation (3, 3) whose columns are the camera's +X (right), +Y (up), +Z (back): the
-    camera at ``eye`` looks down -Z at ``target``. Straight down/up falls back to +Y up."""
-    forward = np.asarray(target, dtype=np.float64) - np.asarray(eye, dtype=np.float64)
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, up)
-    if np.linalg.norm(right) < 1e-9:
-        right = np.cross(forward, (0.0, 1.0, 0.0))
-    right /= np.linalg.norm(right)
-    camera_up = np.cross(right, forward)
-    return np.stack([right, camera_up, -forward], axis=1)
+def orbit_cameras(corners: np.ndarray, count: int, elevation_deg: float, top_views: int, lens_mm: float,
+                  margin: float, width: int, height: int) -> tuple["coverage.Cameras", list[str]]:
+    """The orbit rig around world points ``corners`` (N, 3) (its bounding sphere, framed to
+    fit a ``width`` x ``height`` image with ``margin``) -> (the cameras, their names)."""
+    centre, radius = bounding_sphere(corners)
+    distance = fit_distance(radius, lens_mm, width, height, margin)
+    eyes = orbit_eyes(centre, distance, count, elevation_deg, top_views)
+    cameras = coverage.aimed_cameras(eyes, centre, lens_mm, width, height, *coverage.rig_clip(distance, radius))
+    names = [f"ZS Cam {index:02d}" for index in range(count)] + [f"ZS Top {index:02d}" for index in range(top_views)]
+    return cameras, names
 
 
 def rotation_to_quaternion(rotation: np.ndarray) -> np.ndarray:
@@ -137,16 +129,15 @@ def clear_rig(scene: bpy.types.Scene, name: str = RIG_COLLECTION) -> None:
 
 
 def build_orbit_rig(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], count: int = 6,
-                    elevation_deg: float = 20.0, top_views: int = 0, lens_mm: float = 50.0,
-                    margin: float = 1.1, width: int | None = None, height: int | None = None,
+                    elevation_deg: float = 20.0, top_views: int = 0, lens_mm: float = LENS_MM,
+                    margin: float = coverage.MARGIN, width: int | None = None, height: int | None = None,
                     collection_name: str = RIG_COLLECTION) -> list[bpy.types.Object]:
     """``count`` cameras on a ring around the objects' world bounding box (+ ``top_views``
     cameras above), aimed at its centre and framed to fit -> the cameras, in view order.
 
     The distance is the one at which the bounding sphere fits the narrower field of view
     of a ``width`` x ``height`` image (default: the scene's render aspect), times
-    ``margin``. Replaces any previous rig in ``collection_name``; when the scene had no
-    camera (or a replaced rig camera), the first new camera becomes the scene camera.
+    ``margin``. Replaces any previous rig in ``collection_name`` (see :func:`build_cameras`).
     """
     objects = list(objects)
     if not objects:
@@ -159,39 +150,59 @@ def build_orbit_rig(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object],
         raise CaptureError("rig: elevation must be in [-89, 89] degrees, lens and margin positive")
     width = width or scene.render.resolution_x
     height = height or scene.render.resolution_y
-    centre, radius = bounding_sphere(world_corners(scene, objects))
-    distance = fit_distance(radius, lens_mm, width, height, margin)
-    eyes = orbit_eyes(centre, distance, count, elevation_deg, top_views)
+    cameras, names = orbit_cameras(world_corners(scene, objects), count, elevation_deg, top_views, lens_mm, margin,
+                                   width, height)
+    return build_cameras(scene, cameras, names, width, height, collection_name)
 
+
+def build_cameras(scene: bpy.types.Scene, cameras: "coverage.Cameras", names: Sequence[str], width: int, height: int,
+                  collection_name: str = RIG_COLLECTION, fill: Sequence[bool] | None = None
+                  ) -> list[bpy.types.Object]:
+    """Camera objects for ``cameras`` (perspective, as :func:`coverage.aimed_cameras`
+    makes them for ``width`` x ``height`` views: position, rotation, lens, clip range)
+    named ``names``, in ``collection_name`` -> the objects, in order. ``fill`` marks
+    completion cameras (:data:`FILL_PROPERTY`). Replaces the collection's previous rig
+    cameras; when the scene had no camera (or a replaced rig camera), the first new camera
+    becomes the scene camera."""
+    fill = [False] * len(cameras) if fill is None else list(fill)
     had_rig_camera = scene.camera is None or scene.camera in rig_cameras(collection_name)
     clear_rig(scene, collection_name)
     collection = rig_collection(scene, collection_name)
-    cameras = []
-    for index, eye in enumerate(eyes):
-        label = f"ZS Cam {index:02d}" if index < count else f"ZS Top {index - count:02d}"
-        data = bpy.data.cameras.new(label)
-        data.lens = lens_mm
+    camera_to_world = cameras.camera_to_world
+    lenses = coverage.lens_of(cameras.projection, width, height)
+    p22, p23 = cameras.projection[:, 2, 2], cameras.projection[:, 2, 3]
+    near, far = cameras.near, p23 / (p22 + 1.0)
+    made = []
+    for index, name in enumerate(names):
+        data = bpy.data.cameras.new(name)
+        data.lens = float(lenses[index])
         data.sensor_width = SENSOR_MM
         data.sensor_fit = "AUTO"
-        data.clip_start = max(1e-3, min(0.1, 0.1 * (distance - radius)))
-        data.clip_end = max(100.0, 4.0 * (distance + radius))
-        camera = bpy.data.objects.new(label, data)
-        camera.location = tuple(eye)
+        data.clip_start = float(near[index])
+        data.clip_end = float(far[index])
+        camera = bpy.data.objects.new(name, data)
+        camera.location = tuple(camera_to_world[index, :3, 3])
         camera.rotation_mode = "QUATERNION"
-        camera.rotation_quaternion = tuple(rotation_to_quaternion(look_at_rotation(eye, centre)))
+        camera.rotation_quaternion = tuple(rotation_to_quaternion(camera_to_world[index, :3, :3]))
         camera[RIG_PROPERTY] = index
+        if fill[index]:
+            camera[FILL_PROPERTY] = True
         collection.objects.link(camera)
-        cameras.append(camera)
-    if had_rig_camera and cameras:
-        scene.camera = cameras[0]
-    return cameras
+        made.append(camera)
+    if had_rig_camera and made:
+        scene.camera = made[0]
+    return made
 
 
-def rig_for(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], settings,
-            collection_name: str = RIG_COLLECTION) -> list[bpy.types.Object]:
-    """:func:`build_orbit_rig` as texture ``settings`` (``api.TextureSettings``: views,
-    elevation, top_view, view_size; checked first) ask for it -> the cameras."""
-    settings.check()
-    return build_orbit_rig(scene, objects, count=settings.views, elevation_deg=settings.elevation,
-                           top_views=int(settings.top_view), width=settings.view_size, height=settings.view_size,
-                           collection_name=collection_name)
+def is_fill(camera: bpy.types.Object) -> bool:
+    """A completion camera (built by :func:`build_cameras` with ``fill``)."""
+    return bool(camera.get(FILL_PROPERTY, False))
+
+
+def remove_collection(scene: bpy.types.Scene, name: str) -> None:
+    """Delete the rig cameras of collection ``name``, and the collection when nothing else
+    is in it (the scene camera is left to the caller: None if it was one of them)."""
+    clear_rig(scene, name)
+    collection = bpy.data.collections.get(name)
+    if collection is not None and not collection.all_objects:
+        bpy.data.collections.remove(collection)

@@ -55,7 +55,8 @@ def _settings_class(name: str, kind: str, doc: str):
 TextureSettings = _settings_class("TextureSettings", protocol.TEXTURE, (
     "What to generate for a texture and how to capture it: one field per parameter of the "
     "table offered for textures (``protocol.PARAMETERS``), e.g. prompt, seed, steps, "
-    "attention, sync_strength, texture_size, view_size, views (orbit rig cameras), uv_map."))
+    "attention, sync_strength, texture_size, view_size, views (orbit rig cameras; 0: the auto rig within "
+    "view_budget), complete (completion views), uv_map."))
 AnimationSettings = _settings_class("AnimationSettings", protocol.ANIMATION, (
     "What to generate for an animation and how to capture it: one field per parameter of "
     "the table offered for animations (``protocol.PARAMETERS``), e.g. prompt, noise, "

@@ -1,7 +1,8 @@
 """The "ZS" tab of the 3D Viewport sidebar. Draw only: every action is an operator.
 
 Main panel: server status (Connect / Start), the mode (Texture / Animation), prompt, seed
-and sampling knobs, the views (texture) or the frame range, camera and frame size
+and sampling knobs, the views (texture: selected cameras, orbit rig or auto rig, and the
+completion views) or the frame range, camera and frame size
 (animation), Generate / Cancel and the job's progress. Sub-panels: Method (noise,
 attention, scheduler, UV sync; for an animation also background noise, anchor frames,
 momentum, chunk size, background and pixel sync), Model (the server's models as a
@@ -90,7 +91,13 @@ class ZS_PT_main(_SidebarPanel, bpy.types.Panel):
                 row = box.row(align=True)
                 row.prop(settings, "top_view")
                 row.operator("zs.build_rig", text="Preview Rig", icon="OUTLINER_OB_CAMERA")
-            box.prop(settings, "view_size")
+            elif settings.views_source == "AUTO":
+                row = box.row(align=True)
+                row.prop(settings, "view_budget")
+                row.operator("zs.build_rig", text="Preview Rig", icon="OUTLINER_OB_CAMERA")
+            row = box.row(align=True)
+            row.prop(settings, "view_size")
+            row.prop(settings, "complete", text="Completion")
 
         if running:
             row = layout.row(align=True)
@@ -234,8 +241,8 @@ class ZS_PT_output(_SubPanel, bpy.types.Panel):
 MODEL_PARAMETERS = {"model", "loras", "reference_strength", "ip_adapter"}  # the Model panel's
 DRAWN = {
     "TEXTURE": {"prompt", "negative_prompt", "seed", "steps", "guidance_scale", "controlnet_scale", "views",
-                "elevation", "top_view", "view_size", "noise", "attention", "scheduler", "sync_strength",
-                "texture_size", "uv_map", "smart_uv", *MODEL_PARAMETERS},
+                "view_budget", "elevation", "top_view", "view_size", "complete", "noise", "attention", "scheduler",
+                "sync_strength", "texture_size", "uv_map", "smart_uv", *MODEL_PARAMETERS},
     "ANIMATION": {"prompt", "negative_prompt", "seed", "steps", "guidance_scale", "controlnet_scale", "noise",
                   "background_noise", "attention", "keyframes", "momentum", "chunk", "scheduler", "sync_strength",
                   "background_sync", "background_uv", "pixel_sync", "uv_map", *MODEL_PARAMETERS},

@@ -1,8 +1,9 @@
-"""The wire format (``zs_core/protocol.py``) and the pass decoder
-(``zs_core/render_passes.py``) as seen from inside the extension.
+"""The wire format (``zs_core/protocol.py``), the pass decoder
+(``zs_core/render_passes.py``) and the camera coverage (``zs_core/coverage.py``) as seen
+from inside the extension.
 
 The add-on never imports the ``zs_core`` package (its ``__init__`` and siblings belong to
-the server side); it loads these two stdlib + numpy modules by file path instead. In the
+the server side); it loads these stdlib + numpy modules by file path instead. In the
 repository and in the built extension they sit in ``<root>/zs_core/`` next to
 ``<root>/blender_addon/``; vendored copies ``blender_addon/_<name>.py`` are accepted too.
 """
@@ -39,9 +40,10 @@ def _load(name: str):
 
 protocol = _load("protocol")
 render_passes = _load("render_passes")
+coverage = _load("coverage")
 Passes = protocol.Passes
 Request = protocol.Request
 ProtocolError = protocol.ProtocolError
 PROTOCOL_VERSION = protocol.PROTOCOL_VERSION
 
-__all__ = ["Passes", "Request", "ProtocolError", "PROTOCOL_VERSION", "protocol", "render_passes"]
+__all__ = ["Passes", "Request", "ProtocolError", "PROTOCOL_VERSION", "protocol", "render_passes", "coverage"]

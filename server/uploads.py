@@ -311,6 +311,8 @@ def _check_layout(header: ArrayHeader) -> None:
         expected = ("V", 4, 4)
     elif name == REFERENCE_IMAGE:
         expected = ("H", "W", 3)
+    elif name == "completion":  # one flag per view
+        expected = ("V",)
     else:
         expected = ("T", "T", *TEXEL_ARRAYS[name][0])
     fixed = all(want == got for want, got in zip(expected, header.shape) if isinstance(want, int))

@@ -27,9 +27,9 @@ FORBIDDEN = {
                       "safetensors", "scipy", "cv2", "PIL", "zs_core", "server", "zs_cli"},
 }
 LIGHT_MODULES = ("zs_core", "zs_core.protocol", "zs_core.render_passes", "zs_core.exr_sequence", "zs_core.noise_field", "zs_core.memory", "zs_core.families", "zs_core.geometry", "zs_core.bake", "zs_core.metrics",
-                 "zs_core.scene", "zs_core.images", "zs_cli")
+                 "zs_core.coverage", "zs_core.scene", "zs_core.images", "zs_cli")
 IMPORT_FUNCTIONS = {"import_module", "__import__"}
-LOADED_BY_PATH = ("zs_core/protocol.py", "zs_core/render_passes.py")  # blender_addon/wire.py loads these
+LOADED_BY_PATH = ("zs_core/protocol.py", "zs_core/render_passes.py", "zs_core/coverage.py")  # blender_addon/wire.py loads these
 
 
 def imported_top_levels(source: str, filename: str = "<source>") -> set[str]:

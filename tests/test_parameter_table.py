@@ -65,7 +65,7 @@ def test_the_zs_flags_are_the_tables(command, kinds):
     parser = subcommand(command)
     found = options(parser)
     wanted = {p.name for p in PARAMETERS.values() if any(kind in p.modes for kind in kinds)
-              and (p.wire or command != "demo" or p.name == "views")}
+              and (p.wire or command != "demo" or p.name in zs_cli.commands.DEMO_CAPTURE)}
     assert set(found) - CLI_OPTIONS == wanted
     for name in wanted:
         parameter, action = PARAMETERS[name], found[name]

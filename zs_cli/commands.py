@@ -25,6 +25,7 @@ DEMO_DEFAULTS = {
     ANIMATION: {"prompt": DEMO_PROMPT, "steps": 12},
 }
 DEMO_FRAMES = "1-16"
+DEMO_CAPTURE = ("views", "complete")  # the capture settings the demo takes
 INSTALL_BLENDER = "pip install -e '.[blender]'"
 # Flags that only a .blend source takes (besides the capture settings of the table).
 BLEND_FLAGS = {"objects": "--object", "use_scene_cameras": "--use-scene-cameras", "frames": "--frames",
@@ -35,7 +36,7 @@ def demo(args: argparse.Namespace) -> int:
     kind = ANIMATION if args.animation else TEXTURE
     if args.frames is not None and kind == TEXTURE:
         raise ValueError("--frames: only for the animation demo (--animation)")
-    values = values_from_arguments(args, kind, capture=("views",), overrides=DEMO_DEFAULTS[kind])
+    values = values_from_arguments(args, kind, capture=DEMO_CAPTURE, overrides=DEMO_DEFAULTS[kind])
     out = Path(args.out)
     reference = preflight.reference_image(args.reference_image)
     resolved = preflight.resolve_local(args, values, reference)
@@ -43,6 +44,9 @@ def demo(args: argparse.Namespace) -> int:
         return _demo_animation(args, out, values, args.frames or parse_frame_range(DEMO_FRAMES), resolved, reference)
     if blender.bpy_available():
         return _demo_blender(args, out, values, resolved, reference)
+    if values["views"] == 0:
+        raise ValueError(f"--views auto: the cameras are chosen in Blender; install its Python module with "
+                         f"{INSTALL_BLENDER}, or give a number")
     print("zs demo: Blender's Python module (bpy) is not installed, so this runs the numpy sphere scene "
           f"instead of the Blender flow; install it with: {INSTALL_BLENDER}", file=sys.stderr)
     print(f"zs demo: built-in scene ({values['views']} views of {args.size}x{args.size}), model {args.model or 'tiny'}",
@@ -59,7 +63,9 @@ def demo(args: argparse.Namespace) -> int:
 def _demo_blender(args: argparse.Namespace, out: Path, values: dict, resolved, reference) -> int:
     """`zs demo` in Blender: Suzanne (with a material of her own) and an orbit rig."""
     batch = blender.batch()
-    print(f"zs demo: Suzanne in Blender, {values['views']} cameras of {args.size}x{args.size}, model {args.model or 'tiny'}",
+    cameras = (f"{values['views']} cameras" if values["views"] else "auto cameras") + \
+        (" and completion views" if values["complete"] else "")
+    print(f"zs demo: Suzanne in Blender, {cameras} of {args.size}x{args.size}, model {args.model or 'tiny'}",
           file=sys.stderr)
     local = LocalSampler(resolved, args, None, "demo")  # the flow joins the reference image to the passes
     with blender.log_to(out), blender.sampling_backend("demo", local=local) as backend:
@@ -86,9 +92,6 @@ def _demo_animation(args: argparse.Namespace, out: Path, values: dict, frames: t
                                           reference_image=reference, **backend)
         report.animated_blend(summary)
         return 0
-    if values["background_uv"]:
-        raise ValueError("--background-uv: the numpy scene has no UV-mapped floor; the Blender shot needs "
-                         f"Blender's Python module: {INSTALL_BLENDER}")
     print("zs demo --animation: Blender's Python module (bpy) is not installed: the numpy animated scene instead",
           file=sys.stderr)
     from zs_core import scene

@@ -9,8 +9,8 @@ import sys
 
 from zs_core.protocol import ANIMATION, TEXTURE, ProtocolError, add_arguments, frame_range_argument
 
-from . import commands
-from .commands import DEMO_DEFAULTS, DEMO_FRAMES
+from . import commands, farm
+from .commands import DEMO_CAPTURE, DEMO_DEFAULTS, DEMO_FRAMES
 
 
 def _model_options(parser) -> None:
@@ -62,7 +62,7 @@ def _demo_parser(commands_) -> None:
                            "animation only")
     _model_options(demo)
     sampling = demo.add_argument_group("sampling")
-    add_arguments(sampling, (TEXTURE, ANIMATION), capture=("views",), overrides=DEMO_DEFAULTS)
+    add_arguments(sampling, (TEXTURE, ANIMATION), capture=DEMO_CAPTURE, overrides=DEMO_DEFAULTS)
     _reference_option(sampling)
     demo.set_defaults(func=commands.demo)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from zs_core.coverage import describe
 from zs_core.protocol import CONTACT_SHEET_PNG, METRICS_JSON, TEXTURE_PNG
 
 
@@ -34,6 +35,7 @@ def _metrics(out: Path, metrics: dict, keys) -> None:
 
 def textured_blend(summary: dict) -> None:
     texture_outputs(Path(summary["textured_blend"]).parent, summary["metrics"])
+    cameras(summary)
     print(f"textured blend: {summary['textured_blend']} ({', '.join(summary['objects'])} wears new material "
           f"{', '.join(summary['materials'])}; the original materials are kept)", file=sys.stderr)
 
@@ -46,8 +48,15 @@ def animated_blend(summary: dict) -> None:
           f"{summary['strip_channel']}, frames {first}-{last})", file=sys.stderr)
 
 
+def cameras(summary: dict) -> None:
+    """What the cameras of a texture capture see (the capture's coverage report)."""
+    if summary.get("coverage"):
+        print(f"cameras: {describe(summary['coverage'])}", file=sys.stderr)
+
+
 def bundle(summary: dict) -> None:
     print(f"passes: {summary['passes']} ({summary['views']} {summary['unit']}s of {summary['width']}x"
           f"{summary['height']}); request: {summary['request']}", file=sys.stderr)
+    cameras(summary)
     print(f"sample it without Blender: zs {summary['command']} {summary['passes']} --out DIR "
           f"[--prompt ...]", file=sys.stderr)

@@ -13,12 +13,14 @@ An animation job is a :class:`~zs_core.protocol.Request` with ``kind="animation"
   stays bounded for any length and the result equals the unchunked computation;
 - optional temporal UV sync (``sync_strength`` < 1): every step, all frames' predicted x0 is
   fused in one UV latent texture (:class:`zs_core.sync.UVSync`) and blended back; and for
-  the background (``background_sync``), x0 carried frame to frame along the vector pass
-  (:class:`zs_core.sync.VectorSync`), or with ``background_uv`` background surfaces with a
-  UV map of their own (``background_id``) fused like the object, each in its own UV space
-  at a texel size that follows its footprint, and only the rest carried; after decoding,
-  optionally the same carried once more in pixels (``pixel_sync``, :func:`pixel_synced`;
-  the background along the vector pass in either case).
+  the background (``background_sync``): with ``background_uv`` (the default) background
+  surfaces with a UV map of their own (``background_id``) fused like the object, each in
+  its own UV space at a texel size that follows its footprint, and only the rest (the
+  world, meshes without UV, every background pixel of passes without ``background_id``)
+  carried frame to frame along the vector pass (:class:`zs_core.sync.VectorSync`);
+- after decoding, ``pixel_sync`` (:func:`pixel_synced`): the same UV-mapped surfaces pulled
+  in pixels towards one texture of all frames (no frame-to-frame chain, so nothing is
+  resampled again and again); pixels without UV are left as decoded.
 
 :func:`sample_frames` runs the sampler's stages (:mod:`zs_core.sampler`) on the frames, the
 model called chunk by chunk (:class:`FrameChunks`). :func:`zs_core.run.run_job`, the entry
@@ -36,7 +38,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from . import attention, geometry, images, metrics, noise, sampler, sync, temporal
+from . import attention, geometry, images, metrics, noise, sampler, sync
 from .models import Components
 from .protocol import ANIMATION, ANIMATION_MP4, CONTACT_SHEET_PNG, Passes, ProtocolError, Request
 
@@ -44,6 +46,10 @@ from .protocol import ANIMATION, ANIMATION_MP4, CONTACT_SHEET_PNG, Passes, Proto
 # more of each frame's own detail, coarser matches more frames; on the demo shot's passes
 # with consistent latents plus per-frame noise, 4 came out best of 1, 2, 4 and 8 overall.
 BACKGROUND_TEXELS_PER_LATENT = 4.0
+# The same for pixel sync, texels per pixel (the long side of its footprint, so about one
+# per pixel across a floor seen at a grazing angle): on the demo shot's decoded frames 2
+# gave the steadiest floor of 2, 4 and 8 at about the same sharpness.
+PIXEL_BACKGROUND_TEXELS = 2.0
 PREVIEW_FRAMES = 8  # frames shown in a step preview and in the contact strip (evenly spaced, at most)
 
 
@@ -76,18 +82,12 @@ def check_inputs(components: Components, request: Request, passes: Passes) -> No
     if request.kind != ANIMATION:
         raise ProtocolError("kind", f"expected 'animation' for a frame sequence, got {request.kind!r}")
     sampler.check_request_and_passes(components, request, passes)
-    if request.pixel_sync > 0 and passes.uv is None and passes.vector is None:
-        raise ProtocolError("uv", "pixel_sync needs the UV pass or the vector pass of every frame")
     if request.sync_strength > 0:
         try:
             geometry.footprint_texture_size(passes.uv, passes.mask)
         except ValueError:
             raise ProtocolError("mask", "the object never covers two neighbouring pixels in any frame: too small "
                                         "for temporal UV sync; set sync_strength 0 or frame it larger") from None
-    if request.background_uv and (request.background_sync <= 0 or background_surfaces(passes) is None):
-        raise ProtocolError("background_uv", "needs background_sync > 0 and passes whose background_id names "
-                                             "background surfaces (a Blender capture of a scene with UV-mapped "
-                                             "meshes besides the targets)")
     if request.background_sync > 0 and passes.vector is None:
         raise ProtocolError("vector", "background_sync needs the vector pass (F, H, W, 2): pixel motion to the "
                                       "next frame")
@@ -164,7 +164,8 @@ class FrameChunks:
 
 def sync_hooks(components: Components, request: Request, passes: Passes) -> list[sampler.StepHook]:
     """The request's step hooks, in order: temporal UV sync of the object, then the
-    background (background surfaces through their own UV, the rest along the vector pass)."""
+    background (with ``background_uv``, background surfaces through their own UV when the
+    passes tell any apart; the rest along the vector pass)."""
     factor, device = components.vae_scale_factor, components.device
     hooks = []
     if request.sync_strength > 0:
@@ -211,21 +212,36 @@ def sample_frames(
     predictor = FrameChunks(components, request, sampler.condition(components, request, passes))
     result = sampler.denoise(components, request, passes, predictor, initial_noise, hooks=own_hooks + list(hooks),
                              progress=progress, cancel=cancel, latents=latents, shown=preview_frames(passes.views))
-    decoded = pixel_synced(result.images, passes, request.pixel_sync) if request.pixel_sync > 0 else result.images
-    return AnimationResult(images=decoded, latents=result.latents, initial_noise=result.initial_noise,
-                           attention_stats=predictor.attention_stats())
+    return AnimationResult(images=pixel_synced(result.images, passes, request), latents=result.latents,
+                           initial_noise=result.initial_noise, attention_stats=predictor.attention_stats())
 
 
-def pixel_synced(frames: np.ndarray, passes: Passes, strength: float) -> np.ndarray:
-    """Decoded frames ``(F, H, W, 3)`` with each frame taking ``strength`` of its predecessor
-    where they see the same point (:mod:`zs_core.temporal`): the decoder turns small latent
-    differences into visible flicker, so the same correspondences are applied once more in
-    pixels. Object through UV at about a texel per pixel; the rest along the vector pass."""
-    count, height, width, channels = frames.shape
-    texels = _texels(passes, 1.0) if passes.uv is not None else 1
-    links = temporal.frame_links(passes.uv, passes.mask, passes.vector, texels)
-    carried = temporal.carry(frames.reshape(count, height * width, channels), links, strength)
-    return np.clip(carried, 0.0, 1.0).astype(frames.dtype).reshape(frames.shape)
+def pixel_synced(frames: np.ndarray, passes: Passes, request: Request) -> np.ndarray:
+    """Decoded frames ``(F, H, W, 3)`` with every UV-mapped surface pulled towards one texture
+    of all frames, share ``request.pixel_sync``: the decoder turns small latent differences
+    into visible flicker, so the UV correspondence is applied once more in pixels.
+
+    The object (``mask``) is fused as temporal UV sync fuses latents (a texture pyramid,
+    each pixel at its footprint's level, weights cos(theta)^p with p =
+    ``sync_exponent_end``); with ``background_uv``, background surfaces each in their own UV
+    space at :data:`PIXEL_BACKGROUND_TEXELS` texels per pixel footprint. Every frame reads
+    the one texture, none is carried from its predecessor, so no pixel is resampled frame
+    after frame (the chain this replaces smeared a floor under a dolly). Pixels without UV
+    (the world) stay as decoded; without the UV pass, or at 0, the frames are returned."""
+    strength = request.pixel_sync
+    if strength <= 0 or passes.uv is None:
+        return frames
+    parts = []
+    if passes.mask.any():
+        parts.append(sync.UVSync(passes, request, 1, strength=strength))
+    surfaces = background_surfaces(passes) if request.background_uv else None
+    if surfaces is not None:
+        parts.append(sync.UVSync(passes, request, 1, mask=surfaces, layers=passes.background_id, strength=strength,
+                                 texels_per_latent=PIXEL_BACKGROUND_TEXELS))
+    values = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.float32)).permute(0, 3, 1, 2)
+    for part in parts:  # disjoint pixels: the order does not matter
+        values = values + strength * (part.fuse(values, request.sync_exponent_end) - values)  # others exact
+    return np.clip(values.permute(0, 2, 3, 1).numpy(), 0.0, 1.0).astype(frames.dtype)
 
 
 # ------------------------------------------------------------------------------ metrics
@@ -282,9 +298,16 @@ def temporal_metrics(result: AnimationResult, passes: Passes, factor: int) -> di
     ``latent_temporal_warp_error`` (final latents): mean absolute difference between consecutive frames at the same point,
     through UV on the object and along the vector pass elsewhere (see
     :func:`zs_core.metrics.temporal_warp_error`). Pixels are matched at about one texel per
-    pixel (per latent pixel for latents). Empty for fewer than 2 frames or without UV."""
-    if passes.views < 2 or passes.uv is None:
+    pixel (per latent pixel for latents). ``background_sharpness``: how much of frame 0's
+    sharpness the last quarter of the frames keep off the object
+    (:func:`zs_core.metrics.sharpness_kept`; None without background pixels). Empty for
+    fewer than 2 frames; only ``background_sharpness`` without UV."""
+    if passes.views < 2:
         return {}
+    kept = metrics.sharpness_kept(result.images, ~passes.mask)
+    sharpness = {"background_sharpness": None if np.isnan(kept) else round(kept, 4)}
+    if passes.uv is None:
+        return sharpness
     rgb_vector = None
     if passes.vector is not None:
         rgb_vector = _trusted_vector(passes.vector, ~passes.mask)
@@ -300,6 +323,7 @@ def temporal_metrics(result: AnimationResult, passes: Passes, factor: int) -> di
         "temporal_warp_error_background": None if rgb["background"] is None else round(rgb["background"], 5),
         "latent_temporal_warp_error": round(metrics.temporal_warp_error(latent_frames, latent_uv, latent_mask,
                                                                         latent_vector, texels=latent_texels), 5),
+        **sharpness,
         "texels_rgb": rgb_texels,
         "texels_latent": latent_texels,
     }

@@ -192,6 +192,46 @@ def _warped_differences(frame: np.ndarray, following: np.ndarray, vector: np.nda
     return np.abs(frame[landed] - warped[landed]).mean(axis=-1)
 
 
+# ------------------------------------------------------------------------- sharpness
+
+LAST_SHARE = 0.25  # sharpness_kept compares the last quarter of the frames with frame 0
+
+
+def sharpness(frame: np.ndarray, pixels: np.ndarray | None = None) -> float:
+    """Mean |Laplacian| of ``frame (H, W, C)``'s grey image (the mean of its channels;
+    scipy.ndimage.laplace, the 5-point stencil, borders reflected) over ``pixels (H, W)``
+    bool (all when None); NaN when no pixel is selected. Blur and smear lower it."""
+    laplacian = np.abs(ndimage.laplace(np.asarray(frame, dtype=np.float64).mean(axis=-1)))
+    selected = laplacian if pixels is None else laplacian[np.asarray(pixels, dtype=bool)]
+    return float(selected.mean()) if selected.size else float("nan")
+
+
+def sharpness_kept(frames: np.ndarray, pixels: np.ndarray | None = None, last_share: float = LAST_SHARE) -> float:
+    """How much of frame 0's :func:`sharpness` the last frames keep: the mean sharpness of
+    the last ``last_share`` of ``frames (F, H, W, C)`` (at least one frame) over their
+    ``pixels (F, H, W)`` bool (all when None) divided by frame 0's over its own.
+
+    1 = as sharp as the first frame; a sequence smeared or blurred as it goes scores lower.
+    A camera moving closer magnifies what it sees, which lowers it too where the content's
+    grain is coarse (a fixed texture on the floor of the demo's dolly keeps 0.88 to 1.0,
+    coarse to fine grain)."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[0] < 2:
+        raise ValueError(f"frames: expected shape (F >= 2, H, W, C), got {frames.shape}")
+    if pixels is not None and np.shape(pixels) != frames.shape[:3]:
+        raise ValueError(f"pixels: expected a bool array of shape {frames.shape[:3]}, got {np.shape(pixels)}")
+    count = frames.shape[0]
+    last = max(1, round(count * last_share))
+
+    def of(index: int) -> float:
+        return sharpness(frames[index], None if pixels is None else pixels[index])
+
+    first = of(0)
+    if not first > 0:
+        return float("nan")
+    return float(np.nanmean([of(index) for index in range(count - last, count)]) / first)
+
+
 # ------------------------------------------------------------------------ seam energy
 
 

@@ -112,6 +112,8 @@ class Parameter:
     # values are joined with LIST_SEPARATOR (see :func:`parse_loras`).
     repeatable: bool = False
     flag_name: str = ""
+    # Words a flag takes for a value, e.g. ``--cameras auto`` for views 0: (word, value) pairs.
+    words: tuple[tuple[str, Any], ...] = ()
 
     @property
     def title(self) -> str:
@@ -287,12 +289,14 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
     Parameter("sync_exponent_end", float, 6.0, "sync weight cos(theta)^p: p at the last step",
               low=0.0, high=64.0, soft_high=16.0),
     # Animation: the background and the decoded frames.
-    Parameter("background_sync", float, 0.0, "carry the background along the motion vectors into the next "
-              "frame at every step (0: off)", animation=0.9, modes=_ANIMATION_ONLY, **_FRACTION),
+    Parameter("background_sync", float, 0.0, "sync the background at every step: other UV-mapped meshes "
+              "through their UV maps (background_uv), the rest carried along the motion vectors (0: off)",
+              animation=0.9, modes=_ANIMATION_ONLY, **_FRACTION),
     Parameter("background_uv", bool, False, "sync the other UV-mapped meshes (floor, walls) through their UV "
-              "maps instead of along the motion vectors", label="Background Through UV", modes=_ANIMATION_ONLY),
-    Parameter("pixel_sync", float, 0.0, "carry the finished frames into the next one in pixels (0: off)",
-              animation=0.3, modes=_ANIMATION_ONLY, **_FRACTION),
+              "maps, where the capture tells them apart, instead of along the motion vectors",
+              label="Background Through UV", animation=True, modes=_ANIMATION_ONLY),
+    Parameter("pixel_sync", float, 0.0, "pull the finished frames' UV-mapped surfaces towards one texture of "
+              "all frames, in pixels (0: off)", animation=0.9, modes=_ANIMATION_ONLY, **_FRACTION),
     Parameter("fps", float, 24.0, "frame rate of the animation's MP4 (the Blender scene's)", unit="frames/s",
               low=1.0, high=1000.0, modes=()),
     Parameter("texture_size", int, 1024, "side of the square baked texture", unit="texels", low=16, high=8192,
@@ -300,8 +304,12 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
     # Capture settings of the Blender front ends (not on the wire).
     Parameter("view_size", int, 512, "width and height of every rendered view (a multiple of 8)", unit="pixels",
               low=64, high=4096, soft_high=2048, multiple_of=8, modes=_TEXTURE_ONLY, wire=False),
-    Parameter("views", int, 6, "cameras of the orbit rig built when no cameras are given", label="Cameras",
-              low=1, high=64, soft_high=16, modes=_TEXTURE_ONLY, wire=False, aliases=("--cameras",)),
+    Parameter("views", int, 6, "cameras of the orbit rig built when no cameras are given; auto (or 0): cameras "
+              "chosen from the objects' geometry until they see 98% of what can be seen from outside at a usable "
+              "angle, within the view budget", label="Cameras", low=0, high=64, soft_high=16, modes=_TEXTURE_ONLY,
+              wire=False, aliases=("--cameras",), words=(("auto", 0),)),
+    Parameter("view_budget", int, 12, "auto cameras: at most this many views", label="Auto Budget", low=1, high=64,
+              soft_high=16, modes=_TEXTURE_ONLY, wire=False),
     Parameter("elevation", float, 20.0, "orbit rig: height of the ring above the objects' centre",
               unit="degrees", low=-89.0, high=89.0, modes=_TEXTURE_ONLY, wire=False),
     Parameter("top_view", bool, False, "orbit rig: add a camera looking straight down", modes=_TEXTURE_ONLY,
@@ -310,6 +318,9 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
               label="UV Map", max_length=255, wire=False),
     Parameter("smart_uv", bool, False, "objects without the UV map get a new Smart UV Project map",
               label="Smart UV Project", modes=_TEXTURE_ONLY, wire=False),
+    Parameter("complete", bool, True, "completion views aimed at the surface the cameras miss or see only at "
+              "grazing angles, so it is generated, not copied from the nearest seen texel", label="Completion Views",
+              modes=_TEXTURE_ONLY, wire=False),
     Parameter("width", int, None, "frame width (none: the scene's output size, rounded to a multiple of 8)",
               unit="pixels", low=64, high=4096, multiple_of=8, optional=True, modes=_ANIMATION_ONLY, wire=False),
     Parameter("height", int, None, "frame height (none: the scene's output size, rounded to a multiple of 8)",
@@ -383,7 +394,7 @@ def add_arguments(parser, kinds: Sequence[str], *, wire: bool = True, capture: b
 def _metavar(parameter: Parameter, kind: str | None) -> str:
     if parameter.choices:
         return "{" + ",".join(parameter.values(kind)) + "}"
-    return {int: "N", float: "X", str: "TEXT"}[parameter.type]
+    return "|".join([{int: "N", float: "X", str: "TEXT"}[parameter.type], *(word for word, _ in parameter.words)])
 
 
 def _flag_type(parameter: Parameter, kind: str):
@@ -391,7 +402,7 @@ def _flag_type(parameter: Parameter, kind: str):
 
     def parse(text: str):
         try:
-            value = parameter.type(text)
+            value = dict(parameter.words)[text] if text in dict(parameter.words) else parameter.type(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {parameter.type.__name__}, got {text!r}") from None
         try:
@@ -459,15 +470,14 @@ class _RequestMethods:
         return self
 
     def uv_pass_uses(self) -> tuple[str, ...]:
-        """What in this request reads the UV pass, in words for an error message (empty:
-        nothing does): surface noise, UV sync, background surfaces through their UV."""
+        """What in this request needs the UV pass, in words for an error message (empty:
+        nothing does): surface noise, UV sync. (background_uv and pixel_sync use it where
+        the passes have it.)"""
         uses = []
         if self.noise == "surface":
             uses.append("surface noise")
         if self.sync_strength > 0:
             uses.append("UV sync" if self.kind == TEXTURE else "temporal UV sync")
-        if self.kind == ANIMATION and self.background_uv:
-            uses.append("background_uv")
         return tuple(uses)
 
     def to_dict(self) -> dict[str, Any]:

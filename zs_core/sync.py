@@ -40,15 +40,21 @@ def camera_positions(world_to_camera: np.ndarray) -> np.ndarray:
 
 
 def facing_cosines(passes: Passes) -> np.ndarray:
-    """cos(theta) per pixel ``(V, H, W)`` float32 in [0, 1]; 1 where normals are unknown."""
+    """cos(theta) per pixel ``(V, H, W)`` float32 in [0, 1]; 1 where normals are unknown:
+    without the normal pass, and on pixels whose normal is zero (the passes carry normals
+    on target pixels only, so background surfaces have none)."""
     if passes.normal is None or passes.position is None or passes.world_to_camera is None:
         return np.ones(passes.depth.shape, np.float32)
     eye = camera_positions(passes.world_to_camera)[:, None, None, :]
     to_camera = eye - passes.position.astype(np.float64)
     to_camera /= np.maximum(np.linalg.norm(to_camera, axis=-1, keepdims=True), 1e-12)
     normal = passes.normal.astype(np.float64)
-    normal /= np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-12)
-    return np.clip((to_camera * normal).sum(-1), 0.0, 1.0).astype(np.float32)
+    length = np.linalg.norm(normal, axis=-1)
+    normal /= np.maximum(length, 1e-12)[..., None]
+    cosine = np.clip((to_camera * normal).sum(-1), 0.0, 1.0)
+    # A zero normal read as cos 0 would weigh cos^p ~ 1e-4^p: past p = 3 the texel sums
+    # fall under fuse's 1e-12 floor and the fused x0 collapses towards 0 (a grey floor).
+    return np.where(length > 0, cosine, 1.0).astype(np.float32)
 
 
 class UVSync:

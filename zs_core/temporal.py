@@ -15,8 +15,12 @@ renderer output:
 
 :func:`carry` chains them: ``out_i = own_i + s c (L_i out_(i-1) / c - own_i)``: each frame
 takes share ``s`` of its predecessor where covered, so frame i holds a decaying (``s^k``)
-memory of the frames before it. The sampler uses it on predicted x0 (latent resolution)
-and after decoding (image resolution).
+memory of the frames before it. The sampler uses it on the background's predicted x0
+(latent resolution, :class:`zs_core.sync.VectorSync`). Each link resamples bilinearly, so
+a chain of them blurs what keeps moving (a floor under a dolly smears into streaks): after
+decoding the sampler fuses through one UV texture instead (:func:`zs_core.animation.pixel_synced`);
+:func:`frame_links` at image resolution is the chain pixel sync used before, kept for
+comparison (bench/animation_smear.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The scene settings become the mode's settings (:func:`properties.settings_for`: the
 chosen model, the LoRA list and the IP-Adapter included) and a flow generation: the
-selected meshes seen by the selected cameras or a temporary orbit rig (texture), or the
+selected meshes seen by the selected cameras or a temporary orbit or auto rig, with
+completion cameras for what those miss (texture), or the
 camera's shot over the frame range (animation), with the Reference Image's pixels. On the main thread
 (Blender) the generation checks everything, the server and the token included, then
 renders the passes; its worker thread (:class:`jobs.RemoteJob`) uploads, follows the
@@ -22,8 +23,8 @@ undo step. The modal run, the windowless ``execute`` and the sessions all apply 
 (:mod:`..api`, ``blender -b`` batch runs) push nothing: a script run from Blender's Text
 Editor is one undo step already, and a ``blender -b`` run has no undo history.
 
-The scene is left as it was unless the result is applied: orbit-rig cameras exist only
-for the capture, and a Smart UV map Generate added is removed again when the job fails or
+The scene is left as it was unless the result is applied: rig and completion cameras
+exist only for the capture, and a Smart UV map Generate added is removed again when the job fails or
 is cancelled. A texture job's download folder is removed afterwards (the texture was
 copied next to the .blend); an animation's frames stay in ``//zs_frames/<name>``.
 
@@ -43,7 +44,7 @@ from .. import flow, jobs, preferences, properties
 from ..client import Client, ServerError
 from ..errors import CaptureError
 from ..scene_objects import target_objects
-from ..wire import ProtocolError, protocol
+from ..wire import ProtocolError, coverage, protocol
 from . import preview
 
 POLL_INTERVAL = 0.1  # seconds between polls of the blocking (windowless) path
@@ -146,15 +147,16 @@ class GenerateSession:
 
     def _rendering_status(self) -> str:
         generation = self.generation
-        return f"Rendering {generation.views} views"
+        fill = generation.coverage.get("views_completion", 0)
+        return f"Rendering {generation.views} views" + (f" ({fill} completion)" if fill else "")
 
     def _cameras(self, context) -> list[bpy.types.Object] | None:
-        """The selected cameras (by name), or None for the orbit rig (built at capture)."""
-        if self.settings.views_source == "RIG":
+        """The selected cameras (by name), or None for the orbit or auto rig (built at capture)."""
+        if self.settings.views_source in ("RIG", "AUTO"):
             return None
         cameras = sorted((obj for obj in context.selected_objects if obj.type == "CAMERA"), key=lambda o: o.name)
         if not cameras:
-            raise GenerateError("no camera selected: select camera objects, or set Views to Orbit Rig")
+            raise GenerateError("no camera selected: select camera objects, or set Views to Orbit Rig or Auto Rig")
         return cameras
 
     def _image_folder(self) -> Path | None:
@@ -215,7 +217,9 @@ class GenerateSession:
         folder = self._image_folder()
         result = bpy.ops.zs.apply_result(filepath=str(generation.out_dir / protocol.TEXTURE_PNG), objects=items,
                                          folder=str(folder) if folder else "")
-        self._applied("FINISHED" in result, f"Done: texture on {len(items)} object(s)")
+        report = generation.coverage
+        seen = f"; {coverage.describe(report, short=True)}" if report else ""
+        self._applied("FINISHED" in result, f"Done: texture on {len(items)} object(s){seen}")
         return result
 
     def _applied(self, applied: bool, status: str) -> None:

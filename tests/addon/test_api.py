@@ -16,7 +16,7 @@ from blender_addon.wire import ProtocolError
 from zs_core import images
 from zs_server_helpers import free_port
 
-SMALL = dict(steps=2, view_size=64, texture_size=64, views=3)
+SMALL = dict(steps=2, view_size=64, texture_size=64, views=3, complete=False)  # completion: test_auto_rig.py
 
 
 def image_matches_png(image, path) -> bool:
@@ -133,7 +133,7 @@ def test_batch_main_argv_through_a_server(scene, server, tmp_path, capsys):
     out = tmp_path / "out"
     code = batch.main([str(source), "--object", "Suzanne", "--prompt", "jade", "--out", str(out),
                        "--server", server.base_url, "--token", server.token, "--cameras", "2",
-                       "--view-size", "64", "--steps", "2", "--texture-size", "64"])
+                       "--no-complete", "--view-size", "64", "--steps", "2", "--texture-size", "64"])
     assert code == 0, capsys.readouterr().err
     assert str(out / "textured.blend") in capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())

@@ -104,6 +104,7 @@ def suzanne_scene():
     settings = scene.zs_texturing
     settings.prompt, settings.views_source = "rusty metal", "CAMERAS"
     settings.view_size, settings.steps, settings.texture_size = SIZE, STEPS, SIZE
+    settings.complete = False  # completion views: tests/addon/test_auto_rig.py
     return monkey, settings
 
 
@@ -382,7 +383,8 @@ def test_batch_passes_only_bundles_the_reference_image_and_the_names(scene, tmp_
     blend = batch.build_demo_scene(tmp_path / "scene.blend", subdivisions=0)
     out = tmp_path / "out"
     code = batch.main([str(blend), "--object", batch.DEMO_OBJECT, "--out", str(out), "--passes-only",
-                       "--views", "2", "--view-size", "64", "--reference-image", str(tmp_path / "look.png"),
+                       "--views", "2", "--no-complete", "--view-size", "64", "--reference-image",
+                       str(tmp_path / "look.png"),
                        "--model", "tiny", "--lora", "patina.safetensors:0.7", "--lora", "grime"])
     assert code == 0
     with np.load(out / batch.PASSES_NPZ) as bundle:

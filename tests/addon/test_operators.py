@@ -56,6 +56,7 @@ def suzanne_scene(material: bool = True):
     settings.prompt = "rusty metal"
     settings.view_size, settings.steps, settings.texture_size = SIZE, STEPS, TEXTURE
     settings.views_source = "CAMERAS"
+    settings.complete = False  # completion views: tests/addon/test_auto_rig.py
     return monkey, cameras, settings
 
 
@@ -157,7 +158,7 @@ def test_panels_draw_existing_properties_and_operators(addon):
 def test_build_rig_operator_makes_n_cameras_and_rerunning_replaces_them(addon):
     monkey = add_monkey()
     settings = bpy.context.scene.zs_texturing
-    settings.views, settings.elevation, settings.top_view = 5, 30.0, True
+    settings.views, settings.elevation, settings.top_view, settings.complete = 5, 30.0, True, False
     assert bpy.ops.zs.build_rig() == {"FINISHED"}
     cameras = rig.rig_cameras()
     assert len(cameras) == 6 and [c.name for c in cameras][-1] == "ZS Top 00"
@@ -721,10 +722,7 @@ def test_animation_mode_checks_frames_camera_and_uv_before_rendering(addon, monk
     with pytest.raises(RuntimeError, match="object 'Cube' has no UV map; surface noise"):
         bpy.ops.zs.generate()
     cube.data.uv_layers.new(name=uv)
-    settings.background_uv = True  # the cube is the only mesh: no background surface to sync through UV
-    with pytest.raises(RuntimeError, match="background_uv: no mesh besides the targets has a UV map"):
-        bpy.ops.zs.generate()
-    settings.background_uv = False
+    settings.background_uv = True  # the default; the cube is the only mesh: the vector pass alone, no error
     with pytest.raises(RuntimeError, match="cannot reach the ZS server"):  # all checks passed: the server next
         bpy.ops.zs.generate()
     assert renders == []

@@ -174,14 +174,15 @@ def test_animation_demo_without_bpy_runs_the_numpy_shot(tmp_path, capsys, monkey
     assert cli.main(["demo", "--animation", "--out", str(out), "--frames", "1-3", "--size", "64", "--steps", "1"]) == 0
     assert "numpy animated scene" in capsys.readouterr().err
     assert len(list((out / "frames").glob("*.png"))) == 3 and not (out / "animated.blend").exists()
-    assert json.loads((out / "metrics.json").read_text())["frames"] == 3
-    assert cli.main(["demo", "--animation", "--background-uv", "--out", str(tmp_path / "uv")]) == 2
-    assert "the numpy scene has no UV-mapped floor" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    # background_uv is on by default: the numpy shot has no UV-mapped floor, so the vector pass alone.
+    assert metrics["frames"] == 3 and metrics["request"]["background_uv"] is True
 
 
 def test_animate_blend_syncs_the_floor_through_its_uv(tmp_path, capsys):
     """The demo shot (Suzanne over a UV-mapped floor) with --background-uv: the capture tells
-    the floor apart and the job fuses it through its UV; a scene without such meshes says so."""
+    the floor apart and the job fuses it through its UV; a scene without such meshes goes
+    along the vector pass alone (background_uv is on by default)."""
     out = tmp_path / "out"
     assert cli.main(["demo", "--animation", "--background-uv", "--out", str(out), "--frames", "1-3", "--size", "64",
                      "--steps", "2"]) == 0
@@ -193,11 +194,6 @@ def test_animate_blend_syncs_the_floor_through_its_uv(tmp_path, capsys):
     moving_cube_shot(frames=3, size=64)  # a cube alone: no other UV-mapped mesh
     alone = tmp_path / "alone.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(alone))
-    assert cli.main(["animate", str(alone), "--background-uv", "--out", str(tmp_path / "alone"),
-                     "--steps", "1"]) == 2
-    assert "every mesh that renders is a target, so none is left as background; name the targets (--object" \
-        in capsys.readouterr().err
     assert cli.main(["animate", str(alone), "--background-uv", "--object", "Cube", "--out", str(tmp_path / "alone"),
-                     "--steps", "1"]) == 2
-    assert "background_uv: no mesh besides the targets has a UV map" in capsys.readouterr().err
-    assert not (tmp_path / "alone").exists()  # refused before anything rendered
+                     "--steps", "1"]) == 0
+    assert json.loads((tmp_path / "alone" / "metrics.json").read_text())["request"]["background_uv"] is True

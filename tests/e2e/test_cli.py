@@ -10,6 +10,7 @@ import pytest
 
 import zs_cli as cli
 from zs_core import images, scene
+from zs_core.protocol import Passes
 
 SIZE, VIEWS, TEXTURE, STEPS = 128, 4, 128, 8
 
@@ -30,7 +31,7 @@ def texture_run(bundle, out, *extra):
 
 def test_demo_writes_views_texture_metrics_and_contact_sheet(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--out", str(out), "--views", "3", "--size", "64", "--steps", "2",
+    assert cli.main(["demo", "--out", str(out), "--views", "3", "--no-complete", "--size", "64", "--steps", "2",
                      "--texture-size", "64"]) == 0
     for index in range(3):
         view = images.load_png(out / "views" / f"{index:04d}.png")
@@ -73,3 +74,31 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     bad.write_bytes(b"not an archive")
     assert cli.main(["texture", str(bad), "--out", str(tmp_path / "x")]) == 2
     assert "passes: not a readable .npz" in capsys.readouterr().err
+
+
+def test_texture_blend_with_auto_cameras(tmp_path, capsys):
+    """`zs texture FILE.blend --cameras auto`: cameras chosen from Suzanne's geometry until
+    they see 98% of what can be seen from outside; the coverage reaches metrics.json and
+    the terminal, and the bundle marks any completion views."""
+    pytest.importorskip("bpy")
+    from blender_addon import batch
+
+    source = batch.build_demo_scene(tmp_path / "in" / "scene.blend", subdivisions=0)
+    common = ["--object", batch.DEMO_OBJECT, "--cameras", "auto", "--view-size", "64", "--texture-size", "64"]
+    bundle = tmp_path / "bundle"
+    assert cli.main(["texture", str(source), "--out", str(bundle), "--passes-only", *common]) == 0
+    assert "auto cameras see" in capsys.readouterr().err
+    out = tmp_path / "auto"
+    assert cli.main(["texture", str(source), "--out", str(out), "--steps", "2", "--prompt", "jade", *common]) == 0
+    err = capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    report = metrics["camera_coverage"]
+    assert report["cameras"] == "auto" and report["coverage_main"] >= 0.98 and report["views_main"] <= 12
+    assert metrics["views"] == report["views_main"] + report["views_completion"]
+    assert metrics["blend"]["cameras"] == [f"ZS Auto {index:02d}" for index in range(report["views_main"])]
+    assert f"cameras: {report['views_main']} auto cameras see {100 * report['coverage_main']:.1f}%" in err
+    passes = Passes.load(bundle / "passes.npz").validate()
+    assert passes.views == metrics["views"]
+    flags = passes.completion if passes.completion is not None else np.zeros(passes.views, bool)
+    assert flags.tolist() == [False] * report["views_main"] + [True] * report["views_completion"]
+

@@ -63,7 +63,7 @@ def source_blend(tmp_path):
 
 def texture(source, out, *extra) -> int:
     return cli.main(["texture", str(source), "--object", "Suzanne", "--out", str(out), "--views", str(VIEWS),
-                     "--no-top-view", "--view-size", str(SIZE), "--texture-size", str(TEXTURE), "--seed", "2",
+                     "--no-top-view", "--no-complete", "--view-size", str(SIZE), "--texture-size", str(TEXTURE), "--seed", "2",
                      "--prompt", "green bronze", *extra])
 
 

@@ -101,7 +101,7 @@ def test_texture_blend_in_process(source_blend, tmp_path, capsys):
     before = digest(source_blend)
     out = tmp_path / "out"
     code = cli.main(["texture", str(source_blend), "--object", "Suzanne", "--prompt", "rusty orange metal",
-                     "--out", str(out), "--cameras", "6", "--view-size", "96", "--steps", "3",
+                     "--out", str(out), "--cameras", "6", "--no-complete", "--view-size", "96", "--steps", "3",
                      "--texture-size", "128", "--seed", "1"])
     assert code == 0
     err = capsys.readouterr().err
@@ -117,7 +117,8 @@ def test_passes_only_writes_a_bundle_that_samples_without_blender(source_blend, 
     before = digest(source_blend)
     bundle = tmp_path / "bundle"
     assert cli.main(["texture", str(source_blend), "--object", "Suzanne", "--passes-only", "--out", str(bundle),
-                     "--views", "2", "--view-size", "64", "--texture-size", "64", "--seed", "4"]) == 0
+                     "--views", "2", "--no-complete", "--view-size", "64", "--texture-size", "64", "--seed",
+                     "4"]) == 0
     assert "zs texture" in capsys.readouterr().err
     passes = Passes.load(bundle / "passes.npz").validate()
     assert passes.views == 2 and passes.texel_position.shape == (64, 64, 3) and passes.mask.any()
@@ -141,7 +142,7 @@ def server(tiny, tmp_path_factory):
 def test_texture_blend_through_a_server(source_blend, tmp_path, server):
     out = tmp_path / "out"
     code = cli.main(["texture", str(source_blend), "--object", "Suzanne", "--prompt", "mossy stone",
-                     "--out", str(out), "--cameras", "4", "--view-size", "64", "--steps", "2",
+                     "--out", str(out), "--cameras", "4", "--no-complete", "--view-size", "64", "--steps", "2",
                      "--texture-size", "64", "--server", server.base_url, "--token", server.token])
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -172,7 +173,7 @@ def test_errors_change_nothing(source_blend, tmp_path, capsys):
 
 def test_demo_is_the_blender_flow(tmp_path, capfd):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--out", str(out), "--views", "3", "--size", "64", "--steps", "2",
+    assert cli.main(["demo", "--out", str(out), "--views", "3", "--no-complete", "--size", "64", "--steps", "2",
                      "--texture-size", "64"]) == 0
     printed = capfd.readouterr()  # the process's own stdout and stderr, as a terminal sees them
     err = printed.err
