@@ -15,7 +15,7 @@ LTS_STAMPS := $(foreach version,$(LTS_BLENDERS),.venv-bpy$(version)/.installed)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[blender,test]"
+	$(PY) -m pip install --quiet -e ".[blender,test,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)

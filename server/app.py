@@ -3,7 +3,8 @@
 Startup (once): make the data dir owner-only, read or create the token, recover the job
 store (re-queue queued jobs, fail the job a previous run left running, quarantine what
 cannot be read), prune old jobs, load the default model into the cache of loaded models,
-start the supervised worker thread. Shutdown: stop the worker and end the event streams.
+start the supervised worker thread (or, with ``settings.ray``, the pool of Ray workers of
+:mod:`.ray_pool`). Shutdown: stop the worker and end the event streams.
 Admission control (:mod:`.admission`), the download holds (:mod:`.downloads`), the list of
 models (:mod:`.model_registry`) and the loaded ones (:mod:`.model_cache`) live on the app.
 """
@@ -69,24 +70,31 @@ def create_app(settings: Settings, components=None) -> FastAPI:
         except OSError:
             log.exception("pruning old jobs failed")
         loaded = components
+        entry = await run_in_threadpool(default_entry, settings, registry) if loaded is None or settings.ray else None
         if loaded is None:
-            entry = await run_in_threadpool(default_entry, settings, registry)
-            log.info("loading model %s (controlnet %s) on %s", entry.name, entry.controlnets[0].name,
-                     settings.device)
-            loaded = await run_in_threadpool(load_entry, entry, settings.device, settings.hub_cache or None,
+            # With Ray the workers load their own models: the server's copy only checks
+            # submissions, on the CPU.
+            device = "cpu" if settings.ray else settings.device
+            log.info("loading model %s (controlnet %s) on %s", entry.name, entry.controlnets[0].name, device)
+            loaded = await run_in_threadpool(load_entry, entry, device, settings.hub_cache or None,
                                               settings.model_dtype)
         budget = settings.model_memory_bytes or default_budget(loaded.device)
         cache = ModelCache(budget)
         cache.put(settings.default_model, loaded)
         notifier = Notifier(asyncio.get_running_loop())
         store.add_listener(notifier.notify)
-        worker = Worker(store, cache, registry, settings,
-                        lambda entry: load_entry(entry, settings.device, settings.hub_cache or None,
-                                                 settings.model_dtype))
+        if settings.ray:
+            from .ray_pool import RayWorkerPool  # ray is imported only here: the embedded worker needs none
+
+            worker = RayWorkerPool(store, cache, registry, settings, entry)
+        else:
+            worker = Worker(store, cache, registry, settings,
+                            lambda entry: load_entry(entry, settings.device, settings.hub_cache or None,
+                                                     settings.model_dtype))
         app.state.store, app.state.models, app.state.notifier = store, cache, notifier
         app.state.device = loaded.device
         app.state.worker = worker
-        worker.start()
+        await run_in_threadpool(worker.start)  # Ray: connects and waits for the workers' models
         log.info("model %s ready on %s (loaded models kept up to %d bytes); jobs in %s", settings.default_model,
                  loaded.device, budget, settings.jobs_dir)
         try:

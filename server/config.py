@@ -86,12 +86,23 @@ class Settings:
     preview_max_side: int = 256  # SSE progress previews are downscaled to this
     recent_jobs: int = 100  # how many jobs GET /v1/jobs returns at most
 
+    # Jobs on a pool of Ray workers (server/ray_pool.py) instead of the embedded worker thread:
+    # "" (the embedded worker), "auto" (ray.init(): the cluster `ray start` made on this
+    # machine, else a new local one) or a cluster's address.
+    ray: str = ""
+    # Ray workers: 0 is one per GPU of the cluster, or without GPUs one per ray_threads CPUs.
+    ray_workers: int = 0
+    ray_threads: int = 4  # CPU threads (and Ray CPUs) of a worker on a cluster without GPUs
+
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
         for name, allowed in (("dtype", ("auto", "fp32", "fp16", "bf16")), ("offload", SWITCHES),
                               ("vae_tiling", SWITCHES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.ray_workers < 0 or self.ray_threads < 1:
+            raise ValueError(f"ray_workers must be 0 or more and ray_threads 1 or more, got {self.ray_workers} "
+                             f"and {self.ray_threads}")
 
     def switch(self, name: str) -> bool | None:
         """A memory option as the memory plan takes it: None (auto), True or False."""

@@ -60,6 +60,7 @@ class Health(BaseModel):
     status: str  # "ok", or "degraded" when the worker is not taking jobs: ``reasons`` says why
     reasons: list[str] = []
     worker: dict | None = None  # the heartbeat: alive, last_seen_seconds, job, restarts (server/worker.py)
+    workers: list[dict] | None = None  # zs serve --ray: each Ray worker and what it does (server/ray_pool.py)
     version: str
     protocol: int
     device: str

@@ -13,6 +13,9 @@ the server", the exception) and the worker goes on; a job that cannot start now 
 disk) stays queued and the worker retries with a backoff, so the queue resumes by itself
 once there is space. A supervisor thread starts a new worker thread should one exit anyway
 (and fails the job it held). :meth:`Worker.health` is the heartbeat /v1/health reports.
+
+:func:`sample_job` (one job on its model, into a folder) is shared with the Ray workers of
+``zs serve --ray`` (:mod:`.ray_actor`, :mod:`.ray_pool`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 import shutil
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from PIL import Image
@@ -37,7 +41,7 @@ from .config import Settings
 from .jobs import (CANCELLED, DONE, FAILED, OUTPUT_DIR, PARTIAL_OUTPUT_DIR, PASSES_FILE, REMOVED_REASON, REQUEST_FILE,
                    RUNNING, Job, JobStore, StartDeferred, describe_os_error)
 from .model_cache import ModelCache
-from .model_registry import ModelEntry, ModelRegistry
+from .model_registry import ModelEntry, ModelRegistry, Resolved
 
 log = logging.getLogger("zs.server")
 
@@ -81,6 +85,30 @@ def failure_reason(job: Job, exc: BaseException) -> str:
     if error is not None:
         return f"file system error: {describe_os_error(error)}" + (f" ({error.filename})" if error.filename else "")
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def store_reasons(store: JobStore, reasons: list[str], deferred: str | None) -> list[str]:
+    """The store's part of a degraded health, besides ``reasons`` already given: too little
+    free space, job states not on disk yet."""
+    out = []
+    space = store.space_problem()
+    if space and space not in reasons and not (deferred or "").startswith("disk full"):
+        out.append(space)
+    unsynced = store.unsynced()
+    if unsynced:
+        first = next(iter(unsynced.items()))
+        out.append(f"{len(unsynced)} job state(s) not on disk yet, retrying (job {first[0]}: {first[1]})")
+    return out
+
+
+def prune_jobs(store: JobStore, settings: Settings) -> None:
+    """Prune old finished jobs (after each job), logging what went."""
+    try:
+        removed = store.prune(settings.job_max_age_seconds, settings.jobs_max_bytes, settings.prune_grace_seconds)
+        if removed:
+            log.info("pruned %d old job(s)", len(removed))
+    except OSError:
+        log.exception("pruning old jobs failed")
 
 
 class Worker:
@@ -141,13 +169,7 @@ class Worker:
             reasons.append(f"the worker has not been seen for {seen:.0f} s")
         elif job is not None and seen > STEP_STALE_SECONDS:
             reasons.append(f"job {job.id} has made no step for {seen:.0f} s")
-        space = self.store.space_problem()
-        if space and space not in reasons and not (self._deferred or "").startswith("disk full"):
-            reasons.append(space)
-        unsynced = self.store.unsynced()
-        if unsynced:
-            first = next(iter(unsynced.items()))
-            reasons.append(f"{len(unsynced)} job state(s) not on disk yet, retrying (job {first[0]}: {first[1]})")
+        reasons += store_reasons(self.store, reasons, self._deferred)
         return {"status": "degraded" if reasons else "ok", "reasons": reasons,
                 "worker": {"alive": alive, "last_seen_seconds": round(seen, 3), "job": job.id if job else None,
                            "restarts": self.restarts}}
@@ -201,17 +223,7 @@ class Worker:
             self._execute(job)
             self._job = None
             if not self._stopping.is_set():
-                self._prune()
-
-    def _prune(self) -> None:
-        settings = self.settings
-        try:
-            removed = self.store.prune(settings.job_max_age_seconds, settings.jobs_max_bytes,
-                                       settings.prune_grace_seconds)
-            if removed:
-                log.info("pruned %d old job(s)", len(removed))
-        except OSError:
-            log.exception("pruning old jobs failed")
+                prune_jobs(self.store, self.settings)
 
     # ------------------------------------------------------------ one job
 
@@ -242,27 +254,18 @@ class Worker:
 
     def _sample(self, job: Job, partial) -> dict:
         """Inputs -> outputs in ``out/`` (fsynced, owner-only) -> the metrics."""
-        started = time.perf_counter()
-        max_side = self.settings.preview_max_side
-
-        def on_progress(progress: sampler.StepProgress) -> None:
-            self._seen = time.monotonic()
-            elapsed = time.perf_counter() - started
-            eta = round(elapsed / progress.step * (progress.total - progress.step), 2)
-            self.store.progress(job, progress.step, progress.total, eta, encode_preview(progress.preview, max_side))
 
         def should_stop() -> bool:
             self._seen = time.monotonic()
             return job.cancel_flag.is_set() or self._stopping.is_set()
 
-        def on_load(name: str, seconds: float | None) -> None:
+        def on_progress(step: int, total: int, eta: float, preview: dict) -> None:
             self._seen = time.monotonic()
-            if seconds is None:
-                self.store.log_event(job, MODEL_EVENT, {"model": name, "state": "loading",
-                                                         "message": f"loading model {name}"})
-            else:
-                self.store.log_event(job, MODEL_EVENT, {"model": name, "state": "loaded", "seconds": round(seconds, 3),
-                                                         "message": f"model loaded in {seconds:.1f} s"})
+            self.store.progress(job, step, total, eta, preview)
+
+        def on_event(event_type: str, data: dict) -> None:
+            self._seen = time.monotonic()
+            self.store.log_event(job, event_type, data)
 
         shutil.rmtree(partial, ignore_errors=True)
         durable.make_dir(partial)
@@ -272,21 +275,51 @@ class Worker:
             request = Request.from_json((job.folder / REQUEST_FILE).read_bytes())
             passes = Passes.load(job.folder / PASSES_FILE)
         resolved = self.registry.resolve(request)  # again: the list may have changed while it was queued
-        model = resolved.model
-        with self.models.use(model.name, lambda: self._load(model), model.bytes, on_load) as components:
-            if should_stop():
-                raise sampler.Cancelled()
-            adapt(components, resolved.lora_files)
-            memory.apply(components, memory.plan_for_job(components, request, passes,
-                                                         offload=self.settings.switch("offload"),
-                                                         vae_tiling=self.settings.switch("vae_tiling")))
-            metrics = run.run_job(components, resolved.core_request(request), passes, partial,
-                                  progress=on_progress, cancel=should_stop)
-        # The result names the entries as the client did, not where they are on the server.
-        metrics["request"] = request.to_dict()
-        (partial / METRICS_JSON).write_text(json.dumps(metrics, indent=2, sort_keys=True))  # commit_tree syncs it
+        metrics = sample_job(self.models, self._load, self.settings, resolved, request, passes, partial,
+                             progress=on_progress, event=on_event, should_stop=should_stop)
         durable.commit_tree(partial, job.folder / OUTPUT_DIR)
         return metrics
+
+
+def sample_job(models: ModelCache, load: Callable[[ModelEntry], object], settings: Settings, resolved: Resolved,
+               request: Request, passes: Passes, out_dir: Path, *,
+               progress: Callable[[int, int, float, dict], None], event: Callable[[str, dict], None],
+               should_stop: Callable[[], bool]) -> dict:
+    """One job on its model, the part the embedded worker and a Ray worker
+    (:mod:`.ray_actor`) share: the model taken from ``models`` (loaded with ``load`` if
+    it is not there; ``model`` events before and after), the job's LoRAs put on it, the
+    memory plan applied, :func:`zs_core.run.run_job` run into ``out_dir`` and
+    ``metrics.json`` written there -> the metrics. ``progress(step, total, eta_seconds,
+    preview)`` gets each step with its PNG preview (:func:`encode_preview`);
+    ``event(type, data)`` the other events; ``should_stop()`` True raises
+    :class:`zs_core.sampler.Cancelled` at the next step."""
+    started = time.perf_counter()
+
+    def on_progress(step: sampler.StepProgress) -> None:
+        eta = round((time.perf_counter() - started) / step.step * (step.total - step.step), 2)
+        progress(step.step, step.total, eta, encode_preview(step.preview, settings.preview_max_side))
+
+    def on_load(name: str, seconds: float | None) -> None:
+        if seconds is None:
+            event(MODEL_EVENT, {"model": name, "state": "loading", "message": f"loading model {name}"})
+        else:
+            event(MODEL_EVENT, {"model": name, "state": "loaded", "seconds": round(seconds, 3),
+                                "message": f"model loaded in {seconds:.1f} s"})
+
+    model = resolved.model
+    with models.use(model.name, lambda: load(model), model.bytes, on_load) as components:
+        if should_stop():
+            raise sampler.Cancelled()
+        adapt(components, resolved.lora_files)
+        memory.apply(components, memory.plan_for_job(components, request, passes,
+                                                     offload=settings.switch("offload"),
+                                                     vae_tiling=settings.switch("vae_tiling")))
+        metrics = run.run_job(components, resolved.core_request(request), passes, out_dir,
+                              progress=on_progress, cancel=should_stop)
+    # The result names the entries as the client did, not where they are on the server.
+    metrics["request"] = request.to_dict()
+    (Path(out_dir) / METRICS_JSON).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
 
 
 def adapt(components, lora_files: list[tuple[str, float]]) -> None:

@@ -38,6 +38,7 @@ class RunningServer:
     data_dir: Path
     settings: object = None
     clients: list = field(default_factory=list)
+    app: object = None  # the FastAPI app (its state: store, worker) when it runs in this process
 
     @property
     def auth(self) -> dict[str, str]:
@@ -73,7 +74,7 @@ class ServerThread:
                 raise RuntimeError("the test server did not start")
             time.sleep(0.02)
         self.running = RunningServer(f"http://{self.settings.host}:{self.settings.port}", self.token,
-                                     self.settings.data_dir, self.settings)
+                                     self.settings.data_dir, self.settings, app=self.app)
         return self.running
 
     def __exit__(self, *exc) -> None:
@@ -106,6 +107,16 @@ def make_settings(data_dir: Path, **overrides):
                   max_steps=200, max_views=8, max_resolution=256, max_texture_size=1024)
     values.update(overrides)
     return Settings(**values)
+
+
+def backend_settings(request, backend: str, **ray_overrides) -> dict:
+    """Settings of a test server whose jobs run on ``backend``: nothing for "embedded"; for
+    "ray" the session's local Ray cluster (the ``ray_cluster`` fixture of tests/server) and
+    one worker of one thread, unless ``ray_overrides`` say otherwise."""
+    if backend != "ray":
+        return {}
+    request.getfixturevalue("ray_cluster")
+    return {"ray": "auto", "ray_workers": 1, "ray_threads": 1, **ray_overrides}
 
 
 def job_form(npz: bytes, request: Request | str | bytes) -> dict:

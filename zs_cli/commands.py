@@ -189,6 +189,7 @@ def extension(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    import importlib.util
     import logging
 
     import uvicorn
@@ -200,7 +201,8 @@ def serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env(host=args.host, port=args.port, default_model=args.default_model,
                                  controlnet=args.controlnet, data_dir=args.data_dir, device=args.device,
                                  dtype=args.dtype, offload=args.offload, vae_tiling=args.vae_tiling,
-                                 model_memory_bytes=args.model_memory_bytes, hub_cache=args.hub_cache)
+                                 model_memory_bytes=args.model_memory_bytes, hub_cache=args.hub_cache,
+                                 ray=args.ray, ray_workers=args.ray_workers)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.is_loopback:
         print(f"zs serve: WARNING: binding {settings.host} makes the server reachable from other machines; "
@@ -209,10 +211,13 @@ def serve(args: argparse.Namespace) -> int:
     # Before the server starts: a missing model is a ModelLoadError naming its files, which
     # main() prints as one line (exit code 2), not a traceback from the server's startup.
     default_entry(settings, ModelRegistry(settings))
+    if settings.ray and importlib.util.find_spec("ray") is None:
+        raise ValueError("--ray: Ray is not installed here; pip install 'zs-texturing[ray]'")
     app = create_app(settings)
     token_note = "from ZS_TOKEN" if settings.token else f"in {settings.data_dir / TOKEN_FILE}"
     print(f"zs serve: http://{settings.host}:{settings.port} (API docs at /docs, token {token_note}, "
-          f"jobs in {settings.jobs_dir}); loading model {settings.default_model}", file=sys.stderr)
+          f"jobs in {settings.jobs_dir}); loading model {settings.default_model}"
+          + (f", jobs on Ray workers ({settings.ray})" if settings.ray else ""), file=sys.stderr)
     # A short graceful timeout: open event streams would otherwise hold up Ctrl+C.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=3)
     return 0

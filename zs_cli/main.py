@@ -129,7 +129,41 @@ def _serve_parser(commands_) -> None:
                        help="keep loaded models up to this many bytes of weights (default: from the device)")
     serve.add_argument("--hub-cache", default=None, help="the Hugging Face hub cache whose models are listed "
                                                          "(default: huggingface_hub's)")
+    ray = serve.add_argument_group("Ray (pip install 'zs-texturing[ray]')")
+    ray.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
+                     help="run the jobs on Ray workers: auto (the cluster `ray start` made on this machine, else a "
+                          "new local one) or a cluster's address")
+    ray.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                     help="Ray workers (default: one per GPU, else one per 4 CPUs; ZS_RAY_THREADS sets the 4)")
     serve.set_defaults(func=commands.serve)
+
+
+def _farm_parser(commands_) -> None:
+    batch = commands_.add_parser(
+        "farm", help="run a batch of texture / animation jobs (BATCH.toml) on a server, resumable",
+        description="Run the jobs of a TOML batch ([defaults] and [[job]] tables: source, kind, prompt and any "
+                    "parameter of `zs texture` / `zs animate`) through a ZS server; re-running skips the jobs "
+                    "already done with the same inputs and settings.")
+    batch.add_argument("batch", metavar="BATCH.toml", help="the batch file")
+    batch.add_argument("--out", default=None, help="output folder, one folder per job (default: beside the batch "
+                                                   "file, named after it)")
+    batch.add_argument("--server", default=None, help="run the jobs on this ZS server (default: a server started in "
+                                                      "this process)")
+    batch.add_argument("--token", default=None, help="the server's token (default: ZS_TOKEN or the local "
+                                                     "server's token file)")
+    batch.add_argument("--parallel", type=int, default=4, metavar="N",
+                       help="jobs in flight at once: rendering, queued or sampling (default: 4)")
+    batch.add_argument("--ray", default="auto", metavar="auto|ADDRESS|off",
+                       help="the Ray cluster: auto (the one `ray start` made on this machine, else a new local one), "
+                            "a cluster's address, or off. The server started here runs its jobs on its workers (off: "
+                            "one worker thread here); .blend passes render on its workers with the bpy resource "
+                            "(with --server: only on a cluster that exists; else in this process)")
+    local = batch.add_argument_group("the server in this process (without --server)")
+    local.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                       help="Ray workers (default: one per GPU, else one per 4 CPUs)")
+    local.add_argument("--default-model", default=None, help="the model of jobs that name none (default: tiny)")
+    local.add_argument("--device", default=None, help="auto (default), cuda, cuda:N, mps or cpu")
+    batch.set_defaults(func=farm.farm)
 
 
 def _extension_parser(commands_) -> None:
@@ -141,7 +175,7 @@ def _extension_parser(commands_) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zs", description="ZS Texturing: consistent multi-view texturing")
     commands_ = parser.add_subparsers(dest="command", required=True)
-    for add in (_demo_parser, _texture_parser, _animate_parser, _serve_parser, _extension_parser):
+    for add in (_demo_parser, _texture_parser, _animate_parser, _serve_parser, _farm_parser, _extension_parser):
         add(commands_)
     return parser
 

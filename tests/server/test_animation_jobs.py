@@ -1,13 +1,18 @@
-"""Animation jobs over real HTTP: frames beyond the view limit, SSE to done, frame files."""
+"""Animation jobs over real HTTP: frames beyond the view limit, SSE to done, frame files; on
+the embedded worker and on Ray workers."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from zs_core import scene
 from zs_core.protocol import FRAME_PNG, METRICS_JSON, Request
 
 from zs_server_helpers import job_form, read_events, submit
+
+BACKENDS = ("embedded", "ray")  # the server fixture's (tests/server/conftest.py)
 
 
 def animation_npz(frames: int) -> bytes:
@@ -31,6 +36,7 @@ def test_animation_job_streams_to_done_and_serves_frames(server):
     assert frame.status_code == 200 and frame.content.startswith(b"\x89PNG")
 
 
+@pytest.mark.embedded_only  # checked at submission, before any worker
 def test_animation_requests_are_checked_at_submit(server):
     client = server.client()
     bad = Request(kind="animation", prompt="x", steps=2, attention="extended")

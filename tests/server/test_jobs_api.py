@@ -1,4 +1,5 @@
-"""A job end to end over real HTTP: submit, follow the SSE stream, download, cancel."""
+"""A job end to end over real HTTP: submit, follow the SSE stream, download, cancel; on the
+embedded worker and on Ray workers (``zs serve --ray``)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import time
 import zipfile
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from zs_core.protocol import METRICS_JSON, TEXTURE_PNG, VIEW_PNG, Request
 
 from zs_server_helpers import decode_preview, read_events, submit, wait_for
+
+BACKENDS = ("embedded", "ray")  # the server fixture's (tests/server/conftest.py)
 
 
 def png(content: bytes) -> np.ndarray:
@@ -28,6 +32,7 @@ def test_health_reports_model_device_and_queue(server):
     assert isinstance(health["queue_length"], int) and health["protocol"] == 1
 
 
+@pytest.mark.embedded_only  # the routes, not the worker
 def test_models_lists_the_loaded_model(server):
     models = {m["name"]: m for m in server.client().get("/v1/models").json()["models"]}
     assert {"tiny", "tiny-sdxl"} <= set(models) and models["tiny"]["loaded"] is True
@@ -85,6 +90,7 @@ def test_events_resume_after_last_event_id(server, small_npz):
     assert read_events(client, job_id, last_event_id=everything[-1]["id"]) == []
 
 
+@pytest.mark.embedded_only  # the routes, not the worker
 def test_file_route_rejects_path_traversal(server, small_npz):
     client = server.client()
     job_id = submit(client, small_npz, Request(prompt="traversal", steps=1, texture_size=64))
@@ -98,6 +104,7 @@ def test_file_route_rejects_path_traversal(server, small_npz):
     assert client.get(f"/v1/jobs/{job_id}/files/views").status_code == 404  # a folder, not a file
 
 
+@pytest.mark.embedded_only  # the routes, not the worker
 def test_unknown_jobs_are_404_and_unfinished_results_409(server, small_npz):
     client = server.client()
     for path in ("/v1/jobs/0123456789abcdef0123", "/v1/jobs/nope/events", "/v1/jobs/../../token",
@@ -153,6 +160,7 @@ def test_cancel_queued_job_is_immediate_and_queue_continues(server, small_npz):
     assert wait_for(client, after)["state"] == "done"
 
 
+@pytest.mark.embedded_only  # the patch reaches this process, not a Ray worker's
 def test_sampler_failure_fails_the_job_and_server_keeps_serving(server, small_npz, monkeypatch):
     from zs_core import run
 

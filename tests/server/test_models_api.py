@@ -3,7 +3,8 @@ folder, the hub cache, LoRAs and IP-Adapters with their families; a job runs on 
 it names (loaded on demand, with ``model`` events) with its LoRAs; names not on the list,
 adapters of another family and incomplete models are refused before anything is queued;
 the loaded models are an LRU bounded by the memory budget; ``zs serve`` names a missing
-default model's files."""
+default model's files. The jobs run on the embedded worker and on a Ray worker (each with
+its own loaded models)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from zs_core import models
 from zs_core.protocol import METRICS_JSON, Request
 
 from adapter_files import write_ip_adapter, write_lora
-from zs_server_helpers import ServerThread, job_form, make_settings, read_events, submit
+from zs_server_helpers import ServerThread, backend_settings, job_form, make_settings, read_events, submit
+
+BACKENDS = ("embedded", "ray")  # the jobs' tests run on both (tests/server/conftest.py); the lists' on one
 
 # Quick jobs: the model is what these tests are about.
 QUICK = dict(prompt="a stone ball", steps=2, noise="iid", attention="self", sync_strength=0.0, texture_size=64)
@@ -78,7 +81,7 @@ def tiny_xl():
 
 
 @pytest.fixture(scope="module")
-def server(tiny, tiny_xl, other_model, hub, tmp_path_factory):
+def server(backend, request, tiny, tiny_xl, other_model, hub, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("zs-data")
     folder = data_dir / "models"
     shutil.copytree(other_model, folder / "alpha")
@@ -91,7 +94,8 @@ def server(tiny, tiny_xl, other_model, hub, tmp_path_factory):
     write_lora(folder / "loras" / "xl.safetensors", tiny_xl)
     write_ip_adapter(folder / "ip_adapters" / "look", tiny)
     write_ip_adapter(folder / "ip_adapters" / "look-xl", tiny_xl)
-    with ServerThread(make_settings(data_dir, hub_cache=str(hub)), tiny) as running:
+    settings = make_settings(data_dir, hub_cache=str(hub), **backend_settings(request, backend))
+    with ServerThread(settings, tiny) as running:
         yield running
 
 
@@ -112,6 +116,7 @@ def model_events(events: list[dict]) -> list[dict]:
     return [event["data"] for event in events if event["event"] == "model"]
 
 
+@pytest.mark.embedded_only  # the lists and the checks at submission, not the worker
 def test_models_lists_builtins_the_models_folder_and_the_hub_cache(server):
     listing = server.client().get("/v1/models").json()
     assert listing["default"] == "tiny"
@@ -134,6 +139,7 @@ def test_models_lists_builtins_the_models_folder_and_the_hub_cache(server):
     assert listing["ip_adapters"] == [{"name": "look", "family": "sd15"}, {"name": "look-xl", "family": "sdxl"}]
 
 
+@pytest.mark.embedded_only  # the lists and the checks at submission, not the worker
 def test_the_list_follows_the_models_folder(server, other_model):
     client = server.client()
     target = server.data_dir / "models" / "later"
@@ -163,7 +169,11 @@ def test_a_job_runs_on_the_model_it_names_loaded_on_demand(server, small_npz):
     assert metrics["model"] == "alpha" and metrics["request"]["model"] == "alpha"
     assert not np.array_equal(view_png(client, alpha_id), view_png(client, default_id))  # other weights
     health = client.get("/v1/health").json()
-    assert health["models_loaded"] == ["tiny", "alpha"] and health["model_loaded"] is True
+    assert health["model_loaded"] is True
+    if server.settings.ray:  # the server keeps its own copy of the default model; the worker loaded alpha
+        assert health["models_loaded"] == ["tiny"] and health["workers"][0]["models"] == ["tiny", "alpha"]
+    else:
+        assert health["models_loaded"] == ["tiny", "alpha"]
 
     _, again = run(client, small_npz, model="alpha")
     assert model_events(again) == []  # loaded already
@@ -191,6 +201,7 @@ def test_a_job_runs_with_its_loras_and_the_next_one_without_them(server, small_n
     assert str(server.data_dir) not in metrics
 
 
+@pytest.mark.embedded_only  # the lists and the checks at submission, not the worker
 @pytest.mark.parametrize("fields, field, words", [
     (dict(model="alpha", loras="xl.safetensors:0.5"), "loras", ("'xl.safetensors'", "sdxl", "'alpha'", "sd15")),
     (dict(model="tiny-sdxl", loras="style"), "loras", ("'style.safetensors'", "sd15", "'tiny-sdxl'", "sdxl")),
@@ -207,6 +218,7 @@ def test_a_misfit_is_a_422_naming_both_before_queueing(server, small_npz, fields
     assert client.get("/v1/jobs").json()["jobs"] == before
 
 
+@pytest.mark.embedded_only  # the lists and the checks at submission, not the worker
 @pytest.mark.parametrize("fields, field, named", [
     (dict(model="nope"), "model", "'nope'"),
     (dict(model="/etc"), "model", "'/etc'"),  # a server path is no name on the list
@@ -225,6 +237,7 @@ def test_a_name_not_on_the_list_is_a_422_and_nothing_is_queued(server, small_npz
     assert client.get("/v1/jobs").json()["jobs"] == before
 
 
+@pytest.mark.embedded_only  # the lists and the checks at submission, not the worker
 def test_the_model_is_checked_before_the_passes_are_read(server):
     """The request part comes first: a missing model is refused, not the (bad) passes after it."""
     client = server.client()
