@@ -1,11 +1,12 @@
 """Bake speed as the user waits for it: 8 views of 512x512 into a 2048x2048 texture.
 
 Timed, as one number: ``gather_weights(passes)`` (every texel projected into every view,
-visibility against the position pass, facing cosines, feathering) plus the first
-``bake(images, passes, weights=...)`` on those fresh weights (the sampling plan, the
+visibility against the position pass, facing cosines, feathering, each tile's sampling
+plan) plus the first ``bake(images, passes, weights=...)`` on those fresh weights (the
 bilinear gather of every (texel, view) sample with a positive weight, the weighted mean,
 nearest fill of unseen texels and 4-texel seam padding). A texture job pays exactly this;
 the diffusion sync pays it once and then only the gather per step (printed, not judged).
+Both use up to ``bake._THREADS`` threads (printed).
 
 Baseline, measured in the same run (interleaved, best of 3 after a warm-up): the plainest
 numpy bake of the same size -- for each view, ``geometry.project`` of all 2048^2 texels,
@@ -76,7 +77,8 @@ def main() -> None:
     best = {name: min(values) for name, values in parts.items()}
     per_step = interleaved({"gather": lambda: bake.bake(images, passes, weights=weights)}, repeats=3)["gather"]
     load = os.getloadavg()
-    print(f"scene build {scene_seconds:.2f} s (not timed); load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"scene build {scene_seconds:.2f} s (not timed); load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+          f"threads {bake._THREADS}")
     print(f"timed: gather_weights + first bake, {VIEWS} views {SIZE}^2 -> {TEXTURE}^2, fill + padding 4, "
           f"coverage {first.coverage:.3f}: {times['user']:.3f} s (best parts: weights {best['weights']:.3f} s, "
           f"first bake {best['first_bake']:.3f} s)")
@@ -87,6 +89,7 @@ def main() -> None:
            timed="gather_weights(passes) + first bake(images, passes, weights)",
            weights_seconds=round(best["weights"], 3), first_bake_seconds=round(best["first_bake"], 3),
            step_gather_seconds=round(per_step, 3), load_average=[round(value, 2) for value in load],
+           threads=bake._THREADS,
            views=VIEWS, image=SIZE, texture=TEXTURE)
 
 

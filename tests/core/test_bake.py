@@ -90,6 +90,20 @@ def test_unseen_texels_are_filled_from_seen_ones(baked, images, passes, weights)
     np.testing.assert_array_equal(bare.texture[bare.seen], baked.texture[baked.seen])
 
 
+def test_fill_copies_a_nearest_seen_texel(passes, baked):
+    # OpenCV's 5x5 chamfer distance picks the source; its weights (1, 1.4, 2.1969) are
+    # within about 2% of the Euclidean length either way, so the source is within about
+    # 4% of the exact nearest seen texel's distance (scipy's exact transform).
+    seen = baked.seen
+    targets, sources = bake._nearest_copy(seen, passes.texel_mask & ~seen)
+    assert len(targets) == (~seen).sum() and seen.reshape(-1)[sources].all()
+    np.testing.assert_array_equal(baked.texture.reshape(-1, 3)[targets], baked.texture.reshape(-1, 3)[sources])
+    distance = np.hypot(*(np.divmod(targets, TEXELS)[axis] - np.divmod(sources, TEXELS)[axis] for axis in (0, 1)))
+    exact = ndimage.distance_transform_edt(~seen).reshape(-1)[targets]
+    assert (distance >= exact - 1e-9).all() and (distance <= 1.045 * exact).all()
+    assert (distance == exact).mean() > 0.85  # mostly the very nearest (0.93 here)
+
+
 def test_inpaint_replaces_only_the_unseen_texels(baked, images, passes, weights):
     inpainted = bake.bake(images, passes, weights=weights, inpaint=True)
     np.testing.assert_array_equal(inpainted.texture[baked.seen], baked.texture[baked.seen])
@@ -123,10 +137,39 @@ def test_views_tiled_in_several_columns_bake_alike(passes, images, baked, monkey
     monkeypatch.setattr(bake, "REMAP_LIMIT", 800)
     weights = bake.gather_weights(passes)
     tiled = bake.bake(images, passes, weights=weights)
-    assert bake._sampling_plan(weights).tiles == (3, 2)
+    assert weights.plans[0] == (3, 2)
     # Equal up to remap's 1/32-pixel position rounding of the offset coordinates.
     np.testing.assert_allclose(tiled.texture, baked.texture, atol=1e-3)
     np.testing.assert_array_equal(tiled.seen, baked.seen)
+
+
+def test_tiles_and_threads_do_not_change_the_bake(passes, images, weights, baked, monkeypatch):
+    # Texels are processed in square tiles shared among threads; a texel's views are
+    # summed in view order whatever the tiling, so the bake is the same to the bit.
+    monkeypatch.setattr(bake, "_BLOCK_SAMPLES", VIEWS * 300)  # 17x17 tiles, the last ones short
+    for threads in (1, 2):
+        monkeypatch.setattr(bake, "_THREADS", threads)
+        small = bake.gather_weights(passes)
+        assert len(small.plans[1]) == 64
+        np.testing.assert_array_equal(small.weights, weights.weights)
+        np.testing.assert_array_equal(bake.bake(images, passes, weights=small).texture, baked.texture)
+
+
+def test_dense_weights_bake_like_gathered_ones(passes, images, weights, baked):
+    # BakeWeights built from dense arrays (reweighted views, zs_core/completion.py) get
+    # the same tile plans on their first bake; the float32 pixels move a remap position
+    # by at most a 1/32-pixel step.
+    dense = bake.BakeWeights(weights.pixels, weights.weights, weights.texel_mask, weights.image_size)
+    result = bake.bake(images, passes, weights=dense)
+    np.testing.assert_array_equal(result.seen, baked.seen)
+    np.testing.assert_allclose(result.texture, baked.texture, atol=1e-4)
+    # Reweighted: view 0 alone where it sees a texel, the others elsewhere.
+    alone = weights.weights.copy()
+    alone[1:, weights.weights[0] > 0] = 0.0
+    only = bake.bake(images, passes, weights=bake.BakeWeights(weights.pixels, alone, weights.texel_mask,
+                                                               weights.image_size), fill=False)
+    view_zero = bake.bake(images[:1], passes.select([0]), fill=False)
+    np.testing.assert_allclose(only.texture[view_zero.seen], view_zero.texture[view_zero.seen], atol=1e-4)
 
 
 # --------------------------------------------------------------------------- visibility
