@@ -14,6 +14,9 @@ class StepBar:
         self.bar = tqdm(total=total, desc=description, unit="step", file=sys.stderr)
 
     def __call__(self, progress) -> None:
+        if progress.total != self.bar.total:  # a job of two stages (completion views) reports its own total
+            self.bar.total = progress.total
+            self.bar.refresh()
         self.bar.update(progress.step - self.bar.n)
 
     def close(self) -> None:
@@ -44,6 +47,9 @@ class EventBars:
         elif name == "started" and self.bar is None:
             self.bar = tqdm(total=data.get("total"), desc="sampling (server)", unit="step", file=sys.stderr)
         elif name == "progress" and self.bar is not None:
+            if data.get("total") and data["total"] != self.bar.total:  # completion views: two stages
+                self.bar.total = data["total"]
+                self.bar.refresh()
             self.bar.update(data["step"] - self.bar.n)
         elif name in ("done", "failed", "cancelled"):
             self.close()
