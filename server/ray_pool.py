@@ -45,12 +45,11 @@ from zs_core.protocol import Request
 
 from . import durable
 from .config import Settings
-from .jobs import (CANCELLED, DONE, FAILED, OUTPUT_DIR, PARTIAL_OUTPUT_DIR, PASSES_FILE, REQUEST_FILE, Job, JobStore,
-                   StartDeferred)
+from .jobs import CANCELLED, DONE, FAILED, OUTPUT_DIR, PARTIAL_OUTPUT_DIR, PASSES_FILE, REQUEST_FILE, Job, JobStore
 from .model_cache import ModelCache
 from .model_registry import ModelEntry, ModelRegistry
 from .ray_actor import EVENT, PROGRESS, JobActor
-from .worker import BACKOFF_SECONDS, IDLE_TICK_SECONDS, failure_reason, output_files, prune_jobs, store_reasons
+from .worker import IDLE_TICK_SECONDS, JobIntake, failure_reason, output_files, prune_jobs, store_reasons
 
 log = logging.getLogger("zs.server")
 
@@ -143,7 +142,7 @@ class RayWorkerPool:
         self._running: dict[str, Running] = {}
         self._followers: set[threading.Thread] = set()
         self._stopping = threading.Event()
-        self._deferred: str | None = None
+        self._intake = JobIntake(self._stopping)  # its ``deferred``: why the next job cannot start now
         self._owns_ray = False
         self._actor_class = None
         self._threads = 0
@@ -221,9 +220,9 @@ class RayWorkerPool:
             states = ", ".join(f"{worker['id']} {worker['state']}" + (f" ({worker['error']})" if worker["error"] else "")
                                for worker in workers) or "none started"
             reasons.append(f"no Ray worker is alive ({states}); jobs wait for one")
-        if self._deferred:
-            reasons.append(self._deferred)
-        reasons += store_reasons(self.store, reasons, self._deferred)
+        if self._intake.deferred:
+            reasons.append(self._intake.deferred)
+        reasons += store_reasons(self.store, reasons, self._intake.deferred)
         seen = [worker["last_seen_seconds"] for worker in alive if worker["last_seen_seconds"] is not None]
         jobs = [worker["job"] for worker in workers if worker["job"] is not None]
         return {"status": "degraded" if reasons else "ok", "reasons": reasons,
@@ -323,31 +322,13 @@ class RayWorkerPool:
     # ------------------------------------------------------------ dispatching
 
     def _dispatch(self) -> None:
-        backoff = BACKOFF_SECONDS[0]
         while not self._stopping.is_set():
             slot = self._idle_slot(IDLE_TICK_SECONDS)
             if slot is None:
                 continue
-            try:
-                self.store.flush()  # states the disk refused earlier
-                job, attempts = self._next_job()
-            except StartDeferred as exc:
-                if self._deferred != str(exc):
-                    log.warning("%s", exc)
-                self._deferred = str(exc)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_SECONDS[1])
-                continue
-            except Exception as exc:  # a bug in the store must not end the dispatcher
-                log.exception("taking the next job failed")
-                self._deferred = f"taking the next job failed: {type(exc).__name__}: {exc}"
-                self._stopping.wait(BACKOFF_SECONDS[1])
-                continue
-            if self._deferred:
-                log.info("jobs start again")
-            self._deferred, backoff = None, BACKOFF_SECONDS[0]
-            if job is not None:
-                self._begin(job, attempts)
+            taken = self._intake.take(self._next_job)
+            if taken is not None and taken[0] is not None:
+                self._begin(*taken)
 
     def _idle_slot(self, timeout: float) -> Slot | None:
         with self._lock:
@@ -358,10 +339,11 @@ class RayWorkerPool:
             return slot
 
     def _next_job(self) -> tuple[Job | None, int]:
-        """A job a lost worker held first, else the oldest queued one."""
+        """A job a lost worker held first, else the oldest queued one -> (job, attempts so far)."""
         with self._lock:
             if self._retry:
                 return self._retry.popleft()
+        self.store.flush()  # states the disk refused earlier
         return self.store.take_next(timeout=IDLE_TICK_SECONDS), 0
 
     def _workers_for(self, job: Job) -> list[Slot]:

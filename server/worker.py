@@ -111,6 +111,40 @@ def prune_jobs(store: JobStore, settings: Settings) -> None:
         log.exception("pruning old jobs failed")
 
 
+class JobIntake:
+    """Takes the next job for a worker loop, surviving the store: a job that cannot start
+    now (a full disk: StartDeferred) waits with a doubling backoff, a bug in the store is
+    logged and waited out; ``deferred`` says why no job starts (None once one does)."""
+
+    def __init__(self, stopping: threading.Event):
+        self.deferred: str | None = None
+        self._stopping = stopping
+        self._backoff = BACKOFF_SECONDS[0]
+
+    def take(self, take_next: Callable[[], object]):
+        """``take_next()`` (after flushing what the disk refused earlier) -> its job, or None
+        when there is none or it could not be taken (then after the backoff)."""
+        try:
+            return self._took(take_next())
+        except StartDeferred as exc:
+            if self.deferred != str(exc):
+                log.warning("%s", exc)
+            self.deferred = str(exc)
+            self._stopping.wait(self._backoff)
+            self._backoff = min(self._backoff * 2, BACKOFF_SECONDS[1])
+        except Exception as exc:  # a bug in the store must not end the worker
+            log.exception("taking the next job failed")
+            self.deferred = f"taking the next job failed: {type(exc).__name__}: {exc}"
+            self._stopping.wait(BACKOFF_SECONDS[1])
+        return None
+
+    def _took(self, job):
+        if self.deferred:
+            log.info("jobs start again")
+        self.deferred, self._backoff = None, BACKOFF_SECONDS[0]
+        return job
+
+
 class Worker:
     """Runs queued jobs one after another, each on its model, in a supervised background thread.
 
@@ -128,7 +162,7 @@ class Worker:
         self._supervisor = threading.Thread(target=self._supervise, name="zs-worker-supervisor", daemon=True)
         self._seen = time.monotonic()  # the heartbeat: loop turns, sampler steps
         self._job: Job | None = None  # the job the worker thread holds
-        self._deferred: str | None = None  # why the next job cannot start now
+        self._intake = JobIntake(self._stopping)  # its ``deferred``: why the next job cannot start now
         self._crash: str | None = None  # how the last worker thread ended
         self.restarts = 0
 
@@ -163,13 +197,13 @@ class Worker:
         if not alive and not self._stopping.is_set():
             reasons.append(f"the worker thread is not running ({self._crash or 'not started'}); "
                            "the supervisor restarts it")
-        elif self._deferred:
-            reasons.append(self._deferred)
+        elif self._intake.deferred:
+            reasons.append(self._intake.deferred)
         elif job is None and seen > IDLE_STALE_SECONDS:
             reasons.append(f"the worker has not been seen for {seen:.0f} s")
         elif job is not None and seen > STEP_STALE_SECONDS:
             reasons.append(f"job {job.id} has made no step for {seen:.0f} s")
-        reasons += store_reasons(self.store, reasons, self._deferred)
+        reasons += store_reasons(self.store, reasons, self._intake.deferred)
         return {"status": "degraded" if reasons else "ok", "reasons": reasons,
                 "worker": {"alive": alive, "last_seen_seconds": round(seen, 3), "job": job.id if job else None,
                            "restarts": self.restarts}}
@@ -196,27 +230,9 @@ class Worker:
             raise
 
     def _loop(self) -> None:
-        backoff = BACKOFF_SECONDS[0]
         while not self._stopping.is_set():
             self._seen = time.monotonic()
-            try:
-                self.store.flush()  # states the disk refused earlier
-                job = self.store.take_next(timeout=IDLE_TICK_SECONDS)
-            except StartDeferred as exc:
-                if self._deferred != str(exc):
-                    log.warning("%s", exc)
-                self._deferred = str(exc)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_SECONDS[1])
-                continue
-            except Exception as exc:  # a bug in the store must not end the worker
-                log.exception("taking the next job failed")
-                self._deferred = f"taking the next job failed: {type(exc).__name__}: {exc}"
-                self._stopping.wait(BACKOFF_SECONDS[1])
-                continue
-            if self._deferred:
-                log.info("jobs start again")
-            self._deferred, backoff = None, BACKOFF_SECONDS[0]
+            job = self._intake.take(self._take_next)
             if job is None:
                 continue
             self._job = job
@@ -224,6 +240,10 @@ class Worker:
             self._job = None
             if not self._stopping.is_set():
                 prune_jobs(self.store, self.settings)
+
+    def _take_next(self) -> Job | None:
+        self.store.flush()  # states the disk refused earlier
+        return self.store.take_next(timeout=IDLE_TICK_SECONDS)
 
     # ------------------------------------------------------------ one job
 
