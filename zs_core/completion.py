@@ -92,15 +92,17 @@ def completed_weights(weights: bake.BakeWeights, completion: np.ndarray) -> bake
     return bake.BakeWeights(weights.pixels, scaled.astype(np.float32), weights.texel_mask, weights.image_size)
 
 
-def texel_sources(weights: bake.BakeWeights, completion: np.ndarray) -> dict:
+def texel_sources(weights: bake.BakeWeights, completion: np.ndarray,
+                  blended: bake.BakeWeights | None = None) -> dict:
     """Shares of the texels on the UV map by where their colour comes from: the main views
-    (at least half of the blend of :func:`completed_weights`), the completion views (the
-    rest that some view sees) and the nearest seen texel (no view sees it) -> the metrics
-    ``texels_from_views``, ``texels_from_completion``, ``texels_from_nearest_fill``."""
+    (at least half of the blend of :func:`completed_weights`, ``blended`` when the bake
+    already made it), the completion views (the rest that some view sees) and the nearest
+    seen texel (no view sees it) -> the metrics ``texels_from_views``,
+    ``texels_from_completion``, ``texels_from_nearest_fill``."""
     on_map = weights.texel_mask
     seen = weights.seen & on_map
     if completion.any():
-        blended = completed_weights(weights, completion)
+        blended = completed_weights(weights, completion) if blended is None else blended
         from_views = seen & (blended.weights[~completion].sum(axis=0) >= 0.5)
     else:
         from_views = seen

@@ -127,7 +127,7 @@ def write_texture_outputs(components: Components, request: Request, passes: Pass
         metrics_out["texture_size"] = int(texture.shape[0])
         metrics_out["texture_coverage"] = round(float(baked.coverage), 5)
         metrics_out["bake_residual"] = round(float(residual["mean"]), 5)
-        metrics_out.update(completion.texel_sources(weights, flags))
+        metrics_out.update(completion.texel_sources(weights, flags, blended))  # the bake's own blend
         metrics_out["surface_coverage"] = completion.surface_coverage(weights, passes.texel_position, flags)
         metrics_out["completion_views"] = int(flags.sum())
 
