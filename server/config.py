@@ -93,6 +93,9 @@ class Settings:
     # Ray workers: 0 is one per GPU of the cluster, or without GPUs one per ray_threads CPUs.
     ray_workers: int = 0
     ray_threads: int = 4  # CPU threads (and Ray CPUs) of a worker on a cluster without GPUs
+    # The most workers one texture job is split over (zs_core/distributed.py), when it is
+    # the only job waiting and that many are idle: 0 is every idle worker; 1 never splits.
+    ray_split: int = 0
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
@@ -100,9 +103,9 @@ class Settings:
                               ("vae_tiling", SWITCHES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.ray_workers < 0 or self.ray_threads < 1:
-            raise ValueError(f"ray_workers must be 0 or more and ray_threads 1 or more, got {self.ray_workers} "
-                             f"and {self.ray_threads}")
+        if self.ray_workers < 0 or self.ray_threads < 1 or self.ray_split < 0:
+            raise ValueError(f"ray_workers and ray_split must be 0 or more and ray_threads 1 or more, got "
+                             f"{self.ray_workers}, {self.ray_split} and {self.ray_threads}")
 
     def switch(self, name: str) -> bool | None:
         """A memory option as the memory plan takes it: None (auto), True or False."""

@@ -29,7 +29,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from zs_core import sampler
+from zs_core import distributed, sampler
 from zs_core.protocol import Passes, Request
 
 from . import durable
@@ -86,6 +86,7 @@ class JobActor:
         self._lock = threading.Lock()
         self._one_job = threading.Lock()
         self._runs: dict[str, _Run] = {}
+        self._stores: dict[str, object] = {}  # rendezvous hosted for split jobs, until they start
         self._current: str | None = None
 
     def _load(self, entry: ModelEntry):
@@ -107,32 +108,54 @@ class JobActor:
         return {"job": self._current, "models": [entry["name"] for entry in self.models.loaded()],
                 "loading": self.models.loading}
 
-    def run_job(self, job_id: str, request_json: bytes, passes_npz: bytes, resolved: Resolved) -> dict:
-        """Run one job (the pool's entry point; a job split over several actors would add
-        its own) -> its outcome, with the actor's loaded ``models``: ``{"state": DONE,
-        "files": {relative path: bytes}, "metrics"}``, ``{"state": CANCELLED}`` or
-        ``{"state": FAILED, "error"}``. Never raises for what the job does: a failure is an
-        outcome with its reason."""
+    def open_split(self, job_id: str, size: int) -> tuple[str, int]:
+        """Host the rendezvous of a job split over ``size`` actors, this one its first
+        worker -> (this node's address, the port the others join at)."""
+        import ray
+
+        host = ray.util.get_node_ip_address()
+        store, port = distributed.open_store(host, size)
+        with self._lock:
+            self._stores[job_id] = store
+        return host, port
+
+    def run_job(self, job_id: str, request_json: bytes, passes_npz: bytes, resolved: Resolved,
+                split: dict | None = None) -> dict:
+        """Run one job (the pool's entry point) -> its outcome, with the actor's loaded
+        ``models``: ``{"state": DONE, "files": {relative path: bytes}, "metrics"}``,
+        ``{"state": CANCELLED}`` or ``{"state": FAILED, "error"}``. Never raises for what the
+        job does: a failure is an outcome with its reason.
+
+        ``split``: this actor's share of a job split over several (``{"rank", "size",
+        "host", "port"}``, the rendezvous of :meth:`open_split` on rank 0): every actor
+        samples its views; rank 0 returns the files, the others ``"files": {}`` and
+        ``"metrics": None``."""
         run = self._run(job_id)
         # One job at a time: a job the server gave up on (and cancelled) may still be
         # stopping; the next one waits for it (a step at most).
         with self._one_job:
-            outcome = self._run_job(job_id, run, request_json, passes_npz, resolved)
+            outcome = self._run_job(job_id, run, request_json, passes_npz, resolved, split)
         return {**outcome, "models": self.ping()["models"]}  # what it holds now, for /v1/health
 
-    def _run_job(self, job_id: str, run: _Run, request_json: bytes, passes_npz: bytes, resolved: Resolved) -> dict:
+    def _run_job(self, job_id: str, run: _Run, request_json: bytes, passes_npz: bytes, resolved: Resolved,
+                 split: dict | None) -> dict:
         with self._lock:
             self._current = job_id
             # Buffers of ended jobs nobody drained (the server gave up on them) go now.
             self._runs = {other: kept for other, kept in self._runs.items() if other == job_id or not kept.done}
+            store = self._stores.pop(job_id, None)
         try:
             request = Request.from_json(request_json)
             passes = Passes.load(passes_npz)
+            collective = None
+            if split is not None:
+                collective = distributed.GlooCollective(split["host"], split["port"], split["rank"], split["size"],
+                                                        name=job_id, store=store)
             with tempfile.TemporaryDirectory(prefix="zs-job-") as folder:
                 metrics = sample_job(self.models, self._load, self.settings, resolved, request, passes, Path(folder),
                                      progress=lambda *step: run.put(PROGRESS, step),
                                      event=lambda *event: run.put(EVENT, event),
-                                     should_stop=run.cancel.is_set)
+                                     should_stop=run.cancel.is_set, collective=collective)
                 files = {path.relative_to(folder).as_posix(): path.read_bytes()
                          for path in sorted(Path(folder).rglob("*")) if path.is_file()}
             return {"state": DONE, "files": files, "metrics": metrics}

@@ -12,16 +12,23 @@ admission caps and the limits do not change.
   store: no shared file system), drains the job's events into the store while it runs
   (``progress`` with its preview, ``model``: the embedded worker's shapes) and writes the
   files the actor returns into ``out.partial/``, committed to ``out/`` with
-  :mod:`.durable`, as the embedded worker does. A job runs on one worker;
-  :meth:`RayWorkerPool._workers_for` is where a job could be given several.
-- Cancel: a store listener sends ``cancel`` to the job's actor at once; the sampler checks
-  it between steps and inside the model blocks, as in the embedded worker.
+  :mod:`.durable`, as the embedded worker does.
+- Split jobs: a texture job that is the only one waiting, while several workers are idle,
+  runs on up to ``ray_split`` of them (:meth:`RayWorkerPool._workers_for`) with the one-worker
+  result (:mod:`zs_core.distributed`): the first hosts the rendezvous of a Gloo group, each
+  samples its range of the main views, and the first gathers them, samples the completion
+  views, bakes and returns the files. A ``split`` event names the workers.
+- Cancel: a store listener sends ``cancel`` to the job's actors at once; the sampler checks
+  it between steps and inside the model blocks, as in the embedded worker (a split job's
+  workers agree on it at each check, so they stop together).
 - Faults: a worker that dies (``ray.kill``, its process or its node lost) fails its calls
   with RayActorError. Its slot gets a new actor, and the job runs again from the start on
-  the next idle worker, after a ``retry`` event that says why; after MAX_ATTEMPTS lost
-  workers the job fails. A job whose result reached the server is finished there and never
-  runs again. A monitor thread pings every worker, so an idle worker's death is found too
-  and ``GET /v1/health`` can say when each was last seen.
+  the next idle worker(s), after a ``retry`` event that says why; after MAX_ATTEMPTS lost
+  workers the job fails. The other workers of a split job wait in a collective for the lost
+  one: they are replaced too (a new actor loads its models again). A job whose result
+  reached the server is finished there and never runs again. A monitor thread pings every
+  worker, so an idle worker's death is found too and ``GET /v1/health`` can say when each
+  was last seen.
 - Shutdown: the actors are killed; a running job keeps its ``running`` status, so the next
   start marks it failed ("server restarted"), as with the embedded worker.
 
@@ -41,7 +48,8 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from zs_core.protocol import Request
+from zs_core import distributed
+from zs_core.protocol import NpzArchive, ProtocolError, Request
 
 from . import durable
 from .config import Settings
@@ -56,6 +64,8 @@ log = logging.getLogger("zs.server")
 STARTING, IDLE, RUNNING, RESTARTING, DEAD = "starting", "idle", "running", "restarting", "dead"
 ALIVE = (IDLE, RUNNING)
 RETRY_EVENT = "retry"  # {"attempt", "worker", "reason", "message"}: the job runs again after a lost worker
+SPLIT_EVENT = "split"  # {"workers", "views", "message"}: the job runs over several workers
+SHARE_GRACE_SECONDS = 10.0  # a split job's worker still running this long after the job ended is stuck
 MAX_ATTEMPTS = 3  # runs of one job on workers that were lost before it fails
 ACTOR_THREADS = 6  # a job (and the next one waiting for it), its event drain, a cancel, a ping
 EVENT_WAIT_SECONDS = 0.25  # the long poll of a job's events
@@ -117,10 +127,22 @@ class Slot:
 @dataclass
 class Running:
     job: Job
-    slot: Slot
-    actor: object
-    sent: bool = False  # the actor has the job
+    slots: list[Slot]  # the first is the one whose events and files are the job's
+    actors: list
+    sent: bool = False  # the actors have the job
     cancel_sent: bool = False
+
+
+class WorkerLost(Exception):
+    """A worker of a running job was lost (its RayActorError as the cause)."""
+
+    def __init__(self, slot: Slot, actor, error: BaseException):
+        super().__init__(short_reason(error))
+        self.slot, self.actor, self.error = slot, actor, error
+
+
+class ShareFailed(Exception):
+    """A worker of a split job (not its first) failed its share: the job fails with its reason."""
 
 
 class RayWorkerPool:
@@ -346,43 +368,58 @@ class RayWorkerPool:
         self.store.flush()  # states the disk refused earlier
         return self.store.take_next(timeout=IDLE_TICK_SECONDS), 0
 
-    def _workers_for(self, job: Job) -> list[Slot]:
-        """The idle workers a job runs on: one for now (a job split over several would take more)."""
+    def _workers_for(self, job: Job, share: int) -> list[Slot]:
+        """The idle workers ``job`` runs on: one, or ``share`` of them (its splittable views,
+        at most ``ray_split``) when no other job waits."""
         idle = [slot for slot in self._slots if slot.state == IDLE]
-        return idle[:1]
+        most = min(len(idle), share, self.settings.ray_split or len(idle))
+        if most > 1 and (self.store.queue_length() or self._retry):
+            most = 1  # others wait: a worker each serves them better than one job on all
+        return idle[:max(most, 1)]
 
     def _begin(self, job: Job, attempts: int) -> None:
+        share = splittable_views(job) if self.settings.ray_split != 1 else 1
         with self._lock:
-            slots = self._workers_for(job)
+            slots = self._workers_for(job, share)
             if not slots:  # the idle worker was lost meanwhile: the job waits for the next one
                 self._retry.appendleft((job, attempts))
                 return
-            slot = slots[0]
-            slot.state, slot.job = RUNNING, job
-            self._running[job.id] = Running(job, slot, slot.actor)
-            follower = threading.Thread(target=self._follow, args=(slot, slot.actor, job, attempts),
+            actors = [slot.actor for slot in slots]
+            for slot in slots:
+                slot.state, slot.job = RUNNING, job
+            self._running[job.id] = Running(job, slots, actors)
+            follower = threading.Thread(target=self._follow, args=(slots, actors, job, attempts),
                                         name=f"zs-ray-job-{job.id}", daemon=True)
             self._followers.add(follower)
         follower.start()
 
     # ------------------------------------------------------------ one job
 
-    def _follow(self, slot: Slot, actor, job: Job, attempts: int) -> None:
-        """Run ``job`` on ``actor`` and bring its events and result into the store."""
-        log.info("job %s started on Ray worker %s%s", job.id, slot.id,
+    def _follow(self, slots: list[Slot], actors: list, job: Job, attempts: int) -> None:
+        """Run ``job`` on ``actors`` (one, or a split job's several) and bring its events and
+        result into the store."""
+        names = ", ".join(slot.id for slot in slots)
+        log.info("job %s started on Ray worker%s %s%s", job.id, "s" if len(slots) > 1 else "", names,
                  f" (attempt {attempts + 1})" if attempts else "")
         started = time.perf_counter()
+        pending: dict = {}  # a split job's run_job calls not returned yet: ref -> (slot, actor)
         try:
-            outcome = self._run_on(slot, actor, job)
+            outcome = self._run_on(slots, actors, job, pending)
             if outcome is not None:
                 with self._lock:
-                    if slot.actor is actor:
-                        slot.models = outcome["models"]
+                    if slots[0].actor is actors[0]:
+                        slots[0].models = outcome["models"]
                 self._finish(job, outcome, started)
-        except RayActorError as exc:
+        except WorkerLost as lost:
             if not self._stopping.is_set():
-                self._lost(slot, actor, exc)
-                self._again(job, attempts + 1, slot, exc)
+                self._lost(lost.slot, lost.actor, lost.error)
+                self._replace_stuck(pending, exclude=lost.actor, grace=0.0,
+                                    why=f"stopped with its split job when worker {lost.slot.id} was lost")
+                self._again(job, attempts + 1, lost.slot, lost.error)
+        except ShareFailed as failed:
+            log.error("job %s failed: %s", job.id, failed)
+            self._send_cancel(job.id)
+            self.store.finish(job, FAILED, error=str(failed))
         except Exception as exc:  # the server's side of the job failed (its files, the disk): the job fails
             shutil.rmtree(job.folder / PARTIAL_OUTPUT_DIR, ignore_errors=True)
             reason = failure_reason(job, exc)
@@ -390,41 +427,96 @@ class RayWorkerPool:
             self._send_cancel(job.id)  # it may still run there
             self.store.finish(job, FAILED, error=reason)
         finally:
+            if not self._stopping.is_set():
+                # A split job's worker that has not returned once the job ended waits in a
+                # collective for one that is gone: it is replaced.
+                self._replace_stuck(pending, grace=SHARE_GRACE_SECONDS, why="stuck after its split job ended")
             with self._lock:
                 self._running.pop(job.id, None)
                 self._followers.discard(threading.current_thread())
-                if slot.actor is actor and slot.state == RUNNING:
-                    slot.state, slot.job = IDLE, None
-                    self._lock.notify_all()
+                for slot, actor in zip(slots, actors):
+                    if slot.actor is actor and slot.state == RUNNING:
+                        slot.state, slot.job = IDLE, None
+                self._lock.notify_all()
         if not self._stopping.is_set():
             prune_jobs(self.store, self.settings)
 
-    def _run_on(self, slot: Slot, actor, job: Job) -> dict | None:
-        """Send the job, drain its events until it ends -> the actor's outcome (None: the
-        server is stopping). RayActorError when the actor is lost."""
+    def _run_on(self, slots: list[Slot], actors: list, job: Job, pending: dict) -> dict | None:
+        """Send the job, drain its (first worker's) events until it ends -> the first
+        worker's outcome (None: the server is stopping). WorkerLost when a worker is lost,
+        ShareFailed when a split job's other worker fails."""
         job.preloaded = None  # the actor decodes the bytes itself
         request_json = (job.folder / REQUEST_FILE).read_bytes()
         passes_npz = (job.folder / PASSES_FILE).read_bytes()
         resolved = self.registry.resolve(Request.from_json(request_json))  # the list may have changed meanwhile
-        result = actor.run_job.remote(job.id, request_json, passes_npz, resolved)
+        lead, actor = slots[0], actors[0]
+        if len(actors) == 1:
+            result = actor.run_job.remote(job.id, request_json, passes_npz, resolved)
+        else:
+            host, port = self._get(lead, actor, actor.open_split.remote(job.id, len(actors)))
+            refs = [member.run_job.remote(job.id, request_json, passes_npz, resolved,
+                                          {"rank": rank, "size": len(actors), "host": host, "port": port})
+                    for rank, member in enumerate(actors)]
+            result = refs[0]
+            pending.update({ref: (slot, member) for ref, slot, member in zip(refs, slots, actors)})
+            names = [slot.id for slot in slots]
+            self.store.log_event(job, SPLIT_EVENT, {
+                "workers": names, "message": f"split over {len(names)} workers ({', '.join(names)})"})
         with self._lock:
             self._running[job.id].sent = True
         if job.cancel_flag.is_set():  # cancelled before the listener could send it
             self._send_cancel(job.id)
         while not self._stopping.is_set():
             try:
-                items, ended = ray.get(actor.events.remote(job.id, EVENT_WAIT_SECONDS), timeout=CALL_TIMEOUT_SECONDS)
+                items, ended = self._get(lead, actor, actor.events.remote(job.id, EVENT_WAIT_SECONDS))
             except GetTimeoutError:
                 continue
-            slot.seen = time.monotonic()
+            lead.seen = time.monotonic()
             for kind, payload in items:
                 if kind == PROGRESS:
                     self.store.progress(job, *payload)
                 elif kind == EVENT:
                     self.store.log_event(job, *payload)
+            self._check_shares(pending, result, timeout=0)
             if ended:
-                return ray.get(result)
+                outcome = self._get(lead, actor, result)
+                pending.pop(result, None)
+                if outcome["state"] == DONE:  # the others handed their views over before it baked
+                    self._check_shares(pending, result, timeout=SHARE_GRACE_SECONDS)
+                return outcome
         return None
+
+    @staticmethod
+    def _get(slot: Slot, actor, ref):
+        """ray.get of one call of ``slot``'s ``actor``; its loss raises WorkerLost."""
+        try:
+            return ray.get(ref, timeout=CALL_TIMEOUT_SECONDS)
+        except RayActorError as exc:
+            raise WorkerLost(slot, actor, exc) from exc
+
+    def _check_shares(self, pending: dict, lead, timeout: float) -> None:
+        """The split job's other workers (not ``lead``, the first's call) that returned,
+        waiting up to ``timeout`` for all: a lost one raises WorkerLost, a failed one
+        ShareFailed."""
+        others = [ref for ref in pending if ref != lead]
+        if not others:
+            return
+        done, _ = ray.wait(others, num_returns=len(others), timeout=timeout)
+        for ref in done:
+            slot, actor = pending.pop(ref)
+            outcome = self._get(slot, actor, ref)
+            if outcome["state"] == FAILED:
+                raise ShareFailed(f"worker {slot.id} of the split job: {outcome['error']}")
+
+    def _replace_stuck(self, pending: dict, why: str, grace: float, exclude=None) -> None:
+        """Replace the workers of ``pending`` that have not returned within ``grace`` s."""
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=grace)
+        for ref, (slot, actor) in list(pending.items()):
+            if ref not in done and actor is not exclude:
+                self._lost(slot, actor, RuntimeError(why))
+        pending.clear()
 
     def _finish(self, job: Job, outcome: dict, started: float) -> None:
         state = outcome["state"]
@@ -489,7 +581,33 @@ class RayWorkerPool:
             if running is None or not running.sent or running.cancel_sent:
                 return
             running.cancel_sent = True
-        _call(running.actor.cancel, job_id)
+        for actor in running.actors:
+            _call(actor.cancel, job_id)
+
+
+def splittable_views(job: Job) -> int:
+    """How many workers ``job`` could be split over: its main views for a texture job
+    :func:`zs_core.distributed.check_split` accepts, else 1 (read from the job's files: the
+    request and the passes' array headers)."""
+    try:
+        request = Request.from_json((job.folder / REQUEST_FILE).read_bytes())
+        with NpzArchive(job.folder / PASSES_FILE) as archive:
+            views = archive.headers["depth"].shape[0]
+            flags = archive.array("completion") if "completion" in archive.headers else None
+        if flags is not None:
+            views -= int(flags.astype(bool).sum())
+        distributed.check_split(request, _Headers(views))
+        return max(views, 1)
+    except (ProtocolError, OSError, KeyError):  # not splittable; the worker reports a bad job
+        return 1
+
+
+@dataclass
+class _Headers:
+    """What :func:`zs_core.distributed.check_split` reads of the passes, without them."""
+
+    views: int
+    completion: None = None
 
 
 def short_reason(exc: BaseException, limit: int = 300) -> str:

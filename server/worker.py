@@ -304,7 +304,7 @@ class Worker:
 def sample_job(models: ModelCache, load: Callable[[ModelEntry], object], settings: Settings, resolved: Resolved,
                request: Request, passes: Passes, out_dir: Path, *,
                progress: Callable[[int, int, float, dict], None], event: Callable[[str, dict], None],
-               should_stop: Callable[[], bool]) -> dict:
+               should_stop: Callable[[], bool], collective=None) -> dict | None:
     """One job on its model, the part the embedded worker and a Ray worker
     (:mod:`.ray_actor`) share: the model taken from ``models`` (loaded with ``load`` if
     it is not there; ``model`` events before and after), the job's LoRAs put on it, the
@@ -312,7 +312,9 @@ def sample_job(models: ModelCache, load: Callable[[ModelEntry], object], setting
     ``metrics.json`` written there -> the metrics. ``progress(step, total, eta_seconds,
     preview)`` gets each step with its PNG preview (:func:`encode_preview`);
     ``event(type, data)`` the other events; ``should_stop()`` True raises
-    :class:`zs_core.sampler.Cancelled` at the next step."""
+    :class:`zs_core.sampler.Cancelled` at the next step. ``collective``: the job is split
+    over several workers (:mod:`zs_core.distributed`; a Ray worker's share): None on every
+    worker but the first, which writes the files."""
     started = time.perf_counter()
 
     def on_progress(step: sampler.StepProgress) -> None:
@@ -335,7 +337,9 @@ def sample_job(models: ModelCache, load: Callable[[ModelEntry], object], setting
                                                      offload=settings.switch("offload"),
                                                      vae_tiling=settings.switch("vae_tiling")))
         metrics = run.run_job(components, resolved.core_request(request), passes, out_dir,
-                              progress=on_progress, cancel=should_stop)
+                              progress=on_progress, cancel=should_stop, collective=collective)
+    if metrics is None:  # another worker of a split job writes the result
+        return None
     # The result names the entries as the client did, not where they are on the server.
     metrics["request"] = request.to_dict()
     (Path(out_dir) / METRICS_JSON).write_text(json.dumps(metrics, indent=2, sort_keys=True))

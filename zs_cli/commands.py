@@ -202,7 +202,7 @@ def serve(args: argparse.Namespace) -> int:
                                  controlnet=args.controlnet, data_dir=args.data_dir, device=args.device,
                                  dtype=args.dtype, offload=args.offload, vae_tiling=args.vae_tiling,
                                  model_memory_bytes=args.model_memory_bytes, hub_cache=args.hub_cache,
-                                 ray=args.ray, ray_workers=args.ray_workers)
+                                 ray=args.ray, ray_workers=args.ray_workers, ray_split=args.ray_split)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.is_loopback:
         print(f"zs serve: WARNING: binding {settings.host} makes the server reachable from other machines; "

@@ -135,6 +135,9 @@ def _serve_parser(commands_) -> None:
                           "new local one) or a cluster's address")
     ray.add_argument("--ray-workers", type=int, default=None, metavar="N",
                      help="Ray workers (default: one per GPU, else one per 4 CPUs; ZS_RAY_THREADS sets the 4)")
+    ray.add_argument("--ray-split", type=int, default=None, metavar="N",
+                     help="split a texture job over at most N idle workers when it is the only one waiting, with "
+                          "the one-worker result (default 0: every idle worker; 1: never split)")
     serve.set_defaults(func=commands.serve)
 
 

@@ -212,14 +212,20 @@ def check_inputs(components: Components, request: Request, passes: Passes) -> No
 
 def sample(components: Components, request: Request, passes: Passes, *,
            progress: Callable[[sampler.StepProgress], None] | None = None,
-           cancel: Callable[[], bool] | None = None, weights: bake.BakeWeights | None = None) -> CompletedSample:
+           cancel: Callable[[], bool] | None = None, weights: bake.BakeWeights | None = None,
+           sample_main: Callable[..., sampler.SampleResult | None] = sampler.sample) -> CompletedSample | None:
     """Sample a texture job, its completion views after its main views (see the module
     docstring) -> :class:`CompletedSample` of every view. Without completion views this is
     :func:`zs_core.sampler.sample`. ``weights``: :func:`zs_core.bake.gather_weights` of
-    every view when already computed (the bake reuses them)."""
+    every view when already computed (the bake reuses them). ``sample_main``: how the main
+    views are sampled (``sampler.sample``'s arguments; a job split over workers gives
+    :func:`zs_core.distributed.sample_split`, whose None on every worker but the first ends
+    the job there: the first runs the completion views and the bake)."""
     completion = np.zeros(passes.views, bool) if passes.completion is None else passes.completion.astype(bool)
     if not completion.any():
-        result = sampler.sample(components, request, passes, progress=progress, cancel=cancel)
+        result = sample_main(components, request, passes, progress=progress, cancel=cancel)
+        if result is None:
+            return None
         return CompletedSample(result.images, result.latents, result.initial_noise, completion)
     check_inputs(components, request, passes)
     main_views, fill_views = np.flatnonzero(~completion), np.flatnonzero(completion)
@@ -228,7 +234,9 @@ def sample(components: Components, request: Request, passes: Passes, *,
     first = _staged(progress, 0, 2 * request.steps)
     # reference_view names a view of the whole passes: the same view among the main ones.
     main_request = dataclasses.replace(request, reference_view=int(np.searchsorted(main_views, request.reference_view)))
-    main = sampler.sample(components, main_request, main_passes, progress=first, cancel=cancel)
+    main = sample_main(components, main_request, main_passes, progress=first, cancel=cancel)
+    if main is None:
+        return None
 
     if weights is None:
         weights = bake.gather_weights(passes)

@@ -54,6 +54,9 @@ class Collective(Protocol):
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every worker's ``tensor`` (same shape everywhere), in rank order."""
 
+    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every worker's ``tensor`` on rank 0 (None on the others)."""
+
 
 class Solo:
     """The collective of a job on one worker."""
@@ -66,6 +69,9 @@ class Solo:
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         return [tensor]
 
+    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return [tensor]
+
 
 class GlooCollective:
     """A torch.distributed Gloo process group of its own (not the process-wide default group,
@@ -74,12 +80,13 @@ class GlooCollective:
     travel as float32 on the CPU and come back in their own dtype and device."""
 
     def __init__(self, host: str, port: int, rank: int, size: int, name: str = "job",
-                 timeout: float = GLOO_TIMEOUT_SECONDS):
+                 timeout: float = GLOO_TIMEOUT_SECONDS, store=None):
         from torch import distributed
 
         wait = datetime.timedelta(seconds=timeout)
         self.rank, self.size = rank, size
-        self._store = distributed.TCPStore(host, port, size, rank == 0, timeout=wait)
+        # ``store``: rank 0's store opened beforehand (:func:`open_store`, on a port it chose).
+        self._store = store if store is not None else distributed.TCPStore(host, port, size, rank == 0, timeout=wait)
         self._group = distributed.ProcessGroupGloo(distributed.PrefixStore(name, self._store), rank, size, wait)
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -92,6 +99,29 @@ class GlooCollective:
         parts = [torch.empty_like(flat) for _ in range(self.size)]
         self._group.allgather([parts], [flat]).wait()
         return [part.to(tensor.device, tensor.dtype) for part in parts]
+
+    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every worker's ``tensor`` (same shape everywhere) on rank 0, in rank order; None
+        on the others (what only rank 0 needs does not travel to every worker)."""
+        from torch import distributed
+
+        flat = tensor.detach().to("cpu", torch.float32).contiguous()
+        options = distributed.GatherOptions()
+        options.rootRank = 0
+        parts = [torch.empty_like(flat) for _ in range(self.size)] if self.rank == 0 else []
+        self._group.gather([parts] if self.rank == 0 else [], [flat], options).wait()
+        return [part.to(tensor.device, tensor.dtype) for part in parts] if self.rank == 0 else None
+
+
+def open_store(host: str, size: int, timeout: float = GLOO_TIMEOUT_SECONDS):
+    """Rank 0's rendezvous store on a free port of ``host`` chosen by the system (no race
+    between finding a port and taking it) -> (store, port): the port goes to the other
+    workers, the store to rank 0's :class:`GlooCollective`."""
+    from torch import distributed
+
+    store = distributed.TCPStore(host, 0, size, True, timeout=datetime.timedelta(seconds=timeout),
+                                 wait_for_workers=False)
+    return store, int(store.port)
 
 
 def partition(views: int, workers: int) -> list[tuple[int, int]]:
@@ -292,6 +322,31 @@ def sample_shard(components: Components, request: Request, passes: Passes, colle
 
     return sampler.denoise(components, request, held, predictor, noise_model, hooks=hooks, progress=progress,
                            cancel=agreed(cancel, collective))
+
+
+def sample_split(components: Components, request: Request, passes: Passes, collective: Collective, *,
+                 progress: Callable[[sampler.StepProgress], None] | None = None,
+                 cancel: Callable[[], bool] | None = None) -> sampler.SampleResult | None:
+    """:func:`sample_shard`, then every worker's views gathered on rank 0 -> the whole job's
+    :class:`zs_core.sampler.SampleResult` on rank 0 (what :func:`zs_core.sampler.sample`
+    gives on one worker), None on the others."""
+    shard = sample_shard(components, request, passes, collective, progress=progress, cancel=cancel)
+    ranges = partition(passes.views, collective.size)
+    most = max(stop - start for start, stop in ranges)
+
+    def gathered(tensor: torch.Tensor) -> torch.Tensor | None:  # (n, ...) -> (V, ...) on rank 0
+        padded = tensor.new_zeros(most, *tensor.shape[1:])
+        padded[:len(tensor)] = tensor
+        parts = collective.gather(padded)
+        if parts is None:
+            return None
+        return torch.cat([part[:stop - start] for part, (start, stop) in zip(parts, ranges)])
+
+    images = gathered(torch.from_numpy(np.ascontiguousarray(shard.images)))
+    latents, initial = gathered(shard.latents), gathered(shard.initial_noise)
+    if images is None:
+        return None
+    return sampler.SampleResult(images=images.numpy(), latents=latents, initial_noise=initial)
 
 
 def _processor_params(mode: str, params: dict) -> dict:

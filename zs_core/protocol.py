@@ -942,6 +942,15 @@ class NpzArchive:
         except Exception as exc:  # a corrupt deflate stream, a CRC error
             raise ProtocolError("passes", f"not a readable .npz archive ({type(exc).__name__}: {exc})") from None
 
+    def array(self, name: str) -> np.ndarray:
+        """One array (its header checked), without reading the others."""
+        try:
+            return self._read_array(name)
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            raise ProtocolError(name, f"not readable ({type(exc).__name__}: {exc})") from None
+
     def _read_array(self, name: str) -> np.ndarray:
         header = self.headers[name]
         count = math.prod(header.shape)

@@ -8,6 +8,7 @@ Shared by the ``zs`` CLI and the server's worker so both produce the same files
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import animation, bake, completion, geometry, images, metrics, sampler
+from . import animation, bake, completion, distributed, geometry, images, metrics, sampler
 from .models import Components
 from .protocol import ANIMATION, CONTACT_SHEET_PNG, FRAME_PNG, METRICS_JSON, TEXTURE_PNG, VIEW_PNG, Passes, Request
 
@@ -65,7 +66,8 @@ def run_job(
     *,
     progress: Callable[[sampler.StepProgress], None] | None = None,
     cancel: Callable[[], bool] | None = None,
-) -> dict:
+    collective: distributed.Collective | None = None,
+) -> dict | None:
     """Sample ``passes`` with ``request`` and write every output under ``out_dir``.
 
     Every job writes one PNG per view (``views/NNNN.png``; ``frames/NNNN.png`` for an
@@ -74,12 +76,24 @@ def run_job(
     ``texture.png``; animation jobs add the outputs of
     :func:`zs_core.animation.write_outputs`. Returns the metrics dict that is also written
     to ``metrics.json``. Input errors raise ProtocolError before any sampling.
+
+    ``collective``: a texture job split over several workers (:mod:`zs_core.distributed`),
+    every one of them calling this with the whole job: they sample the main views together,
+    and the first (rank 0) runs the completion views, bakes and writes the files; the
+    others return None once their views are handed over.
     """
     out_dir = Path(out_dir)
     animated = request.kind == ANIMATION
-    sample = animation.sample_frames if animated else completion.sample
     started = time.perf_counter()
-    result = sample(components, request, passes, progress=progress, cancel=cancel)
+    if collective is not None and collective.size > 1:
+        distributed.check_split(request, passes.select(passes.main_views))
+        split = functools.partial(distributed.sample_split, collective=collective)
+        result = completion.sample(components, request, passes, progress=progress, cancel=cancel, sample_main=split)
+        if result is None:
+            return None
+    else:
+        sample = animation.sample_frames if animated else completion.sample
+        result = sample(components, request, passes, progress=progress, cancel=cancel)
     sampling_seconds = time.perf_counter() - started
 
     image_name = FRAME_PNG if animated else VIEW_PNG

@@ -179,3 +179,34 @@ def test_scaling_simulation_splits_exactly(tiny, monkeypatch):
     rows = split_scaling.measure(tiny, views=8, steps=2, workers=(1, 2))
     assert [row["workers"] for row in rows] == [1, 2]
     assert rows[1]["max_difference"] < 1e-4 and rows[1]["reduce_bytes_per_step"] > 0
+
+
+def test_a_split_run_job_writes_the_one_worker_files_on_the_first_worker(models, passes, tmp_path):
+    """run.run_job with a collective: the main views split, gathered on rank 0, which samples
+    the completion views and writes everything; the other worker returns None."""
+    from zs_core import run
+
+    flagged = passes.select(range(VIEWS))
+    flagged.completion = np.arange(VIEWS) >= VIEWS - 2
+    request = Request(prompt="stone", steps=2, seed=5, noise="surface", attention="neighbors", sync_strength=1.0)
+    single = run.run_job(models[0], request, flagged, tmp_path / "single")
+    port, outcomes = free_port(), [None, None]
+
+    def work(rank: int) -> None:
+        collective = distributed.GlooCollective("127.0.0.1", port, rank, 2, name="run", timeout=60)
+        outcomes[rank] = run.run_job(models[rank], request, flagged, tmp_path / f"rank{rank}", collective=collective)
+
+    threads = [threading.Thread(target=work, args=(rank,)) for rank in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert outcomes[1] is None and not (tmp_path / "rank1").exists()
+    assert outcomes[0]["completion_views"] == single["completion_views"] == 2
+    assert abs(outcomes[0]["texels_from_views"] - single["texels_from_views"]) < 1e-6
+    from PIL import Image
+
+    for name in ("texture.png", "views/0000.png", "views/0007.png"):
+        split = np.asarray(Image.open(tmp_path / "rank0" / name), np.int16)
+        alone = np.asarray(Image.open(tmp_path / "single" / name), np.int16)
+        assert np.abs(split - alone).max() <= 1, name

@@ -32,14 +32,15 @@ SEEDED = dict(prompt="a stone ball", seed=7, texture_size=64)
 
 @pytest.fixture(scope="module")
 def pool(request, tiny, tiny_dir, tmp_path_factory):
-    """A server with two Ray workers (one CPU each) and, in its models folder, a model whose
+    """A server with two Ray workers (one CPU each; a job on one: test_ray_split.py splits
+    them) and, in its models folder, a model whose
     UNet weights are cut short: listed (its files are all there), failing when loaded."""
     data_dir = tmp_path_factory.mktemp("zs-data")
     cracked = data_dir / "models" / "cracked"
     shutil.copytree(tiny_dir, cracked)
     weights = cracked / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
-    settings = make_settings(data_dir, **backend_settings(request, "ray", ray_workers=2))
+    settings = make_settings(data_dir, **backend_settings(request, "ray", ray_workers=2, ray_split=1))
     with ServerThread(settings, tiny) as running:
         yield running
 
