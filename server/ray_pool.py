@@ -13,11 +13,13 @@ admission caps and the limits do not change.
   (``progress`` with its preview, ``model``: the embedded worker's shapes) and writes the
   files the actor returns into ``out.partial/``, committed to ``out/`` with
   :mod:`.durable`, as the embedded worker does.
-- Split jobs: a texture job that is the only one waiting, while several workers are idle,
-  runs on up to ``ray_split`` of them (:meth:`RayWorkerPool._workers_for`) with the one-worker
+- Split jobs: a job that is the only one waiting, while several workers are idle, runs on
+  up to ``ray_split`` of them (:meth:`RayWorkerPool._workers_for`) with the one-worker
   result (:mod:`zs_core.distributed`): the first hosts the rendezvous of a Gloo group, each
-  samples its range of the main views, and the first gathers them, samples the completion
-  views, bakes and returns the files. A ``split`` event names the workers.
+  samples its range of the main views (or frames), and the first gathers them, samples
+  the completion views (or pixel-syncs the frames), bakes and returns the files. An
+  animation is split only over enough workers for ``chunk`` frames each (a worker runs its
+  frames in one model call). A ``split`` event names the workers.
 - Cancel: a store listener sends ``cancel`` to the job's actors at once; the sampler checks
   it between steps and inside the model blocks, as in the embedded worker (a split job's
   workers agree on it at each check, so they stop together).
@@ -368,17 +370,18 @@ class RayWorkerPool:
         self.store.flush()  # states the disk refused earlier
         return self.store.take_next(timeout=IDLE_TICK_SECONDS), 0
 
-    def _workers_for(self, job: Job, share: int) -> list[Slot]:
-        """The idle workers ``job`` runs on: one, or ``share`` of them (its splittable views,
-        at most ``ray_split``) when no other job waits."""
+    def _workers_for(self, job: Job, share: tuple[int, int]) -> list[Slot]:
+        """The idle workers ``job`` runs on: one, or as many as it can be split over
+        (``share``: (most, fewest) workers, see :func:`split_share`; at most ``ray_split``)
+        when no other job waits."""
         idle = [slot for slot in self._slots if slot.state == IDLE]
-        most = min(len(idle), share, self.settings.ray_split or len(idle))
-        if most > 1 and (self.store.queue_length() or self._retry):
-            most = 1  # others wait: a worker each serves them better than one job on all
+        most = min(len(idle), share[0], self.settings.ray_split or len(idle))
+        if most < share[1] or (most > 1 and (self.store.queue_length() or self._retry)):
+            most = 1  # too few to split, or others wait: a worker each serves them better
         return idle[:max(most, 1)]
 
     def _begin(self, job: Job, attempts: int) -> None:
-        share = splittable_views(job) if self.settings.ray_split != 1 else 1
+        share = split_share(job) if self.settings.ray_split != 1 else (1, 1)
         with self._lock:
             slots = self._workers_for(job, share)
             if not slots:  # the idle worker was lost meanwhile: the job waits for the next one
@@ -585,10 +588,12 @@ class RayWorkerPool:
             _call(actor.cancel, job_id)
 
 
-def splittable_views(job: Job) -> int:
-    """How many workers ``job`` could be split over: its main views for a texture job
-    :func:`zs_core.distributed.check_split` accepts, else 1 (read from the job's files: the
-    request and the passes' array headers)."""
+def split_share(job: Job) -> tuple[int, int]:
+    """(most, fewest) workers ``job`` can be split over, (1, 1) when it cannot
+    (:func:`zs_core.distributed.check_split`), read from the job's files (the request and
+    the passes' array headers): most is its main views or frames; an animation runs a
+    worker's frames in one model call, so it needs enough workers for ``chunk`` frames
+    each at most."""
     try:
         request = Request.from_json((job.folder / REQUEST_FILE).read_bytes())
         with NpzArchive(job.folder / PASSES_FILE) as archive:
@@ -597,9 +602,10 @@ def splittable_views(job: Job) -> int:
         if flags is not None:
             views -= int(flags.astype(bool).sum())
         distributed.check_split(request, _Headers(views))
-        return max(views, 1)
+        fewest = -(-views // request.chunk) if request.kind == "animation" else 2
+        return max(views, 1), max(fewest, 2)
     except (ProtocolError, OSError, KeyError):  # not splittable; the worker reports a bad job
-        return 1
+        return 1, 1
 
 
 @dataclass

@@ -162,22 +162,27 @@ class FrameChunks:
         return dict(getattr(self.processor, "stats", {}), chunk=self.chunk, chunks=len(self.spans))
 
 
-def sync_hooks(components: Components, request: Request, passes: Passes) -> list[sampler.StepHook]:
+def sync_hooks(components: Components, request: Request, passes: Passes, *, held: tuple[int, int] | None = None,
+               reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[sampler.StepHook]:
     """The request's step hooks, in order: temporal UV sync of the object, then the
     background (with ``background_uv``, background surfaces through their own UV when the
-    passes tell any apart; the rest along the vector pass)."""
+    passes tell any apart; the rest along the vector pass). A worker of a job split over
+    several holds frames ``held`` of ``passes`` (:mod:`zs_core.distributed`): UV syncs
+    ``reduce`` their texel sums, the vector chain ``gather``s every frame's x0."""
     factor, device = components.vae_scale_factor, components.device
+    split = dict(held=held, reduce=reduce) if held is not None else {}
     hooks = []
     if request.sync_strength > 0:
-        hooks.append(sync.UVSync(passes, request, factor, device=device))
+        hooks.append(sync.UVSync(passes, request, factor, device=device, **split))
     surfaces = background_surfaces(passes) if request.background_uv else None
     if request.background_sync > 0 and surfaces is not None:
         # Background surfaces with UV: fused through their own UV spaces, like the object.
         hooks.append(sync.UVSync(passes, request, factor, device=device, mask=surfaces,
                                  layers=passes.background_id, strength=request.background_sync,
-                                 texels_per_latent=BACKGROUND_TEXELS_PER_LATENT))
+                                 texels_per_latent=BACKGROUND_TEXELS_PER_LATENT, **split))
     if request.background_sync > 0:
-        hooks.append(sync.VectorSync(passes, request, factor, exclude=surfaces))
+        hooks.append(sync.VectorSync(passes, request, factor, exclude=surfaces, held=held, gather=gather))
     return hooks
 
 

@@ -28,17 +28,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 
-from . import attention, memory, sampler, sync
+from . import animation, attention, memory, sampler, sync
 from .models import Components
-from .protocol import Passes, ProtocolError, Request
+from .protocol import ANIMATION, Passes, ProtocolError, Request
 
 GLOO_TIMEOUT_SECONDS = 600.0  # a worker lost mid-job fails the others' collective after this
 SPLIT_MODES = ("self", "extended", "neighbors", "keyframes", "tma")
+ANIMATION_SPLIT_MODES = ("self", "keyframes", "tma")  # an animation's attention modes
 
 
 class Collective(Protocol):
@@ -273,9 +275,12 @@ def exported_views(mode: str, views: int, workers: int, *, reference: int = 0, r
 
 
 def check_split(request: Request, passes: Passes) -> None:
-    """What a split texture job cannot do; ProtocolError names the field."""
-    if request.kind != "texture":
-        raise ProtocolError("kind", "only texture jobs are split over workers")
+    """What a split job cannot do; ProtocolError names the field."""
+    if request.kind == ANIMATION:
+        if request.attention not in ANIMATION_SPLIT_MODES:
+            raise ProtocolError("attention", f"an animation with {request.attention!r} attention cannot be split; "
+                                             f"expected one of {ANIMATION_SPLIT_MODES}")
+        return
     if request.layout == "grid":
         raise ProtocolError("layout", "the grid layout tiles every view into one image; it runs on one worker")
     if request.attention not in SPLIT_MODES:
@@ -294,13 +299,18 @@ def agreed(cancel: Callable[[], bool] | None, collective: Collective) -> Callabl
 def sample_shard(components: Components, request: Request, passes: Passes, collective: Collective, *,
                  progress: Callable[[sampler.StepProgress], None] | None = None,
                  cancel: Callable[[], bool] | None = None) -> sampler.SampleResult:
-    """This worker's views of a texture job split over ``collective``'s workers ->
+    """This worker's views (or frames) of a job split over ``collective``'s workers ->
     :class:`zs_core.sampler.SampleResult` of views ``partition(V, W)[rank]``; every worker
     calls it with the whole job. Concatenated in rank order, the results equal
-    :func:`zs_core.sampler.sample` on one worker (to float rounding)."""
-    sampler.check_inputs(components, request, passes)
+    :func:`zs_core.sampler.sample` on one worker (to float rounding); for an animation,
+    :func:`zs_core.animation.sample_frames` before its pixel sync (:func:`sample_split`
+    runs that on the gathered frames). An animation worker runs its frames in one model
+    call per step (not ``request.chunk`` at a time)."""
+    animated = request.kind == ANIMATION
+    (animation if animated else sampler).check_inputs(components, request, passes)
     check_split(request, passes)
-    start, stop = partition(passes.views, collective.size)[collective.rank]
+    ranges = partition(passes.views, collective.size)
+    start, stop = ranges[collective.rank]
     held = passes.select(range(start, stop))
     # One near/far and one reference for the job: conditioned on every view, then sliced.
     conditioning = sampler.condition(components, request, passes)
@@ -313,15 +323,30 @@ def sample_shard(components: Components, request: Request, passes: Passes, colle
             params["score_bytes"] = memory.attention_score_bytes(components)
         predictor.processor = ShardedAttention(request.attention, passes.views, collective,
                                                **_processor_params(request.attention, params))
-    hooks = [sync.UVSync(passes, request, components.vae_scale_factor, device=components.device,
-                         held=(start, stop), reduce=collective.all_reduce)] if request.sync_strength > 0 else []
+    if animated:
+        hooks = animation.sync_hooks(components, request, passes, held=(start, stop), reduce=collective.all_reduce,
+                                     gather=functools.partial(_gathered, collective, ranges))
+        shown = [frame - start for frame in animation.preview_frames(passes.views) if start <= frame < stop]
+    else:
+        hooks = [sync.UVSync(passes, request, components.vae_scale_factor, device=components.device,
+                             held=(start, stop), reduce=collective.all_reduce)] if request.sync_strength > 0 else []
+        shown = slice(None)
+    whole_noise = animation.initial_noise if animated else sampler.initial_noise
 
     def noise_model(step_request: Request, _held: Passes, channels: int, factor: int) -> torch.Tensor:
         # The whole job's noise, so each view gets what it would on one worker.
-        return sampler.initial_noise(step_request, passes, channels, factor)[start:stop]
+        return whole_noise(step_request, passes, channels, factor)[start:stop]
 
     return sampler.denoise(components, request, held, predictor, noise_model, hooks=hooks, progress=progress,
-                           cancel=agreed(cancel, collective))
+                           cancel=agreed(cancel, collective), shown=shown)
+
+
+def _gathered(collective: Collective, ranges: list[tuple[int, int]], tensor: torch.Tensor) -> torch.Tensor:
+    """This worker's ``(n, ...)`` part -> every worker's, ``(V, ...)`` in order, on every worker."""
+    most = max(stop - start for start, stop in ranges)
+    padded = tensor.new_zeros(most, *tensor.shape[1:])
+    padded[:len(tensor)] = tensor
+    return torch.cat([part[:stop - start] for part, (start, stop) in zip(collective.all_gather(padded), ranges)])
 
 
 def sample_split(components: Components, request: Request, passes: Passes, collective: Collective, *,
@@ -346,6 +371,10 @@ def sample_split(components: Components, request: Request, passes: Passes, colle
     latents, initial = gathered(shard.latents), gathered(shard.initial_noise)
     if images is None:
         return None
+    if request.kind == ANIMATION:  # pixel sync reads every frame
+        return animation.AnimationResult(images=animation.pixel_synced(images.numpy(), passes, request),
+                                         latents=latents, initial_noise=initial,
+                                         attention_stats={"workers": collective.size})
     return sampler.SampleResult(images=images.numpy(), latents=latents, initial_noise=initial)
 
 

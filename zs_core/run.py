@@ -77,18 +77,22 @@ def run_job(
     :func:`zs_core.animation.write_outputs`. Returns the metrics dict that is also written
     to ``metrics.json``. Input errors raise ProtocolError before any sampling.
 
-    ``collective``: a texture job split over several workers (:mod:`zs_core.distributed`),
-    every one of them calling this with the whole job: they sample the main views together,
-    and the first (rank 0) runs the completion views, bakes and writes the files; the
-    others return None once their views are handed over.
+    ``collective``: a job split over several workers (:mod:`zs_core.distributed`), every
+    one of them calling this with the whole job: they sample the main views (or the
+    frames) together, and the first (rank 0) runs the completion views (or pixel sync),
+    bakes and writes the files; the others return None once their views are handed over.
     """
     out_dir = Path(out_dir)
     animated = request.kind == ANIMATION
     started = time.perf_counter()
     if collective is not None and collective.size > 1:
-        distributed.check_split(request, passes.select(passes.main_views))
         split = functools.partial(distributed.sample_split, collective=collective)
-        result = completion.sample(components, request, passes, progress=progress, cancel=cancel, sample_main=split)
+        if animated:
+            result = split(components, request, passes, progress=progress, cancel=cancel)
+        else:
+            distributed.check_split(request, passes.select(passes.main_views))
+            result = completion.sample(components, request, passes, progress=progress, cancel=cancel,
+                                       sample_main=split)
         if result is None:
             return None
     else:

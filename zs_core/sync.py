@@ -219,7 +219,8 @@ class VectorSync:
     of the last few, decaying as s^k.
     """
 
-    def __init__(self, passes: Passes, request: Request, factor: int = 8, exclude: np.ndarray | None = None):
+    def __init__(self, passes: Passes, request: Request, factor: int = 8, exclude: np.ndarray | None = None, *,
+                 held: tuple[int, int] | None = None, gather: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if passes.vector is None:
             raise ValueError("vector: background sync needs the vector pass (F, H, W, 2)")
         frames, height, width = passes.depth.shape
@@ -234,16 +235,22 @@ class VectorSync:
         motion = passes.vector[:, centre::factor, centre::factor][:, :rows, :cols] / factor  # latent pixels
         self.links = [temporal.vector_links(motion[frame], background[frame], background[frame + 1])
                       for frame in range(frames - 1)]
+        # A job split over workers holds frames [start, stop): the chain runs frame after
+        # frame, so each worker ``gather``s every frame's x0 (latent-sized) and runs it whole.
+        self.held, self.gather = held, gather
 
     def fuse(self, x0: torch.Tensor) -> torch.Tensor:
         """x0 ``(F, C, h, w)`` -> background-synchronised x0, same shape
         (:func:`zs_core.temporal.carry` over the latent pixels; on the CPU, as the
-        arrays are latent-sized)."""
-        frames, channels, rows, cols = x0.shape
-        values = x0.detach().float().cpu().numpy().reshape(frames, channels, rows * cols).transpose(0, 2, 1)
+        arrays are latent-sized). A worker of a split job passes its frames and gets them back."""
+        whole = x0 if self.gather is None else self.gather(x0)
+        frames, channels, rows, cols = whole.shape
+        values = whole.detach().float().cpu().numpy().reshape(frames, channels, rows * cols).transpose(0, 2, 1)
         fused = temporal.carry(values, self.links, self.request.background_sync)
         fused = fused.transpose(0, 2, 1).reshape(frames, channels, rows, cols)
-        return torch.from_numpy(fused).to(device=x0.device, dtype=x0.dtype)
+        if self.held is not None:
+            fused = fused[self.held[0]:self.held[1]]
+        return torch.from_numpy(np.ascontiguousarray(fused)).to(device=x0.device, dtype=x0.dtype)
 
     def __call__(self, state) -> torch.Tensor | None:
         if self.request.background_sync <= 0 or not _active(self.request, state.timestep, state.scheduler):

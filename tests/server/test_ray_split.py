@@ -1,4 +1,4 @@
-"""One texture job split over two Ray workers (``zs serve --ray``, server/ray_pool.py and
+"""A texture job and an animation split over two Ray workers (``zs serve --ray``, server/ray_pool.py and
 zs_core/distributed.py across real actor processes): the same files as the job on one
 worker in this process, a ``split`` event and both workers busy with it, completion views
 sampled by the first worker after the split, a cancel that stops both, and a worker killed
@@ -132,3 +132,18 @@ def test_a_worker_killed_mid_split_job_is_replaced_with_its_partner_and_the_job_
     assert_same_images(pngs(client, job_id), pngs(client, undisturbed))
     restarts = {worker["id"]: worker["restarts"] for worker in client.get("/v1/health").json()["workers"]}
     assert restarts == {"w0": 1, "w1": 1}  # w0 waited in a collective for w1: replaced too
+
+
+def test_an_animation_split_over_two_workers_gives_the_one_worker_frames(split_pool, tiny, tmp_path):
+    shot = scene.animated_scene(frames=8, width=64, height=64)
+    settings = dict(kind="animation", prompt="stone", seed=3, attention="tma", background_sync=0.5)
+    request = Request(**settings, steps=3, chunk=4)
+    client = split_pool.client()
+    job_id = submit(client, shot.to_npz_bytes(), request)
+    events = read_events(client, job_id)
+    assert events[-1]["event"] == "done", events[-1]
+    assert next(event["data"] for event in events if event["event"] == SPLIT_EVENT)["workers"] == ["w0", "w1"]
+    assert_same_images(pngs(client, job_id), local_pngs(tiny, request, shot, tmp_path))
+    # A chunk of 2 would need four workers of two frames each: the job runs on one.
+    alone = submit(client, shot.to_npz_bytes(), Request(**settings, steps=1, chunk=2))
+    assert not any(event["event"] == SPLIT_EVENT for event in read_events(client, alone))
