@@ -244,7 +244,7 @@ class JobStore:
         self.min_free_bytes = min_free_bytes
         self._jobs: dict[str, Job] = {}
         self._queue: deque[str] = deque()
-        self._running: Job | None = None  # the job the worker samples now
+        self._running: dict[str, Job] = {}  # the jobs workers sample now, in the order they started
         self._next_seq = 1
         self._changed = threading.Condition()  # guards everything above; worker waits on it
         self._listeners: list[Callable[[str], None]] = []
@@ -465,7 +465,7 @@ class JobStore:
         return {"position": self._queue.index(job.id) + 1, "waiting_on": self._waiting_on_locked()}
 
     def _waiting_on_locked(self) -> dict | None:
-        running = self._running
+        running = self._first_free_locked()
         return None if running is None else {
             "id": running.id, "kind": running.kind, "step": running.step, "total": running.total,
             # Cancelled but still stopping: the queue waits for it to let go of the model.
@@ -490,12 +490,28 @@ class JobStore:
                     sum(job.passes_bytes for job in queued))
 
     def running_job(self) -> str | None:
+        """The running job that frees its worker first (see :meth:`_first_free_locked`)."""
         with self._changed:
-            return None if self._running is None else self._running.id
+            running = self._first_free_locked()
+            return None if running is None else running.id
+
+    def running_jobs(self) -> list[str]:
+        """Every running job (several on a pool of workers), in the order they started."""
+        with self._changed:
+            return list(self._running)
 
     def running_eta(self) -> float | None:
         with self._changed:
-            return None if self._running is None else self._running.eta_seconds
+            running = self._first_free_locked()
+            return None if running is None else running.eta_seconds
+
+    def _first_free_locked(self) -> Job | None:
+        """The running job expected to end first (the queue waits on it): the smallest ETA,
+        then the earliest started; None when none runs."""
+        if not self._running:
+            return None
+        return min(self._running.values(),
+                   key=lambda job: (job.eta_seconds is None, job.eta_seconds or 0.0, job.started or 0.0))
 
     def unsynced(self) -> dict[str, str]:
         """Jobs whose state on disk lags behind memory -> why the write failed."""
@@ -556,7 +572,7 @@ class JobStore:
                 waiting, job = list(self._queue), None
             else:
                 self._queue.popleft()
-                self._running = job
+                self._running[job.id] = job
                 waiting = list(self._queue)
         self._notify(*([job.id] if job is not None else []), *waiting)
         return job
@@ -631,8 +647,7 @@ class JobStore:
 
     def _finish_locked(self, job: Job, state: str, *, error: str | None = None, extra: dict | None = None) -> None:
         job.state, job.finished, job.error, job.eta_seconds = state, time.time(), error, None
-        if self._running is job:
-            self._running = None
+        self._running.pop(job.id, None)
         data = {"state": state}
         if error is not None:
             data["error"] = error

@@ -34,8 +34,8 @@ admission caps and the limits do not change.
 - Shutdown: the actors are killed; a running job keeps its ``running`` status, so the next
   start marks it failed ("server restarted"), as with the embedded worker.
 
-Several jobs run at once here, while the job store keeps one ``running`` job for the queue
-view (``waiting_on``): a queued job names the one started last (none once that one ends).
+Several jobs run at once here: the job store keeps them all running (``running_jobs`` in
+``GET /v1/health``), and a queued job's ``waiting_on`` names the one expected to end first.
 """
 
 from __future__ import annotations

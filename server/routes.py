@@ -69,7 +69,8 @@ class Health(BaseModel):
     models_loaded: list[str] = []  # every loaded model, least recently used first
     model_loading: str | None = None  # the model being loaded now
     queue_length: int
-    running: str | None
+    running: str | None  # the running job that frees its worker first (the queue waits on it)
+    running_jobs: list[str] = []  # every running job (several on Ray workers), in the order they started
     # This server's limits, so a client can refuse a job before capturing its passes.
     limits: dict[str, int]
 
@@ -182,6 +183,7 @@ async def health(request: HttpRequest) -> Health:
                   model_loading=cache.loading if cache is not None else None,
                   queue_length=store.queue_length() if store else 0,
                   running=store.running_job() if store else None,
+                  running_jobs=store.running_jobs() if store else [],
                   limits={name: int(getattr(state.settings, name)) for name in LIMITS})
 
 

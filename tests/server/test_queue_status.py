@@ -51,6 +51,23 @@ def test_store_queue_view_follows_the_running_job_its_steps_and_a_cancel(tmp_pat
     assert again.get(third.id).kind == "texture"
 
 
+def test_with_several_running_jobs_the_queue_waits_on_the_one_ending_first(tmp_path):
+    """A pool of workers runs jobs at once: each stays running until it finishes, and a
+    queued job waits on the one expected to end first."""
+    store = JobStore(tmp_path)
+    first, second, queued = (store.create(TEXTURE, b"npz", total=10) for _ in range(3))
+    assert store.take_next(0) is first and store.take_next(0) is second
+    assert store.running_jobs() == [first.id, second.id]
+    store.progress(first, 2, 10, 40.0, {})
+    store.progress(second, 5, 10, 4.0, {})
+    assert store.running_job() == second.id and store.running_eta() == 4.0
+    assert store.queue_view(queued.id)["waiting_on"]["id"] == second.id
+    store.finish(second, "done")
+    assert store.running_jobs() == [first.id] and store.queue_view(queued.id)["waiting_on"]["id"] == first.id
+    store.finish(first, "done")
+    assert store.running_jobs() == [] and store.queue_view(queued.id)["waiting_on"] is None
+
+
 def test_queued_job_status_and_events_name_the_running_job_and_its_place(server, small_npz):
     client = server.client()
     long_job = submit(client, small_npz, Request(prompt="long", steps=200, texture_size=64))

@@ -101,6 +101,7 @@ def test_two_jobs_run_at_once_and_a_cancel_reaches_only_its_worker(pool, small_n
     while sorted(worker["job"] or "" for worker in workers(pool)) != sorted((kept, dropped)):
         assert time.monotonic() < deadline, workers(pool)
         time.sleep(0.05)
+    assert sorted(client.get("/v1/health").json()["running_jobs"]) == sorted((kept, dropped))
     cancel = {}
 
     def on_event(event):
