@@ -108,7 +108,8 @@ class Slot:
     actor: object = None
     state: str = STARTING
     job: Job | None = None
-    node: str | None = None
+    node: str | None = None  # its node's address
+    node_id: str | None = None  # Ray's id of its node (several nodes may share an address)
     seen: float | None = None  # monotonic time of its last answer
     models: list[str] = field(default_factory=list)
     restarts: int = 0
@@ -120,7 +121,8 @@ class Slot:
     failed_starts: int = 0
 
     def describe(self, now: float) -> dict:
-        return {"id": self.id, "node": self.node, "resources": self.resources, "state": self.state,
+        return {"id": self.id, "node": self.node, "node_id": self.node_id, "resources": self.resources,
+                "state": self.state,
                 "job": self.job.id if self.job is not None else None,
                 "last_seen_seconds": round(now - self.seen, 3) if self.seen is not None else None,
                 "models": list(self.models), "restarts": self.restarts, "error": self.error}
@@ -288,7 +290,8 @@ class RayWorkerPool:
                 if slot.ready_ref is not ref:
                     continue
                 slot.state, slot.ready_ref, slot.failed_starts = IDLE, None, 0
-                slot.node, slot.models, slot.seen = info["node"], info["models"], time.monotonic()
+                slot.node, slot.node_id = info["node"], info["node_id"]
+                slot.models, slot.seen = info["models"], time.monotonic()
                 self._lock.notify_all()
             log.info("Ray worker %s ready on %s (pid %s, %s)", slot.id, info["node"], info["pid"], info["device"])
 
